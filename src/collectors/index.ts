@@ -1,0 +1,152 @@
+/**
+ * Runs the collectors at scrape time. Each runs with its own time budget and reports
+ * dbpilot_collector_success / dbpilot_collector_duration_seconds; a collector that fails or hangs
+ * never fails the scrape or delays it past its budget. Concurrent scrapes share one in-flight
+ * collection, so ten Prometheus replicas scraping at once cost the servers one round of queries.
+ */
+import type { Gauge } from 'prom-client';
+import { CollectorTimeoutError, RegistryError, safeMessage } from '../errors.js';
+import type { Logger } from '../logger.js';
+import type { Metrics } from '../metrics.js';
+import type { Collector, SampleSet } from './collector.js';
+
+export interface CollectorResult {
+  success: boolean;
+  durationSeconds: number;
+  statements: number;
+  errors: string[];
+}
+
+export class CollectorRegistry {
+  private readonly collectors: Collector[] = [];
+  private inFlight: Promise<Map<string, CollectorResult>> | null = null;
+  private readonly success: Gauge<'collector'>;
+  private readonly duration: Gauge<'collector'>;
+  /** The last outcome of each collector, for /health, `dbpilot status` and the benchmark. */
+  readonly last = new Map<string, CollectorResult>();
+
+  constructor(
+    metrics: Metrics,
+    private readonly opts: { timeoutMs: number; logger: Logger },
+  ) {
+    this.success = metrics.gauge('dbpilot_collector_success', 'Whether the collector succeeded on the last scrape (1) or failed or timed out (0).', ['collector']);
+    this.duration = metrics.gauge('dbpilot_collector_duration_seconds', 'How long the collector took on the last scrape.', ['collector']);
+  }
+
+  register(collector: Collector): void {
+    if (!/^[a-z][a-z0-9_]*$/.test(collector.name)) throw new RegistryError(`collector name ${JSON.stringify(collector.name)} is not snake_case`);
+    if (this.collectors.some((c) => c.name === collector.name)) throw new RegistryError(`collector ${collector.name} registered twice`);
+    this.collectors.push(collector);
+  }
+
+  get names(): string[] {
+    return this.collectors.map((c) => c.name);
+  }
+
+  /** Collects every collector once; callers arriving while a collection runs share it. */
+  collect(): Promise<Map<string, CollectorResult>> {
+    if (!this.inFlight) {
+      this.inFlight = this.collectAll().finally(() => {
+        this.inFlight = null;
+      });
+    }
+    return this.inFlight;
+  }
+
+  private async collectAll(): Promise<Map<string, CollectorResult>> {
+    const results = await Promise.all(this.collectors.map((c) => this.runOne(c)));
+    const out = new Map<string, CollectorResult>();
+    this.collectors.forEach((c, i) => out.set(c.name, results[i]!));
+    return out;
+  }
+
+  private async runOne(c: Collector): Promise<CollectorResult> {
+    const started = process.hrtime.bigint();
+    const ac = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    let set: SampleSet | undefined;
+    let error: string | undefined;
+    try {
+      set = await Promise.race([
+        c.collect(ac.signal),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => {
+            ac.abort();
+            reject(new CollectorTimeoutError(c.name, this.opts.timeoutMs));
+          }, this.opts.timeoutMs);
+        }),
+      ]);
+    } catch (err) {
+      error = safeMessage(err);
+    } finally {
+      clearTimeout(timer);
+    }
+    const durationSeconds = Number(process.hrtime.bigint() - started) / 1e9;
+
+    // Empty first: a failed collector shows no stale values, and a vanished standby leaves no series.
+    for (const g of c.gauges) g.reset();
+    if (set) {
+      for (const [gauge, samples] of set.values) for (const s of samples) gauge.set(s.labels, s.value);
+    }
+    const errors = error ? [error] : (set?.errors ?? []);
+    const result: CollectorResult = { success: errors.length === 0, durationSeconds, statements: set?.statements ?? 0, errors };
+    this.success.set({ collector: c.name }, result.success ? 1 : 0);
+    this.duration.set({ collector: c.name }, durationSeconds);
+    const prev = this.last.get(c.name);
+    if (!result.success && (prev === undefined || prev.success || prev.errors[0] !== errors[0])) {
+      // Logged on the transition (and when the reason changes), not on every scrape of a long outage.
+      this.opts.logger.warn({ collector: c.name, errors }, 'collector failed');
+    } else if (result.success && prev && !prev.success) {
+      this.opts.logger.info({ collector: c.name }, 'collector recovered');
+    }
+    this.last.set(c.name, result);
+    return result;
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled(this.collectors.map((c) => c.close?.()));
+  }
+}
+
+/**
+ * Serves a collector's last result and refreshes it in the background at most every `refreshMs`,
+ * so an expensive query (pg_database_size over many tables) never sits in a scrape's path. Only the
+ * very first scrape waits, within the registry's time budget.
+ */
+export function cachedCollector(inner: Collector, refreshMs: number, now: () => number = Date.now): Collector & { lastRefresh(): number | null } {
+  let last: { at: number; set: SampleSet | null; error: unknown } | null = null;
+  let refreshing: Promise<void> | null = null;
+  const refresh = () => {
+    refreshing ??= inner
+      .collect(new AbortController().signal)
+      .then(
+        (set) => void (last = { at: now(), set, error: null }),
+        (error: unknown) => void (last = { at: now(), set: null, error }),
+      )
+      .finally(() => {
+        refreshing = null;
+      });
+    return refreshing;
+  };
+  return {
+    name: inner.name,
+    gauges: inner.gauges,
+    lastRefresh: () => last?.at ?? null,
+    async collect(signal) {
+      if (!last || now() - last.at >= refreshMs) {
+        const p = refresh();
+        if (!last) {
+          await Promise.race([p, new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }))]);
+        }
+      }
+      if (!last) throw new Error(`${inner.name}: first refresh still running`);
+      if (last.error) throw last.error;
+      const set = last.set!;
+      const statements = set.statements;
+      // The refresh's statements are counted once, by the first scrape that serves it.
+      set.statements = 0;
+      return Object.assign(Object.create(set) as SampleSet, { statements });
+    },
+    close: inner.close ? () => inner.close!() : undefined,
+  } as Collector & { lastRefresh(): number | null };
+}

@@ -1,0 +1,377 @@
+/**
+ * One typed, validated configuration: a YAML file (with `${ENV}` expansion) plus the `DBPILOT_*`
+ * environment overrides, checked once against one schema. Everything else in dbpilot takes a
+ * `Config` and never re-validates. Unknown keys are refused so a typo cannot silently disable a
+ * safety bound; a bad value stops start-up with the path of the field and the reason.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { parse as parseYaml, YAMLParseError } from 'yaml';
+import { z } from 'zod';
+import { ConfigError, redactUrl } from './errors.js';
+import { TEAMS } from './remediation/escalation.js';
+
+export const MODES = ['off', 'dry-run', 'approve', 'auto'] as const;
+export type Mode = (typeof MODES)[number];
+
+/** Every runbook scenario dbpilot knows a handler name for; configuration for any other name is refused. */
+export const HANDLER_NAMES = [
+  'primary-failover',
+  'slow-queries',
+  'disk-full',
+  'prisma-migration',
+  'redis-failure',
+  'replication-lag',
+] as const;
+export type HandlerName = (typeof HANDLER_NAMES)[number];
+
+
+const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected host:port, e.g. 127.0.0.1:9630')
+  .refine((s) => {
+    const port = Number(s.slice(s.lastIndexOf(':') + 1));
+    return port >= 0 && port <= 65535;
+  }, 'port must be 0..65535');
+
+const postgresUrl = z.string().refine((s) => {
+  try {
+    const u = new URL(s);
+    return (u.protocol === 'postgres:' || u.protocol === 'postgresql:') && u.hostname !== '';
+  } catch {
+    return false;
+  }
+}, 'expected a postgres://user@host:port/database URL');
+
+const redisUrl = z.string().refine((s) => {
+  try {
+    const u = new URL(s);
+    return (u.protocol === 'redis:' || u.protocol === 'rediss:') && u.hostname !== '';
+  } catch {
+    return false;
+  }
+}, 'expected a redis://host:port URL');
+
+const pgServer = z.strictObject({
+  url: postgresUrl,
+  /** The Kubernetes pod the runbook's kubectl lines name (e.g. postgres-primary-0). */
+  pod: z.string().min(1).optional(),
+});
+
+const databaseName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_$-]{0,62}$/, 'not a valid database name');
+const identifier = z.string().regex(/^[A-Za-z_][A-Za-z0-9_$]{0,62}$/, 'not a plain SQL identifier');
+
+const handlerBase = {
+  mode: z.enum(MODES).optional(),
+  /** Seconds after a run on the same target before another may start. */
+  cooldownSeconds: z.number().int().min(0).default(300),
+  /** Runs per target within `attemptWindowSeconds` before dbpilot stops trying and escalates. */
+  maxAttempts: z.number().int().min(1).default(3),
+  attemptWindowSeconds: z.number().int().min(60).default(3600),
+};
+
+const slowQueriesHandler = z.strictObject({
+  ...handlerBase,
+  /** Queries non-idle for longer than this are acted on; defaults to postgres.longRunningQuerySeconds. */
+  thresholdSeconds: z.number().positive().optional(),
+  /** Seconds between pg_cancel_backend and pg_terminate_backend for sessions that survived the cancel. */
+  graceSeconds: z.number().min(0).default(10),
+  /** At most this many sessions are cancelled per run; the rest are escalated. */
+  maxPerRun: z.number().int().min(1).default(20),
+  /** Roles whose sessions are never cancelled or terminated (superusers are always spared). */
+  protectedRoles: z.array(z.string().min(1)).default([]),
+  /** application_name values whose sessions are never touched. */
+  protectedApplications: z.array(z.string().min(1)).default([]),
+  /** Runbook step 4: tables to VACUUM ANALYZE after the queries are gone. */
+  vacuumAnalyze: z
+    .array(z.strictObject({ database: databaseName, table: identifier, schema: identifier.default('public') }))
+    .default([]),
+  /** Runbook step 3: tables whose pg_stats are attached to an escalation as missing-index diagnostics. */
+  diagnosticTables: z
+    .array(z.strictObject({ database: databaseName, tables: z.array(identifier).min(1) }))
+    .default([{ database: 'lomash_orders', tables: ['orders', 'payments', 'invoices'] }]),
+});
+
+const genericHandler = z.strictObject({ ...handlerBase });
+
+const configSchema = z.strictObject({
+  listen: hostPort.default('127.0.0.1:9630'),
+  mode: z.enum(MODES).default('dry-run'),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  postgres: z
+    .strictObject({
+      primary: pgServer.default({ url: 'postgres://postgres@127.0.0.1:5432/postgres' }),
+      replicas: z.array(pgServer).default([]),
+      /** Databases whose sizes, activity and Prisma migrations are exported; empty = every connectable database. */
+      databases: z.array(databaseName).default([]),
+      longRunningQuerySeconds: z.number().positive().default(30),
+      dataDirectory: z.string().min(1).optional(),
+      /** Kept short so a dead server shows as pg_up 0 within one scrape (see DEPENDENCIES: a 1 s failure is no signal at a 1 s interval). */
+      connectTimeoutMs: z.number().int().min(10).max(60_000).default(300),
+      queryTimeoutMs: z.number().int().min(10).max(300_000).default(500),
+      /** Persistent connections per (server, database) pool. */
+      poolMax: z.number().int().min(1).max(20).default(2),
+      tableSizeTopN: z.number().int().min(1).max(1000).default(10),
+      /** pg_database_size / pg_total_relation_size are expensive: refreshed at most this often, served from cache in between. */
+      sizeRefreshSeconds: z.number().int().min(1).default(60),
+    })
+    .prefault({}),
+  redis: z
+    .strictObject({
+      url: redisUrl.default('redis://127.0.0.1:6379'),
+      connectTimeoutMs: z.number().int().min(10).max(60_000).default(300),
+      commandTimeoutMs: z.number().int().min(10).max(60_000).default(500),
+    })
+    .prefault({}),
+  collectors: z
+    .strictObject({
+      /** Each collector's budget; a scrape never waits longer than this for one collector. */
+      timeoutMs: z.number().int().min(10).max(60_000).default(800),
+    })
+    .prefault({}),
+  kubernetes: z
+    .strictObject({
+      /** Path to a kubeconfig; else KUBECONFIG, else the in-cluster service account. */
+      kubeconfig: z.string().min(1).optional(),
+      namespace: z.string().min(1).default('lomash-wood'),
+      secrets: z.array(z.strictObject({ name: z.string().min(1), key: z.string().min(1) })).default([]),
+      deployments: z.array(z.string().min(1)).default([]),
+      redisStatefulSet: z.string().min(1).default('redis'),
+      lease: z
+        .strictObject({
+          name: z.string().min(1).default('dbpilot-leader'),
+          durationSeconds: z.number().int().min(2).default(15),
+          renewDeadlineSeconds: z.number().int().min(1).default(10),
+          retryPeriodSeconds: z.number().int().min(1).default(2),
+        })
+        .prefault({}),
+    })
+    .optional(),
+  webhook: z
+    .strictObject({
+      token: z.string().min(16, 'the webhook token must be at least 16 characters').optional(),
+      basicAuth: z.strictObject({ username: z.string().min(1), password: z.string().min(8) }).optional(),
+      bodyLimitBytes: z.number().int().min(1024).max(50 * 1024 * 1024).default(1024 * 1024),
+    })
+    .prefault({}),
+  failover: z
+    .strictObject({
+      maxLagBytes: z.number().int().min(0).default(1024 * 1024),
+      confirmProbes: z.number().int().min(1).default(3),
+      confirmIntervalMs: z.number().int().min(0).default(500),
+    })
+    .prefault({}),
+  handlers: z
+    .strictObject({
+      'primary-failover': genericHandler.optional(),
+      'slow-queries': slowQueriesHandler.prefault({}),
+      'disk-full': genericHandler.optional(),
+      'prisma-migration': genericHandler.optional(),
+      'redis-failure': genericHandler.optional(),
+      'replication-lag': genericHandler.optional(),
+    })
+    .prefault({}),
+  /** Alert names mapped to a handler, for alerts whose `remediation` label is absent or names no handler. */
+  alerts: z.record(z.string().min(1), z.union([z.enum(HANDLER_NAMES), z.literal('none')])).default({}),
+  pagerduty: z
+    .strictObject({
+      routes: z.partialRecord(z.enum(TEAMS), z.string().min(1)).default({}),
+      url: z.string().url().default('https://events.pagerduty.com/v2/enqueue'),
+      /** Shown as the event's source; defaults to the host name. */
+      source: z.string().min(1).optional(),
+      dashboardUrl: z.string().url().optional(),
+      operatorGuideUrl: z
+        .string()
+        .url()
+        .default('https://github.com/lomash-wood/dbpilot/blob/main/docs/operator-guide.md'),
+      timeoutMs: z.number().int().min(100).default(10_000),
+    })
+    .prefault({}),
+  aws: z
+    .strictObject({
+      region: z.string().min(1),
+      dbInstanceIdentifier: z.string().min(1),
+      snapshotSchedule: z.string().min(1).optional(),
+      snapshotRetentionDays: z.number().int().min(1).default(14),
+    })
+    .optional(),
+  store: z.strictObject({ path: z.string().min(1).default('./data/dbpilot.sqlite') }).prefault({}),
+});
+
+export type Config = Readonly<z.output<typeof configSchema>>;
+export type SlowQueriesConfig = z.output<typeof slowQueriesHandler>;
+
+/** `a.b[0].c` from zod's path array. */
+function formatPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const p of path) {
+    if (typeof p === 'number') out += `[${p}]`;
+    else out += out ? `.${String(p)}` : String(p);
+  }
+  return out;
+}
+
+const ENV_REF = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
+
+/** Expands `${VAR}` and `${VAR:-default}` inside every string of the parsed document (never in keys, never re-parsed as YAML). */
+function expandEnv(value: unknown, env: NodeJS.ProcessEnv, path: PropertyKey[]): unknown {
+  if (typeof value === 'string') {
+    return value.replace(ENV_REF, (_m, name: string, fallback: string | undefined) => {
+      const v = env[name];
+      if (v !== undefined && v !== '') return v;
+      if (fallback !== undefined) return fallback;
+      throw new ConfigError(formatPath(path), `environment variable ${name} is not set`);
+    });
+  }
+  if (Array.isArray(value)) return value.map((v, i) => expandEnv(v, env, [...path, i]));
+  if (value !== null && typeof value === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = expandEnv(v, env, [...path, k]);
+    return out;
+  }
+  return value;
+}
+
+function obj(parent: Record<string, unknown>, key: string): Record<string, unknown> {
+  const cur = parent[key];
+  if (cur === undefined || cur === null) {
+    const fresh: Record<string, unknown> = {};
+    parent[key] = fresh;
+    return fresh;
+  }
+  if (typeof cur !== 'object' || Array.isArray(cur)) throw new ConfigError(key, 'expected a mapping');
+  return cur as Record<string, unknown>;
+}
+
+const list = (s: string) =>
+  s
+    .split(',')
+    .map((x) => x.trim())
+    .filter(Boolean);
+
+/** The documented DBPILOT_* overrides, applied on top of the file; remembered so errors name the variable. */
+function applyEnvOverrides(raw: Record<string, unknown>, env: NodeJS.ProcessEnv): Map<string, string> {
+  const origin = new Map<string, string>();
+  const set = (path: string, envName: string, apply: (v: string) => void) => {
+    const v = env[envName];
+    if (v === undefined || v === '') return;
+    apply(v);
+    origin.set(path, envName);
+  };
+  set('listen', 'DBPILOT_LISTEN', (v) => (raw.listen = v));
+  set('mode', 'DBPILOT_MODE', (v) => (raw.mode = v));
+  set('webhook.token', 'DBPILOT_WEBHOOK_TOKEN', (v) => (obj(raw, 'webhook').token = v));
+  set('postgres.primary.url', 'DBPILOT_PRIMARY_URL', (v) => {
+    const pg = obj(raw, 'postgres');
+    pg.primary = { ...(typeof pg.primary === 'object' && pg.primary ? pg.primary : {}), url: v };
+  });
+  set('postgres.replicas', 'DBPILOT_REPLICA_URLS', (v) => (obj(raw, 'postgres').replicas = list(v).map((url) => ({ url }))));
+  set('redis.url', 'DBPILOT_REDIS_URL', (v) => (obj(raw, 'redis').url = v));
+  set('postgres.databases', 'DBPILOT_DATABASES', (v) => (obj(raw, 'postgres').databases = list(v)));
+  set('logLevel', 'DBPILOT_LOG_LEVEL', (v) => (raw.logLevel = v));
+  set('store.path', 'DBPILOT_STORE_PATH', (v) => (obj(raw, 'store').path = v));
+  return origin;
+}
+
+export interface LoadOptions {
+  /** Explicit file (from --config); else DBPILOT_CONFIG; else ./dbpilot.yaml when present; else defaults only. */
+  file?: string | undefined;
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+}
+
+export interface LoadedConfig {
+  config: Config;
+  /** The file that was read, or null when running on defaults. */
+  source: string | null;
+}
+
+/** Parses and validates an already-read document. Throws ConfigError naming the bad field. */
+export function parseConfig(document: unknown, env: NodeJS.ProcessEnv = process.env): Config {
+  if (document !== undefined && document !== null && (typeof document !== 'object' || Array.isArray(document))) {
+    throw new ConfigError('', 'the configuration must be a YAML mapping');
+  }
+  const expanded = expandEnv(document ?? {}, env, []) as Record<string, unknown>;
+  const origin = applyEnvOverrides(expanded, env);
+  const result = configSchema.safeParse(expanded);
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    let path = formatPath(issue.path);
+    // An unknown key is reported at its parent; name the key itself so the user can find it.
+    if (issue.code === 'unrecognized_keys') {
+      const keys = issue.keys.map((k) => (path ? `${path}.${k}` : k));
+      throw new ConfigError(keys[0]!, `unknown key${keys.length > 1 ? ` (also: ${keys.slice(1).join(', ')})` : ''}`);
+    }
+    for (const [p, envName] of origin) {
+      if (path === p || path.startsWith(`${p}.`) || path.startsWith(`${p}[`)) path = `${path} (from ${envName})`;
+    }
+    throw new ConfigError(path, redactReason(issue.message));
+  }
+  const cfg = result.data;
+  const lease = cfg.kubernetes?.lease;
+  if (lease && lease.renewDeadlineSeconds >= lease.durationSeconds) {
+    throw new ConfigError('kubernetes.lease.renewDeadlineSeconds', 'must be less than kubernetes.lease.durationSeconds');
+  }
+  return deepFreeze(cfg);
+}
+
+function redactReason(msg: string): string {
+  return msg.replace(/[a-z][a-z0-9+.-]*:\/\/[^\s'"]+/gi, (m) => redactUrl(m));
+}
+
+/** Reads the configuration the way the CLI and the service do. */
+export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
+  const env = opts.env ?? process.env;
+  const cwd = opts.cwd ?? process.cwd();
+  let file = opts.file ?? env.DBPILOT_CONFIG;
+  if (!file && existsSync(`${cwd}/dbpilot.yaml`)) file = `${cwd}/dbpilot.yaml`;
+  if (!file) return { config: parseConfig({}, env), source: null };
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError('', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text, { uniqueKeys: true, prettyErrors: true });
+  } catch (err) {
+    if (err instanceof YAMLParseError) {
+      const pos = err.linePos?.[0];
+      throw new ConfigError('', `${file}${pos ? `:${pos.line}:${pos.col}` : ''}: invalid YAML: ${err.message.split('\n')[0]}`);
+    }
+    throw err;
+  }
+  return { config: parseConfig(doc, env), source: file };
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object') {
+    for (const v of Object.values(o)) deepFreeze(v);
+    Object.freeze(o);
+  }
+  return o;
+}
+
+/** A copy safe to print: passwords in URLs, tokens and routing keys replaced. */
+export function redactConfig(cfg: Config): unknown {
+  const walk = (v: unknown, key: string): unknown => {
+    if (typeof v === 'string') {
+      if (/token|password|secret|routingkey/i.test(key)) return '[REDACTED]';
+      if (/^[a-z][a-z0-9+.-]*:\/\//i.test(v)) return redactUrl(v);
+      return v;
+    }
+    if (Array.isArray(v)) return v.map((x) => walk(x, key));
+    if (v && typeof v === 'object') {
+      const out: Record<string, unknown> = {};
+      for (const [k, x] of Object.entries(v)) out[k] = key === 'routes' ? '[REDACTED]' : walk(x, k);
+      return out;
+    }
+    return v;
+  };
+  return walk(cfg, '');
+}
+
+/** The mode a handler runs in: its own override, else the global one. */
+export function modeFor(cfg: Config, handler: HandlerName): Mode {
+  return cfg.handlers[handler]?.mode ?? cfg.mode;
+}

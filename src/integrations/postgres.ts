@@ -1,0 +1,159 @@
+/**
+ * Thin typed access to the PostgreSQL servers of the cluster. One persistent, small pool per
+ * (server, database): a scrape reuses connections instead of paying a TCP + auth handshake per
+ * query, and the bound keeps dbpilot from competing with the services for max_connections.
+ */
+import pg from 'pg';
+import { DependencyError, safeMessage } from '../errors.js';
+import type { Logger } from '../logger.js';
+
+export type Role = 'primary' | 'replica';
+
+/** dbpilot's own sessions carry this application_name, so the slow-queries handler can spare them. */
+export const APPLICATION_NAME = 'dbpilot';
+
+export interface PgServerOptions {
+  url: string;
+  role: Role;
+  pod?: string | undefined;
+  connectTimeoutMs: number;
+  queryTimeoutMs: number;
+  poolMax: number;
+  logger: Logger;
+}
+
+/** host:port of a postgres URL: the `server` label. Never contains credentials. */
+export function serverLabel(url: string): string {
+  const u = new URL(url);
+  return `${u.hostname}:${u.port || '5432'}`;
+}
+
+export class PgQueryError extends DependencyError {
+  /** SQLSTATE when the server answered with an error, e.g. 57014 (query_canceled). */
+  readonly sqlState: string | undefined;
+  constructor(server: string, err: unknown) {
+    super(`postgres ${server}`, safeMessage(err));
+    const code = (err as { code?: unknown } | null)?.code;
+    this.sqlState = typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
+  }
+}
+
+export class PgServer {
+  readonly server: string;
+  readonly role: Role;
+  readonly pod: string | undefined;
+  /** The database named in the URL; server-wide queries run there. */
+  readonly defaultDatabase: string;
+  private readonly pools = new Map<string, pg.Pool>();
+  private closed = false;
+
+  constructor(private readonly opts: PgServerOptions) {
+    this.server = serverLabel(opts.url);
+    this.role = opts.role;
+    this.pod = opts.pod;
+    this.defaultDatabase = decodeURIComponent(new URL(opts.url).pathname.slice(1)) || 'postgres';
+  }
+
+  private pool(database: string): pg.Pool {
+    let pool = this.pools.get(database);
+    if (pool) return pool;
+    const u = new URL(this.opts.url);
+    u.pathname = `/${encodeURIComponent(database)}`;
+    pool = new pg.Pool({
+      connectionString: u.toString(),
+      max: this.opts.poolMax,
+      connectionTimeoutMillis: this.opts.connectTimeoutMs,
+      // Both: the server-side bound frees the backend, the client-side one frees us when the server is hung.
+      statement_timeout: this.opts.queryTimeoutMs,
+      query_timeout: this.opts.queryTimeoutMs + 100,
+      idleTimeoutMillis: 300_000,
+      keepAlive: true,
+      application_name: APPLICATION_NAME,
+    });
+    // An idle client whose server went away emits here; without a listener it would crash the process.
+    pool.on('error', (err) => {
+      this.opts.logger.warn({ server: this.server, database, err: safeMessage(err) }, 'idle PostgreSQL connection lost');
+    });
+    this.pools.set(database, pool);
+    return pool;
+  }
+
+  /** Runs one statement; errors are PgQueryError with the server named and no credentials. */
+  async query<T extends Record<string, unknown> = Record<string, unknown>>(
+    sql: string,
+    params: unknown[] = [],
+    database: string = this.defaultDatabase,
+  ): Promise<T[]> {
+    if (this.closed) throw new PgQueryError(this.server, new Error('connection pool closed'));
+    try {
+      const res = await this.pool(database).query(sql, params);
+      return res.rows as T[];
+    } catch (err) {
+      throw new PgQueryError(this.server, err);
+    }
+  }
+
+  /** A dedicated client for multi-statement work (e.g. a remediation step); release it when done. */
+  async connect(database: string = this.defaultDatabase, timeouts?: { statementTimeoutMs?: number }): Promise<pg.Client> {
+    const u = new URL(this.opts.url);
+    u.pathname = `/${encodeURIComponent(database)}`;
+    const client = new pg.Client({
+      connectionString: u.toString(),
+      connectionTimeoutMillis: this.opts.connectTimeoutMs,
+      application_name: APPLICATION_NAME,
+      statement_timeout: timeouts?.statementTimeoutMs ?? 0,
+    });
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+    } catch (err) {
+      throw new PgQueryError(this.server, err);
+    }
+    return client;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.allSettled([...this.pools.values()].map((p) => p.end()));
+    this.pools.clear();
+  }
+}
+
+/** The cluster as configured: the primary first, then the replicas. */
+export class PgCluster {
+  readonly primary: PgServer;
+  readonly replicas: PgServer[];
+  constructor(primary: PgServer, replicas: PgServer[]) {
+    this.primary = primary;
+    this.replicas = replicas;
+  }
+  get all(): PgServer[] {
+    return [this.primary, ...this.replicas];
+  }
+  async close(): Promise<void> {
+    await Promise.allSettled(this.all.map((s) => s.close()));
+  }
+}
+
+export function createPgCluster(
+  cfg: {
+    primary: { url: string; pod?: string | undefined };
+    replicas: readonly { url: string; pod?: string | undefined }[];
+    connectTimeoutMs: number;
+    queryTimeoutMs: number;
+    poolMax: number;
+  },
+  logger: Logger,
+): PgCluster {
+  const mk = (s: { url: string; pod?: string | undefined }, role: Role) =>
+    new PgServer({
+      url: s.url,
+      pod: s.pod,
+      role,
+      connectTimeoutMs: cfg.connectTimeoutMs,
+      queryTimeoutMs: cfg.queryTimeoutMs,
+      poolMax: cfg.poolMax,
+      logger,
+    });
+  return new PgCluster(mk(cfg.primary, 'primary'), cfg.replicas.map((r) => mk(r, 'replica')));
+}
