@@ -1,0 +1,487 @@
+/**
+ * The policy around every remediation: one alert occurrence is one run (dedupe on fingerprint +
+ * startsAt), one run per target at a time (store-backed lock), cooldown and attempt limits, the
+ * mode (off / dry-run / approve / auto), leader-only execution, a check after every step,
+ * escalation when a check fails or dbpilot must not act, and an audit row before and after each
+ * step. Handlers only say what to do; everything here decides whether and how.
+ */
+import type { Counter } from 'prom-client';
+import { modeFor, HANDLER_NAMES, type Config, type HandlerName, type Mode } from '../config.js';
+import { DbpilotError, UnsafeToActError, safeMessage } from '../errors.js';
+import type { Logger } from '../logger.js';
+import type { Metrics } from '../metrics.js';
+import type { RunRow, Store } from '../store/store.js';
+import type { Alert, WebhookPayload } from './alertmanager.js';
+import { dedupKeyFor, isTeam, teamForAlert, type Team } from './escalation.js';
+import type { AlertInfo, Handler, HandlerContext, Plan, PriorStep, Step } from './handler.js';
+import type { Outbox } from './outbox.js';
+import type { HandlerRegistry } from './registry.js';
+import type { Severity } from '../integrations/pagerduty.js';
+
+export type Outcome = 'succeeded' | 'failed' | 'escalated' | 'dry_run' | 'skipped' | 'cancelled' | 'awaiting_approval' | 'deduplicated';
+
+export interface EngineOptions {
+  config: Config;
+  store: Store;
+  handlers: HandlerRegistry;
+  ctx: HandlerContext;
+  outbox: Outbox;
+  metrics: Metrics;
+  logger: Logger;
+  /** Whether this instance may act (holds the Lease, or runs alone). */
+  isLeader: () => boolean;
+  /** Identifies this process in run rows (pod name + pid). */
+  instance: string;
+}
+
+export class NotLeaderError extends DbpilotError {
+  constructor() {
+    super('DBPILOT_NOT_LEADER', 'this dbpilot instance is not the leader; another replica acts');
+  }
+}
+
+const SEVERITIES: Record<string, Severity> = { critical: 'critical', page: 'critical', error: 'error', warning: 'warning', info: 'info' };
+
+function toInfo(a: Alert): AlertInfo {
+  return { alertname: a.labels.alertname!, labels: a.labels, annotations: a.annotations, fingerprint: a.fingerprint, startsAt: a.startsAt };
+}
+
+export class Engine {
+  private readonly inFlight = new Set<Promise<unknown>>();
+  private readonly remediations: Counter<'handler' | 'outcome'>;
+  private readonly alertsReceived: Counter<'status'>;
+  private readonly truncated: Counter;
+  private closed = false;
+
+  constructor(private readonly o: EngineOptions) {
+    this.remediations = o.metrics.counter('dbpilot_remediations_total', 'Remediation runs by handler and final outcome.', ['handler', 'outcome']);
+    this.alertsReceived = o.metrics.counter('dbpilot_webhook_alerts_total', 'Alerts received from Alertmanager, by status.', ['status']);
+    this.truncated = o.metrics.counter('dbpilot_webhook_truncated_alerts_total', 'Alerts Alertmanager left out of a webhook because of max_alerts (truncatedAlerts).');
+  }
+
+  get store(): Store {
+    return this.o.store;
+  }
+
+  /** Hands a validated webhook to the engine. Returns at once; the work runs after the HTTP answer. */
+  receive(payload: WebhookPayload): void {
+    if (payload.truncatedAlerts > 0) {
+      this.truncated.inc(payload.truncatedAlerts);
+      this.o.logger.warn({ truncatedAlerts: payload.truncatedAlerts, groupKey: payload.groupKey }, 'Alertmanager truncated alerts from this notification (max_alerts)');
+    }
+    for (const alert of payload.alerts) {
+      this.alertsReceived.inc({ status: alert.status });
+      this.track<unknown>(alert.status === 'firing' ? this.onFiring(toInfo(alert)) : this.onResolved(toInfo(alert)));
+    }
+  }
+
+  private track<T>(p: Promise<T>): Promise<T> {
+    const guarded = p.catch((err: unknown) => {
+      this.o.logger.error({ err: safeMessage(err) }, 'remediation failed unexpectedly');
+      return undefined as T;
+    });
+    this.inFlight.add(guarded);
+    void guarded.finally(() => this.inFlight.delete(guarded));
+    return guarded;
+  }
+
+  /** Resolves when every run started so far has settled (tests, shutdown). */
+  async idle(): Promise<void> {
+    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+  }
+
+  /** Which handler an alert asks for: its `remediation` label, else the configured alert mapping. */
+  handlerFor(a: AlertInfo): { handler: Handler | null; requested: string } {
+    const label = a.labels.remediation;
+    if (label && this.o.handlers.has(label)) return { handler: this.o.handlers.get(label), requested: label };
+    const mapped = this.o.config.alerts[a.alertname];
+    if (mapped && mapped !== 'none' && this.o.handlers.has(mapped)) return { handler: this.o.handlers.get(mapped), requested: mapped };
+    return { handler: null, requested: mapped ?? label ?? '' };
+  }
+
+  private teamOf(a: AlertInfo, handler: Handler | null): Team {
+    const label = a.labels.team;
+    if (isTeam(label)) return label;
+    return handler?.team ?? teamForAlert(a.alertname) ?? 'oncall-backend';
+  }
+
+  private severityOf(a: AlertInfo): Severity {
+    return SEVERITIES[a.labels.severity ?? ''] ?? 'error';
+  }
+
+  // ---- firing ----
+
+  async onFiring(a: AlertInfo, opts: { modeOverride?: Mode } = {}): Promise<RunRow | null> {
+    const { handler, requested } = this.handlerFor(a);
+    if (!handler) {
+      // remediation="none" alerts are paged by Alertmanager itself; anything else needs a human.
+      if (requested === 'none') return null;
+      const run = this.o.store.createRun({
+        handler: requested || '-',
+        alertname: a.alertname,
+        fingerprint: a.fingerprint,
+        startsAt: a.startsAt,
+        target: '-',
+        mode: 'off',
+        status: 'escalated',
+        reason: requested ? `no handler named ${requested} is available` : 'the alert names no remediation',
+        labels: a.labels,
+        owner: this.o.instance,
+      });
+      if (!run) return this.dedupe(requested || '-');
+      this.escalate(run, a, null, { seen: a.annotations.summary ?? a.alertname, tried: 'nothing: no handler for this alert', verified: 'nothing' });
+      this.count(run.handler, 'escalated');
+      return this.o.store.getRun(run.id);
+    }
+
+    const mode = opts.modeOverride ?? modeFor(this.o.config, handler.name);
+    const target = handler.target(a, this.o.ctx);
+    // The unique index makes this the dedupe: a repeat of the same occurrence inserts nothing.
+    const run = this.o.store.createRun({
+      handler: handler.name,
+      alertname: a.alertname,
+      fingerprint: a.fingerprint,
+      startsAt: a.startsAt,
+      target,
+      mode,
+      status: 'planning',
+      labels: a.labels,
+      owner: this.o.instance,
+    });
+    if (!run) return this.dedupe(handler.name);
+    this.o.logger.info({ run: run.id, handler: handler.name, alertname: a.alertname, target, mode }, 'remediation run created');
+
+    if (mode === 'off') {
+      return this.finish(run, handler, a, 'skipped', `handler ${handler.name} is off`, null, {
+        seen: a.annotations.summary ?? a.alertname,
+        tried: `nothing: mode is off for ${handler.name}`,
+        verified: 'nothing',
+      });
+    }
+    if (mode === 'auto' || mode === 'approve') {
+      const blocked = this.policyBlock(handler, target);
+      if (blocked) return this.finish(run, handler, a, 'skipped', blocked, null, { seen: a.annotations.summary ?? a.alertname, tried: `nothing: ${blocked}`, verified: 'nothing' });
+    }
+    return this.planAndAct(run, handler, a, mode);
+  }
+
+  private dedupe(handler: string): null {
+    this.count(handler, 'deduplicated');
+    return null;
+  }
+
+  /** Cooldown and attempt limit for a handler on one target. Returns why it must not act, or null. */
+  private policyBlock(handler: Handler, target: string): string | null {
+    const h = this.o.config.handlers[handler.name] ?? { cooldownSeconds: 300, maxAttempts: 3, attemptWindowSeconds: 3600 };
+    const now = Date.now();
+    const windowRuns = this.o.store.actedRunsOnTarget(handler.name, target, new Date(now - h.attemptWindowSeconds * 1000).toISOString());
+    if (windowRuns.length >= h.maxAttempts) {
+      return `attempt limit: ${windowRuns.length} runs on ${target} in the last ${h.attemptWindowSeconds} s (max ${h.maxAttempts}); the problem keeps coming back`;
+    }
+    const last = windowRuns[0];
+    if (last) {
+      const since = (now - Date.parse(last.finishedAt ?? last.createdAt)) / 1000;
+      if (last.status === 'running') return `run ${last.id} is still acting on ${target}`;
+      if (since < h.cooldownSeconds) return `cooldown: run ${last.id} acted on ${target} ${Math.round(since)} s ago (cooldown ${h.cooldownSeconds} s); the problem came back`;
+    }
+    return null;
+  }
+
+  private async planAndAct(run: RunRow, handler: Handler, a: AlertInfo, mode: Mode | 'manual'): Promise<RunRow | null> {
+    let plan: Plan;
+    try {
+      plan = await handler.plan(a, this.o.ctx);
+    } catch (err) {
+      const unsafe = err instanceof UnsafeToActError;
+      return this.finish(run, handler, a, unsafe ? 'escalated' : 'failed', `${unsafe ? 'unsafe to act' : 'planning failed'}: ${safeMessage(err)}`, null, {
+        seen: a.annotations.summary ?? a.alertname,
+        tried: unsafe ? 'nothing: the runbook preconditions are not met' : 'planning the remediation',
+        verified: safeMessage(err),
+      });
+    }
+    this.o.store.setRunStatus(run.id, 'planning', { plan: { summary: plan.summary, data: plan.data, escalateAfter: plan.escalateAfter ?? null } });
+    if (plan.nothingToDo) {
+      return this.finish(run, handler, a, 'succeeded', `nothing to do: ${plan.summary}`, plan.data, null);
+    }
+    const steps = handler.steps(plan.data, this.o.ctx);
+    this.o.store.putSteps(run.id, steps.map((s) => ({ name: s.name, command: s.command })));
+    const planDetails = { seen: plan.summary, tried: 'nothing yet', verified: 'nothing yet', plan: steps.map((s) => s.command) };
+    if (mode === 'dry-run') {
+      return this.finish(run, handler, a, 'dry_run', `dry-run: ${plan.summary}`, plan.data, { ...planDetails, tried: 'nothing: dry-run mode; these are the runbook commands it would run' });
+    }
+    if (mode === 'approve') {
+      this.o.store.setRunStatus(run.id, 'awaiting_approval', { reason: `waiting for approval: ${plan.summary}`, from: ['planning'] });
+      this.escalate(run, a, handler, { ...planDetails, tried: `nothing: approve mode; approve with \`dbpilot approve ${run.id}\` or POST /api/remediations/${run.id}/approve` });
+      this.count(handler.name, 'awaiting_approval');
+      return this.o.store.getRun(run.id);
+    }
+    return this.execute(this.o.store.getRun(run.id)!, handler, a);
+  }
+
+  /** Runs (or resumes) the steps of a run under the target lock. */
+  private async execute(run: RunRow, handler: Handler, a: AlertInfo): Promise<RunRow | null> {
+    const store = this.o.store;
+    if (!store.acquireLock(run.target, run.id)) {
+      const holder = store.lockHolder(run.target);
+      return this.finish(run, handler, a, 'skipped', `target ${run.target} is locked by run ${holder}`, null, null);
+    }
+    try {
+      store.setRunStatus(run.id, 'running', { owner: this.o.instance });
+      const planned = run.plan as { data: unknown; escalateAfter: string | null } | null;
+      const data = planned?.data ?? null;
+      const steps = handler.steps(data as never, this.o.ctx);
+      const rows = store.steps(run.id);
+      const prior = new Map<string, PriorStep>();
+      for (let i = 0; i < steps.length; i++) {
+        const step = steps[i]!;
+        const row = rows[i];
+        if (row?.status === 'done' || row?.status === 'skipped') {
+          prior.set(step.name, { output: row.output, check: row.check as PriorStep['check'] });
+          continue;
+        }
+        if (this.closed) throw new DbpilotError('DBPILOT_SHUTTING_DOWN', 'dbpilot is shutting down');
+        const resumed = row?.status === 'running' || row?.status === 'error' || row?.status === 'check_failed';
+        const result = resumed ? await this.resumeStep(run, i, step, row!.output, prior) : await this.runStep(run, i, step, prior);
+        if (!result.ok) {
+          return this.finish(run, handler, a, 'failed', result.reason, data, {
+            seen: (run.plan as { summary?: string } | null)?.summary ?? a.alertname,
+            tried: store.steps(run.id).filter((s) => s.status !== 'planned').map((s) => `${s.name}: ${s.command}`),
+            verified: result.reason,
+          });
+        }
+      }
+      if (planned?.escalateAfter) {
+        return this.finish(run, handler, a, 'escalated', `completed, but ${planned.escalateAfter}`, data, {
+          seen: (run.plan as { summary?: string }).summary ?? a.alertname,
+          tried: steps.map((s) => s.command),
+          verified: `every step checked; left for a human: ${planned.escalateAfter}`,
+        });
+      }
+      return this.finish(run, handler, a, 'succeeded', 'every step done and checked', data, null);
+    } catch (err) {
+      return this.finish(run, handler, a, 'failed', safeMessage(err), null, {
+        seen: a.alertname,
+        tried: 'running the remediation',
+        verified: safeMessage(err),
+      });
+    } finally {
+      store.releaseLock(run.target, run.id);
+    }
+  }
+
+  private async runStep(run: RunRow, idx: number, step: Step, prior: Map<string, PriorStep>): Promise<{ ok: true } | { ok: false; reason: string }> {
+    const store = this.o.store;
+    store.stepStarted(run.id, idx); // before the action: a crash from here on is visible on restart
+    this.o.logger.info({ run: run.id, step: step.name, command: step.command }, 'step started');
+    let output: unknown;
+    try {
+      output = await step.run(prior);
+      store.stepOutput(run.id, idx, output ?? null);
+    } catch (err) {
+      store.stepFinished(run.id, idx, 'error', { error: safeMessage(err) });
+      return { ok: false, reason: `step ${step.name} failed: ${safeMessage(err)}` };
+    }
+    return this.checkStep(run, idx, step, output, prior);
+  }
+
+  private async checkStep(run: RunRow, idx: number, step: Step, output: unknown, prior: Map<string, PriorStep>): Promise<{ ok: true } | { ok: false; reason: string }> {
+    let check;
+    try {
+      check = await step.check(output, prior);
+    } catch (err) {
+      check = { ok: false, detail: `check could not run: ${safeMessage(err)}` };
+    }
+    this.o.store.stepFinished(run.id, idx, check.ok ? 'done' : 'check_failed', { output: output ?? null, check });
+    this.o.logger.info({ run: run.id, step: step.name, ok: check.ok, detail: check.detail }, 'step checked');
+    if (!check.ok) return { ok: false, reason: `check after ${step.name} failed: ${check.detail}` };
+    prior.set(step.name, { output, check });
+    return { ok: true };
+  }
+
+  /**
+   * A step that was started before dbpilot stopped: check first. Verified → carry on without
+   * repeating it. Not verified → repeat only an idempotent step; otherwise stop and escalate.
+   */
+  private async resumeStep(run: RunRow, idx: number, step: Step, output: unknown, prior: Map<string, PriorStep>): Promise<{ ok: true } | { ok: false; reason: string }> {
+    this.o.logger.warn({ run: run.id, step: step.name }, 'resuming a step that was in flight when dbpilot stopped');
+    let check;
+    try {
+      check = output === null || output === undefined ? null : await step.check(output, prior);
+    } catch {
+      check = null;
+    }
+    if (check?.ok) {
+      this.o.store.stepFinished(run.id, idx, 'done', { check: { ...check, detail: `${check.detail} (verified after restart)` } });
+      prior.set(step.name, { output, check });
+      return { ok: true };
+    }
+    if (!step.idempotent) {
+      const reason = `step ${step.name} was in flight when dbpilot stopped and its outcome cannot be verified; not repeating it`;
+      this.o.store.stepFinished(run.id, idx, 'check_failed', { check: { ok: false, detail: reason } });
+      return { ok: false, reason };
+    }
+    return this.runStep(run, idx, step, prior);
+  }
+
+  /** Closes a run: status, metrics, and the page (or the resolve) it calls for. */
+  private finish(
+    run: RunRow,
+    handler: Handler,
+    a: AlertInfo,
+    status: 'succeeded' | 'failed' | 'escalated' | 'dry_run' | 'skipped',
+    reason: string,
+    data: unknown,
+    escalation: Record<string, unknown> | null,
+  ): RunRow | null {
+    this.o.store.setRunStatus(run.id, status, { reason });
+    this.o.logger.info({ run: run.id, handler: handler.name, status, reason }, 'remediation run finished');
+    this.count(handler.name, status);
+    if (escalation) {
+      void this.escalateWithDiagnostics(run, a, handler, data, escalation);
+    } else if (status === 'succeeded') {
+      this.o.outbox.resolve(dedupKeyFor(a.alertname, a.fingerprint));
+    }
+    return this.o.store.getRun(run.id);
+  }
+
+  private async escalateWithDiagnostics(run: RunRow, a: AlertInfo, handler: Handler, data: unknown, details: Record<string, unknown>): Promise<void> {
+    let diagnostics: Record<string, unknown> = {};
+    if (handler.diagnostics) {
+      try {
+        diagnostics = await handler.diagnostics(data as never, a, this.o.ctx);
+      } catch (err) {
+        diagnostics = { error: safeMessage(err) };
+      }
+    }
+    this.escalate(run, a, handler, { ...details, ...(Object.keys(diagnostics).length ? { diagnostics } : {}) });
+  }
+
+  private escalate(run: RunRow, a: AlertInfo, handler: Handler | null, details: Record<string, unknown>): void {
+    const fresh = this.o.store.getRun(run.id) ?? run;
+    this.o.outbox.trigger({
+      team: this.teamOf(a, handler),
+      dedupKey: dedupKeyFor(a.alertname, a.fingerprint),
+      summary: `[dbpilot] ${a.alertname}${run.target !== '-' ? ` on ${run.target}` : ''}: ${fresh.reason ?? fresh.status}`,
+      severity: this.severityOf(a),
+      component: handler?.name ?? 'dbpilot',
+      class: a.alertname,
+      details: {
+        seen: String(details.seen ?? a.alertname),
+        tried: (details.tried as string | string[]) ?? 'nothing',
+        verified: (details.verified as string | string[]) ?? 'nothing',
+        ...details,
+        run: run.id,
+        run_status: fresh.status,
+        mode: run.mode,
+        labels: a.labels,
+      },
+    });
+  }
+
+  private count(handler: string, outcome: Outcome): void {
+    this.remediations.inc({ handler, outcome });
+  }
+
+  // ---- resolved ----
+
+  /** A resolved alert cancels what still waits for it and resolves its page. A running run is left to finish and verify. */
+  async onResolved(a: AlertInfo): Promise<void> {
+    for (const run of this.o.store.openRunsFor(a.fingerprint)) {
+      if (run.status === 'awaiting_approval' || run.status === 'planning') {
+        if (this.o.store.setRunStatus(run.id, 'cancelled', { reason: 'the alert resolved before the run was approved', from: ['awaiting_approval'] })) {
+          this.count(run.handler, 'cancelled');
+          this.o.logger.info({ run: run.id }, 'run cancelled: alert resolved');
+        }
+      }
+    }
+    this.o.outbox.resolve(dedupKeyFor(a.alertname, a.fingerprint));
+  }
+
+  // ---- approve, manual runs, resume ----
+
+  /** Approves a run waiting in approve mode and executes it here. */
+  async approve(id: string, by: string): Promise<RunRow> {
+    const run = this.o.store.getRun(id);
+    if (!run) throw new DbpilotError('DBPILOT_RUN_NOT_FOUND', `no remediation run ${id}`);
+    if (run.status !== 'awaiting_approval') throw new DbpilotError('DBPILOT_RUN_NOT_WAITING', `run ${id} is ${run.status}, not awaiting approval`);
+    const handler = this.o.handlers.get(run.handler);
+    const blocked = this.policyBlock(handler, run.target);
+    if (blocked) throw new DbpilotError('DBPILOT_RUN_BLOCKED', blocked);
+    // Only the caller whose update wins executes: a double approve cannot start two executions.
+    if (!this.o.store.setRunStatus(id, 'running', { from: ['awaiting_approval'], approvedBy: by, owner: this.o.instance })) {
+      throw new DbpilotError('DBPILOT_RUN_NOT_WAITING', `run ${id} was approved or cancelled meanwhile`);
+    }
+    this.o.logger.info({ run: id, by }, 'run approved');
+    const a: AlertInfo = { alertname: run.alertname, labels: run.labels, annotations: {}, fingerprint: run.fingerprint, startsAt: run.startsAt };
+    return (await this.track(this.execute(this.o.store.getRun(id)!, handler, a))) ?? this.o.store.getRun(id)!;
+  }
+
+  /** The plan a handler would carry out now, without recording anything (`dbpilot plan`). */
+  async planOnly(handlerName: string, labels: Record<string, string>): Promise<{ target: string; plan: Plan; steps: { name: string; command: string }[] }> {
+    const handler = this.o.handlers.get(handlerName);
+    const a = manualAlert(handlerName, labels);
+    const plan = await handler.plan(a, this.o.ctx);
+    return { target: handler.target(a, this.o.ctx), plan, steps: handler.steps(plan.data as never, this.o.ctx).map((s) => ({ name: s.name, command: s.command })) };
+  }
+
+  /** `dbpilot remediate`: a run started by a human, through the same policy, lock, audit and checks. */
+  async runManual(handlerName: string, labels: Record<string, string>, mode: 'manual' | 'dry-run'): Promise<RunRow | null> {
+    const handler = this.o.handlers.get(handlerName);
+    const a = manualAlert(handlerName, labels);
+    const target = handler.target(a, this.o.ctx);
+    const run = this.o.store.createRun({
+      handler: handler.name,
+      alertname: a.alertname,
+      fingerprint: a.fingerprint,
+      startsAt: a.startsAt,
+      target,
+      mode,
+      status: 'planning',
+      labels: a.labels,
+      origin: 'cli',
+      owner: this.o.instance,
+    })!;
+    return this.track(this.planAndAct(run, handler, a, mode));
+  }
+
+  /** On start (or on becoming leader): finish what a previous process left in flight. */
+  async resume(): Promise<void> {
+    for (const run of this.o.store.inFlightRuns()) {
+      const a: AlertInfo = { alertname: run.alertname, labels: run.labels, annotations: {}, fingerprint: run.fingerprint, startsAt: run.startsAt };
+      if (!this.o.handlers.has(run.handler)) continue;
+      const handler = this.o.handlers.get(run.handler);
+      if (run.status === 'planning') {
+        // Nothing was executed yet, but the situation may have changed: a human decides.
+        this.finish(run, handler, a, 'escalated', 'dbpilot stopped while planning this run; nothing was executed', null, {
+          seen: a.alertname,
+          tried: 'nothing: interrupted while planning',
+          verified: 'nothing',
+        });
+        continue;
+      }
+      this.o.logger.warn({ run: run.id, handler: run.handler }, 'resuming a run left in flight by a previous dbpilot process');
+      // The lock row still names this run, so execute() re-enters it.
+      await this.track(this.execute(run, handler, a));
+    }
+  }
+
+  get handlerNames(): readonly string[] {
+    return HANDLER_NAMES.filter((n) => this.o.handlers.has(n));
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.idle();
+  }
+}
+
+function manualAlert(handler: string, labels: Record<string, string>): AlertInfo {
+  const startsAt = new Date().toISOString();
+  return {
+    alertname: labels.alertname ?? `manual:${handler}`,
+    labels: { ...labels, remediation: handler },
+    annotations: { summary: `manual ${handler} run` },
+    fingerprint: `manual${Date.now().toString(16)}`,
+    startsAt,
+  };
+}

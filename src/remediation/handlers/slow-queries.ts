@@ -1,0 +1,314 @@
+/**
+ * Runbook scenario 2 — Slow Queries / High Latency (alert PostgresLongRunningQueries).
+ *
+ * Step 1 (identify) is the plan: non-idle client sessions whose query started more than the
+ * threshold ago. Protected sessions are never touched: dbpilot's own, superusers, replication
+ * roles, and configured roles / application names (autovacuum and walsenders are not client
+ * backends and never appear). Step 2: pg_cancel_backend, wait the grace period, then
+ * pg_terminate_backend only for the sessions still running the same query, and check they are
+ * gone. Step 3's missing-index diagnostics go with any escalation. Step 4: VACUUM ANALYZE of the
+ * configured tables, when configured.
+ *
+ * Every action names its session by pid AND backend_start AND query_start, so a pid reused by a
+ * new connection, or a session that moved on to another query, is never cancelled by mistake —
+ * which also makes every step safe to repeat after a crash.
+ */
+import type { SlowQueriesConfig } from '../../config.js';
+import { UnsafeToActError } from '../../errors.js';
+import { APPLICATION_NAME, type PgServer } from '../../integrations/postgres.js';
+import type { AlertInfo, Handler, HandlerContext, PriorStep, Step } from '../handler.js';
+import { psqlCommand } from '../runbook.js';
+
+export interface Session {
+  pid: number;
+  backendStart: string;
+  queryStart: string;
+  user: string;
+  application: string;
+  database: string;
+  state: string;
+  seconds: number;
+  /** Truncated, with literals after PASSWORD removed. */
+  query: string;
+}
+
+export interface SparedSession extends Session {
+  reason: string;
+}
+
+export interface SlowQueriesPlan {
+  server: string;
+  database: string;
+  thresholdSeconds: number;
+  graceSeconds: number;
+  targets: Session[];
+  spared: SparedSession[];
+  overCap: Session[];
+  vacuum: { database: string; schema: string; table: string }[];
+}
+
+const QUERY_TEXT_MAX = 200;
+
+const LIST_SQL = `
+SELECT a.pid, a.backend_start::text AS backend_start, a.query_start::text AS query_start,
+       coalesce(a.usename, '') AS usename, coalesce(a.application_name, '') AS application_name,
+       a.datname, a.state, EXTRACT(EPOCH FROM now() - a.query_start)::float8 AS seconds,
+       left(a.query, ${QUERY_TEXT_MAX * 2}) AS query,
+       coalesce(r.rolsuper, false) AS superuser, coalesce(r.rolreplication, false) AS replication
+FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid
+WHERE a.backend_type = 'client backend' AND a.state <> 'idle'
+  AND a.query_start < now() - make_interval(secs => $1)
+  AND a.pid <> pg_backend_pid()
+  AND ($2::text IS NULL OR a.datname = $2)
+ORDER BY a.query_start`;
+
+/** Which of these sessions still run the same query (same pid, same connection, same query start). */
+const STILL_RUNNING_SQL = `
+SELECT s.pid FROM pg_stat_activity s
+JOIN unnest($1::int[], $2::text[], $3::text[]) AS t(pid, backend_start, query_start)
+  ON s.pid = t.pid AND s.backend_start::text = t.backend_start AND s.query_start::text = t.query_start
+WHERE s.state <> 'idle'`;
+
+/** Which of these connections still exist at all (after pg_terminate_backend). */
+const STILL_CONNECTED_SQL = `
+SELECT s.pid FROM pg_stat_activity s
+JOIN unnest($1::int[], $2::text[]) AS t(pid, backend_start) ON s.pid = t.pid AND s.backend_start::text = t.backend_start`;
+
+const SIGNAL_SQL = (fn: 'pg_cancel_backend' | 'pg_terminate_backend') => `
+SELECT t.pid, coalesce(bool_or(${fn}(s.pid)), false) AS signalled
+FROM unnest($1::int[], $2::text[], $3::text[]) AS t(pid, backend_start, query_start)
+LEFT JOIN pg_stat_activity s ON s.pid = t.pid AND s.backend_start::text = t.backend_start
+     AND ($4 OR s.query_start::text = t.query_start)
+GROUP BY t.pid`;
+
+const DIAGNOSTICS_SQL = `
+SELECT schemaname, tablename, attname, n_distinct::float8 AS n_distinct, correlation::float8 AS correlation
+FROM pg_stats WHERE tablename = ANY($1::text[]) ORDER BY n_distinct LIMIT 100`;
+
+/** Keeps secrets out of the audit: the literal after PASSWORD (CREATE/ALTER ROLE) is dropped. */
+export function redactQuery(query: string): string {
+  const cleaned = query.replace(/(password\s+)('(?:[^']|'')*'?|\S+)/gi, "$1'[REDACTED]'").replace(/\s+/g, ' ').trim();
+  return cleaned.length > QUERY_TEXT_MAX ? `${cleaned.slice(0, QUERY_TEXT_MAX - 1)}…` : cleaned;
+}
+
+/** Pure: who is spared and why, who is acted on (oldest first, up to the cap), who is over the cap. */
+export function classifySessions(
+  rows: (Session & { superuser: boolean; replication: boolean })[],
+  cfg: Pick<SlowQueriesConfig, 'protectedRoles' | 'protectedApplications' | 'maxPerRun'>,
+): { targets: Session[]; spared: SparedSession[]; overCap: Session[] } {
+  const spared: SparedSession[] = [];
+  const eligible: Session[] = [];
+  for (const { superuser, replication, ...s } of rows) {
+    let reason: string | null = null;
+    if (s.application === APPLICATION_NAME) reason = "dbpilot's own session";
+    else if (superuser) reason = `superuser ${s.user}`;
+    else if (replication) reason = `replication role ${s.user}`;
+    else if (cfg.protectedRoles.includes(s.user)) reason = `protected role ${s.user}`;
+    else if (cfg.protectedApplications.includes(s.application)) reason = `protected application ${s.application}`;
+    if (reason) spared.push({ ...s, reason });
+    else eligible.push(s);
+  }
+  eligible.sort((a, b) => b.seconds - a.seconds);
+  return { targets: eligible.slice(0, cfg.maxPerRun), spared, overCap: eligible.slice(cfg.maxPerRun) };
+}
+
+function serverFor(ctx: HandlerContext, label: string | undefined): PgServer {
+  return (label && ctx.cluster.all.find((s) => s.server === label)) || ctx.cluster.primary;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function poll<T>(fn: () => Promise<T[]>, untilEmptyMs: number): Promise<T[]> {
+  const deadline = Date.now() + untilEmptyMs;
+  for (;;) {
+    const left = await fn();
+    if (left.length === 0 || Date.now() >= deadline) return left;
+    await sleep(Math.min(250, Math.max(0, deadline - Date.now())));
+  }
+}
+
+const ident = (s: string) => `"${s.replace(/"/g, '""')}"`;
+
+export function slowQueriesHandler(): Handler<SlowQueriesPlan> {
+  const settings = (ctx: HandlerContext) => ctx.config.handlers['slow-queries'];
+
+  return {
+    name: 'slow-queries',
+    team: 'oncall-backend',
+
+    target(alert: AlertInfo, ctx: HandlerContext) {
+      return `postgres/${serverFor(ctx, alert.labels.server).server}/${alert.labels.datname ?? '*'}`;
+    },
+
+    async plan(alert, ctx) {
+      const cfg = settings(ctx);
+      const server = serverFor(ctx, alert.labels.server);
+      const database = alert.labels.datname ?? '*';
+      const thresholdSeconds = cfg.thresholdSeconds ?? ctx.config.postgres.longRunningQuerySeconds;
+      const rows = await server.query<Record<string, unknown>>(LIST_SQL, [thresholdSeconds, database === '*' ? null : database]);
+      const sessions = rows.map((r) => ({
+        pid: r.pid as number,
+        backendStart: r.backend_start as string,
+        queryStart: r.query_start as string,
+        user: r.usename as string,
+        application: r.application_name as string,
+        database: r.datname as string,
+        state: r.state as string,
+        seconds: Math.round((r.seconds as number) * 10) / 10,
+        query: redactQuery(r.query as string),
+        superuser: r.superuser as boolean,
+        replication: r.replication as boolean,
+      }));
+      const { targets, spared, overCap } = classifySessions(sessions, cfg);
+      const vacuum = cfg.vacuumAnalyze.filter((v) => database === '*' || v.database === database);
+      const data: SlowQueriesPlan = { server: server.server, database, thresholdSeconds, graceSeconds: cfg.graceSeconds, targets, spared, overCap, vacuum };
+      if (targets.length === 0 && spared.length > 0) {
+        throw new UnsafeToActError(
+          `${spared.length} long-running quer${spared.length === 1 ? 'y belongs' : 'ies belong'} to protected sessions (${[...new Set(spared.map((s) => s.reason))].join('; ')}); dbpilot does not touch them`,
+        );
+      }
+      const left: string[] = [];
+      if (spared.length) left.push(`${spared.length} protected session(s) left alone`);
+      if (overCap.length) left.push(`${overCap.length} more session(s) over the per-run cap of ${cfg.maxPerRun}`);
+      return {
+        summary:
+          targets.length === 0
+            ? `no query in ${database === '*' ? 'any database' : database} has been running for more than ${thresholdSeconds} s any more`
+            : `${targets.length} quer${targets.length === 1 ? 'y' : 'ies'} running for more than ${thresholdSeconds} s in ${database} on ${server.server} (pids ${targets.map((t) => t.pid).join(', ')})`,
+        data,
+        nothingToDo: targets.length === 0,
+        ...(left.length ? { escalateAfter: left.join('; ') } : {}),
+      };
+    },
+
+    steps(plan, ctx) {
+      const server = ctx.cluster.all.find((s) => s.server === plan.server) ?? ctx.cluster.primary;
+      const cmd = (sql: string, database?: string) => psqlCommand(ctx.config, sql, { server: plan.server, ...(database ? { database } : {}) });
+      const ids = (list: Session[]) => [list.map((s) => s.pid), list.map((s) => s.backendStart), list.map((s) => s.queryStart)];
+
+      const stillRunning = async (list: Session[]) => {
+        if (list.length === 0) return [];
+        const rows = await server.query<{ pid: number }>(STILL_RUNNING_SQL, ids(list));
+        const alive = new Set(rows.map((r) => r.pid));
+        return list.filter((s) => alive.has(s.pid));
+      };
+      const stillConnected = async (list: Session[]) => {
+        if (list.length === 0) return [];
+        const rows = await server.query<{ pid: number }>(STILL_CONNECTED_SQL, [list.map((s) => s.pid), list.map((s) => s.backendStart)]);
+        const alive = new Set(rows.map((r) => r.pid));
+        return list.filter((s) => alive.has(s.pid));
+      };
+      const signal = async (fn: 'pg_cancel_backend' | 'pg_terminate_backend', list: Session[], anyQuery: boolean) => {
+        if (list.length === 0) return [];
+        return server.query<{ pid: number; signalled: boolean }>(SIGNAL_SQL(fn), [...ids(list), anyQuery]);
+      };
+
+      const steps: Step[] = [
+        {
+          name: 'cancelBackends',
+          command: plan.targets.map((t) => cmd(`SELECT pg_cancel_backend(${t.pid});`)).join('\n'),
+          idempotent: true,
+          run: async () => ({ cancelled: await signal('pg_cancel_backend', plan.targets, false) }),
+          check: async () => {
+            // The runbook's "force terminate if cancel does not work": give cancel the grace period first.
+            const survivors = await poll(() => stillRunning(plan.targets), plan.graceSeconds * 1000);
+            const stopped = plan.targets.length - survivors.length;
+            return {
+              ok: true,
+              detail:
+                survivors.length === 0
+                  ? `all ${plan.targets.length} cancelled queries stopped`
+                  : `${stopped} of ${plan.targets.length} stopped; ${survivors.length} still running after ${plan.graceSeconds} s (pids ${survivors.map((s) => s.pid).join(', ')}): terminating`,
+              data: { survivors },
+            };
+          },
+        },
+        {
+          name: 'terminateBackends',
+          command: plan.targets.map((t) => cmd(`SELECT pg_terminate_backend(${t.pid});`)).join('\n') + (plan.targets.length ? '\n# only for the pids still running after the grace period' : ''),
+          idempotent: true,
+          run: async (prior: ReadonlyMap<string, PriorStep>) => {
+            const survivors = ((prior.get('cancelBackends')?.check?.data as { survivors?: Session[] } | undefined)?.survivors ?? []) as Session[];
+            return { survivors, terminated: await signal('pg_terminate_backend', survivors, true) };
+          },
+          check: async (output) => {
+            const { survivors } = output as { survivors: Session[] };
+            if (survivors.length === 0) return { ok: true, detail: 'nothing to terminate: every query stopped on cancel' };
+            const left = await poll(() => stillConnected(survivors), 5000);
+            return left.length === 0
+              ? { ok: true, detail: `terminated ${survivors.length} session(s) (pids ${survivors.map((s) => s.pid).join(', ')})` }
+              : { ok: false, detail: `${left.length} session(s) still connected after pg_terminate_backend (pids ${left.map((s) => s.pid).join(', ')})` };
+          },
+        },
+      ];
+
+      for (const byDb of groupBy(plan.vacuum, (v) => v.database)) {
+        const database = byDb[0]!.database;
+        steps.push({
+          name: `vacuumAnalyze(${database})`,
+          command: cmd(byDb.map((v) => `VACUUM ANALYZE ${v.schema === 'public' ? v.table : `${v.schema}.${v.table}`};`).join(' '), database),
+          idempotent: true,
+          run: async () => {
+            const startedAt = (await server.query<{ now: string }>('SELECT now()::text AS now', [], database))[0]!.now;
+            // VACUUM cannot run inside a transaction block nor under the collectors' statement timeout.
+            const client = await server.connect(database, { statementTimeoutMs: 0 });
+            try {
+              for (const v of byDb) await client.query(`VACUUM ANALYZE ${ident(v.schema)}.${ident(v.table)}`);
+            } finally {
+              await client.end();
+            }
+            return { startedAt, tables: byDb.map((v) => `${v.schema}.${v.table}`) };
+          },
+          check: async (output) => {
+            const { startedAt } = output as { startedAt: string };
+            const rows = await server.query<{ relname: string; ok: boolean }>(
+              `SELECT relname, (greatest(last_vacuum, last_autovacuum) >= $1::timestamptz AND greatest(last_analyze, last_autoanalyze) >= $1::timestamptz) AS ok
+               FROM pg_stat_user_tables WHERE (schemaname, relname) IN (SELECT * FROM unnest($2::text[], $3::text[]))`,
+              [startedAt, byDb.map((v) => v.schema), byDb.map((v) => v.table)],
+              database,
+            );
+            const done = rows.filter((r) => r.ok).map((r) => r.relname);
+            const missing = byDb.map((v) => v.table).filter((t) => !done.includes(t));
+            return missing.length === 0
+              ? { ok: true, detail: `vacuumed and analyzed ${done.join(', ')} in ${database}` }
+              : { ok: false, detail: `no vacuum/analyze recorded for ${missing.join(', ')} in ${database}` };
+          },
+        });
+      }
+      return steps;
+    },
+
+    async diagnostics(plan, alert, ctx) {
+      const cfg = settings(ctx);
+      const server = serverFor(ctx, plan?.server ?? alert.labels.server);
+      const database = plan?.database ?? alert.labels.datname ?? '*';
+      const out: Record<string, unknown> = {};
+      if (plan) {
+        out.sessions = { acted_on: plan.targets, spared: plan.spared, over_cap: plan.overCap };
+      }
+      // Runbook step 3, "Check for missing indexes", for the tables configured for this database.
+      for (const d of cfg.diagnosticTables.filter((t) => database === '*' || t.database === database)) {
+        try {
+          out[`pg_stats ${d.database}`] = await server.query(DIAGNOSTICS_SQL, [d.tables], d.database);
+        } catch (err) {
+          out[`pg_stats ${d.database}`] = `not available: ${(err as Error).message}`;
+        }
+        out[`pg_stats ${d.database} command`] = psqlCommand(
+          ctx.config,
+          `SELECT schemaname, tablename, attname, n_distinct, correlation FROM pg_stats WHERE tablename IN (${d.tables.map((t) => `'${t}'`).join(', ')}) ORDER BY n_distinct;`,
+          { database: d.database },
+        );
+      }
+      return out;
+    },
+  };
+}
+
+function groupBy<T>(items: T[], key: (t: T) => string): T[][] {
+  const m = new Map<string, T[]>();
+  for (const i of items) {
+    const k = key(i);
+    m.set(k, [...(m.get(k) ?? []), i]);
+  }
+  return [...m.values()];
+}

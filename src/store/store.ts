@@ -1,0 +1,471 @@
+/**
+ * The audit store: every remediation run and each of its steps, the per-target locks, and the
+ * escalation outbox. Embedded SQLite (WAL, synchronous=FULL) so that what was written before a
+ * step executed is on disk when the process dies mid-step — that is what lets a restart resume or
+ * escalate instead of repeating a step blindly. Synchronous by design (better-sqlite3): a
+ * check-then-insert is atomic within the event loop, and across processes through SQLite's locks.
+ *
+ * Secrets never enter the store: outbox rows hold the team, never the routing key (it is looked up
+ * from the configuration at send time).
+ */
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { randomUUID } from 'node:crypto';
+import Database from 'better-sqlite3';
+import { DbpilotError } from '../errors.js';
+
+export type RunStatus =
+  | 'planning'
+  | 'awaiting_approval'
+  | 'running'
+  | 'succeeded'
+  | 'failed'
+  | 'escalated'
+  | 'cancelled'
+  | 'dry_run'
+  | 'skipped';
+
+export const FINAL_STATUSES: readonly RunStatus[] = ['succeeded', 'failed', 'escalated', 'cancelled', 'dry_run', 'skipped'];
+
+export type StepStatus = 'planned' | 'running' | 'done' | 'check_failed' | 'error' | 'skipped';
+
+export interface RunRow {
+  id: string;
+  handler: string;
+  alertname: string;
+  fingerprint: string;
+  startsAt: string;
+  target: string;
+  mode: string;
+  status: RunStatus;
+  reason: string | null;
+  plan: unknown;
+  labels: Record<string, string>;
+  origin: string;
+  createdAt: string;
+  updatedAt: string;
+  finishedAt: string | null;
+  approvedBy: string | null;
+  owner: string | null;
+}
+
+export interface StepRow {
+  runId: string;
+  idx: number;
+  name: string;
+  command: string;
+  status: StepStatus;
+  startedAt: string | null;
+  finishedAt: string | null;
+  output: unknown;
+  check: unknown;
+  error: string | null;
+  /** How many times the step's action was started: more than 1 only when a resume re-ran an idempotent step. */
+  attempts: number;
+}
+
+export interface OutboxRow {
+  id: number;
+  team: string;
+  dedupKey: string;
+  action: 'trigger' | 'resolve';
+  event: Record<string, unknown>;
+  status: 'pending' | 'delivered' | 'dead';
+  attempts: number;
+  nextAttemptAt: number;
+  lastError: string | null;
+  createdAt: string;
+  deliveredAt: string | null;
+}
+
+const MIGRATIONS: string[] = [
+  `CREATE TABLE runs (
+     id TEXT PRIMARY KEY,
+     handler TEXT NOT NULL,
+     alertname TEXT NOT NULL,
+     fingerprint TEXT NOT NULL,
+     starts_at TEXT NOT NULL,
+     target TEXT NOT NULL,
+     mode TEXT NOT NULL,
+     status TEXT NOT NULL,
+     reason TEXT,
+     plan TEXT,
+     labels TEXT NOT NULL DEFAULT '{}',
+     origin TEXT NOT NULL DEFAULT 'alertmanager',
+     created_at TEXT NOT NULL,
+     updated_at TEXT NOT NULL,
+     finished_at TEXT,
+     approved_by TEXT,
+     owner TEXT
+   );
+   -- Alertmanager re-sends a firing alert every repeat_interval: one alert occurrence is one run.
+   CREATE UNIQUE INDEX runs_occurrence ON runs(handler, fingerprint, starts_at) WHERE origin = 'alertmanager';
+   CREATE INDEX runs_target ON runs(target, created_at);
+   CREATE INDEX runs_status ON runs(status);
+   CREATE TABLE steps (
+     run_id TEXT NOT NULL REFERENCES runs(id),
+     idx INTEGER NOT NULL,
+     name TEXT NOT NULL,
+     command TEXT NOT NULL,
+     status TEXT NOT NULL,
+     started_at TEXT,
+     finished_at TEXT,
+     output TEXT,
+     "check" TEXT,
+     error TEXT,
+     attempts INTEGER NOT NULL DEFAULT 0,
+     PRIMARY KEY (run_id, idx)
+   );
+   CREATE TABLE locks (
+     target TEXT PRIMARY KEY,
+     run_id TEXT NOT NULL,
+     acquired_at TEXT NOT NULL
+   );
+   CREATE TABLE outbox (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     team TEXT NOT NULL,
+     dedup_key TEXT NOT NULL,
+     action TEXT NOT NULL,
+     event TEXT NOT NULL,
+     status TEXT NOT NULL DEFAULT 'pending',
+     attempts INTEGER NOT NULL DEFAULT 0,
+     next_attempt_at INTEGER NOT NULL,
+     last_error TEXT,
+     created_at TEXT NOT NULL,
+     delivered_at TEXT
+   );
+   CREATE INDEX outbox_due ON outbox(status, next_attempt_at);`,
+];
+
+const now = () => new Date().toISOString();
+
+function json(v: unknown): string | null {
+  return v === undefined ? null : JSON.stringify(v);
+}
+function parse(v: unknown): unknown {
+  return typeof v === 'string' ? JSON.parse(v) : null;
+}
+
+function toRun(r: Record<string, unknown>): RunRow {
+  return {
+    id: r.id as string,
+    handler: r.handler as string,
+    alertname: r.alertname as string,
+    fingerprint: r.fingerprint as string,
+    startsAt: r.starts_at as string,
+    target: r.target as string,
+    mode: r.mode as string,
+    status: r.status as RunStatus,
+    reason: (r.reason as string | null) ?? null,
+    plan: parse(r.plan),
+    labels: (parse(r.labels) as Record<string, string>) ?? {},
+    origin: r.origin as string,
+    createdAt: r.created_at as string,
+    updatedAt: r.updated_at as string,
+    finishedAt: (r.finished_at as string | null) ?? null,
+    approvedBy: (r.approved_by as string | null) ?? null,
+    owner: (r.owner as string | null) ?? null,
+  };
+}
+
+function toStep(r: Record<string, unknown>): StepRow {
+  return {
+    runId: r.run_id as string,
+    idx: r.idx as number,
+    name: r.name as string,
+    command: r.command as string,
+    status: r.status as StepStatus,
+    startedAt: (r.started_at as string | null) ?? null,
+    finishedAt: (r.finished_at as string | null) ?? null,
+    output: parse(r.output),
+    check: parse(r.check),
+    error: (r.error as string | null) ?? null,
+    attempts: r.attempts as number,
+  };
+}
+
+function toOutbox(r: Record<string, unknown>): OutboxRow {
+  return {
+    id: r.id as number,
+    team: r.team as string,
+    dedupKey: r.dedup_key as string,
+    action: r.action as OutboxRow['action'],
+    event: parse(r.event) as Record<string, unknown>,
+    status: r.status as OutboxRow['status'],
+    attempts: r.attempts as number,
+    nextAttemptAt: r.next_attempt_at as number,
+    lastError: (r.last_error as string | null) ?? null,
+    createdAt: r.created_at as string,
+    deliveredAt: (r.delivered_at as string | null) ?? null,
+  };
+}
+
+export interface NewRun {
+  handler: string;
+  alertname: string;
+  fingerprint: string;
+  startsAt: string;
+  target: string;
+  mode: string;
+  status: RunStatus;
+  reason?: string | null;
+  plan?: unknown;
+  labels?: Record<string, string>;
+  origin?: 'alertmanager' | 'cli';
+  owner?: string;
+}
+
+export class Store {
+  private readonly db: Database.Database;
+
+  constructor(readonly path: string) {
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    try {
+      this.db = new Database(path);
+    } catch (err) {
+      throw new DbpilotError('DBPILOT_STORE_OPEN_FAILED', `cannot open the store at ${path}: ${(err as Error).message}`);
+    }
+    this.db.pragma('journal_mode = WAL');
+    // FULL: a row written before a step runs must survive a power cut, not just a process crash.
+    this.db.pragma('synchronous = FULL');
+    this.db.pragma('busy_timeout = 5000');
+    this.db.pragma('foreign_keys = ON');
+    this.migrate();
+  }
+
+  private migrate(): void {
+    this.db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)');
+    const row = this.db.prepare('SELECT max(version) AS v FROM schema_migrations').get() as { v: number | null };
+    const current = row.v ?? 0;
+    if (current > MIGRATIONS.length) {
+      throw new DbpilotError('DBPILOT_STORE_TOO_NEW', `the store at ${this.path} has schema version ${current}; this dbpilot knows ${MIGRATIONS.length}`);
+    }
+    for (let v = current + 1; v <= MIGRATIONS.length; v++) {
+      this.db.transaction(() => {
+        this.db.exec(MIGRATIONS[v - 1]!);
+        this.db.prepare('INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)').run(v, now());
+      })();
+    }
+  }
+
+  get schemaVersion(): number {
+    return (this.db.prepare('SELECT max(version) AS v FROM schema_migrations').get() as { v: number }).v;
+  }
+
+  // ---- runs ----
+
+  /** Inserts a run unless this alert occurrence already has one; returns null for a repeat. */
+  createRun(r: NewRun): RunRow | null {
+    const id = randomUUID();
+    const t = now();
+    const final = FINAL_STATUSES.includes(r.status);
+    const res = this.db
+      .prepare(
+        `INSERT OR IGNORE INTO runs (id, handler, alertname, fingerprint, starts_at, target, mode, status, reason, plan, labels, origin, created_at, updated_at, finished_at, owner)
+         VALUES (@id, @handler, @alertname, @fingerprint, @startsAt, @target, @mode, @status, @reason, @plan, @labels, @origin, @t, @t, @finished, @owner)`,
+      )
+      .run({
+        id,
+        handler: r.handler,
+        alertname: r.alertname,
+        fingerprint: r.fingerprint,
+        startsAt: r.startsAt,
+        target: r.target,
+        mode: r.mode,
+        status: r.status,
+        reason: r.reason ?? null,
+        plan: json(r.plan),
+        labels: JSON.stringify(r.labels ?? {}),
+        origin: r.origin ?? 'alertmanager',
+        t,
+        finished: final ? t : null,
+        owner: r.owner ?? null,
+      });
+    return res.changes === 1 ? this.getRun(id) : null;
+  }
+
+  getRun(id: string): RunRow | null {
+    const r = this.db.prepare('SELECT * FROM runs WHERE id = ?').get(id) as Record<string, unknown> | undefined;
+    return r ? toRun(r) : null;
+  }
+
+  /** Changes a run's status, optionally only from an expected status (returns false when it was not in it). */
+  setRunStatus(id: string, status: RunStatus, opts: { reason?: string | null; from?: RunStatus[]; plan?: unknown; approvedBy?: string; owner?: string } = {}): boolean {
+    const t = now();
+    const sets = ['status = @status', 'updated_at = @t'];
+    if (FINAL_STATUSES.includes(status)) sets.push('finished_at = @t');
+    if (opts.reason !== undefined) sets.push('reason = @reason');
+    if (opts.plan !== undefined) sets.push('plan = @plan');
+    if (opts.approvedBy !== undefined) sets.push('approved_by = @approvedBy');
+    if (opts.owner !== undefined) sets.push('owner = @owner');
+    const where = opts.from ? ` AND status IN (${opts.from.map((_, i) => `@from${i}`).join(', ')})` : '';
+    const params: Record<string, unknown> = {
+      id,
+      status,
+      t,
+      reason: opts.reason ?? null,
+      plan: json(opts.plan),
+      approvedBy: opts.approvedBy ?? null,
+      owner: opts.owner ?? null,
+    };
+    opts.from?.forEach((s, i) => (params[`from${i}`] = s));
+    return this.db.prepare(`UPDATE runs SET ${sets.join(', ')} WHERE id = @id${where}`).run(params).changes === 1;
+  }
+
+  listRuns(filter: { alertname?: string; fingerprint?: string; status?: string; handler?: string; limit?: number } = {}): RunRow[] {
+    const where: string[] = [];
+    const params: Record<string, unknown> = { limit: Math.min(Math.max(filter.limit ?? 100, 1), 1000) };
+    for (const k of ['alertname', 'fingerprint', 'status', 'handler'] as const) {
+      if (filter[k] !== undefined) {
+        where.push(`${k} = @${k}`);
+        params[k] = filter[k];
+      }
+    }
+    const sql = `SELECT * FROM runs ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, rowid DESC LIMIT @limit`;
+    return (this.db.prepare(sql).all(params) as Record<string, unknown>[]).map(toRun);
+  }
+
+  /** Runs of this alert occurrence still waiting or running (a resolved alert cancels those waiting). */
+  openRunsFor(fingerprint: string): RunRow[] {
+    return (
+      this.db.prepare(`SELECT * FROM runs WHERE fingerprint = ? AND status IN ('planning', 'awaiting_approval', 'running')`).all(fingerprint) as Record<string, unknown>[]
+    ).map(toRun);
+  }
+
+  /** Runs that were planning or executing when the process stopped. */
+  inFlightRuns(): RunRow[] {
+    return (this.db.prepare(`SELECT * FROM runs WHERE status IN ('planning', 'running') ORDER BY created_at`).all() as Record<string, unknown>[]).map(toRun);
+  }
+
+  /** Runs that acted (not dry-run, not skipped) on a target since a time: for cooldown and the attempt limit. */
+  actedRunsOnTarget(handler: string, target: string, sinceIso: string): RunRow[] {
+    return (
+      this.db
+        .prepare(
+          `SELECT * FROM runs WHERE handler = ? AND target = ? AND created_at >= ?
+             AND status IN ('running', 'succeeded', 'failed', 'escalated') AND mode IN ('auto', 'approve', 'manual')
+           ORDER BY created_at DESC`,
+        )
+        .all(handler, target, sinceIso) as Record<string, unknown>[]
+    ).map(toRun);
+  }
+
+  // ---- steps ----
+
+  putSteps(runId: string, steps: { name: string; command: string }[]): void {
+    const ins = this.db.prepare(`INSERT OR IGNORE INTO steps (run_id, idx, name, command, status) VALUES (?, ?, ?, ?, 'planned')`);
+    this.db.transaction(() => steps.forEach((s, i) => ins.run(runId, i, s.name, s.command)))();
+  }
+
+  steps(runId: string): StepRow[] {
+    return (this.db.prepare('SELECT * FROM steps WHERE run_id = ? ORDER BY idx').all(runId) as Record<string, unknown>[]).map(toStep);
+  }
+
+  /** Written before the step's action runs: a crash after this line leaves the step visibly in flight. */
+  stepStarted(runId: string, idx: number): void {
+    this.db.prepare(`UPDATE steps SET status = 'running', started_at = ?, attempts = attempts + 1 WHERE run_id = ? AND idx = ?`).run(now(), runId, idx);
+  }
+
+  stepOutput(runId: string, idx: number, output: unknown): void {
+    this.db.prepare(`UPDATE steps SET output = ? WHERE run_id = ? AND idx = ?`).run(json(output), runId, idx);
+  }
+
+  stepFinished(runId: string, idx: number, status: StepStatus, fields: { output?: unknown; check?: unknown; error?: string | null } = {}): void {
+    const sets = ['status = @status', 'finished_at = @t'];
+    if (fields.output !== undefined) sets.push('output = @output');
+    if (fields.check !== undefined) sets.push('"check" = @check');
+    if (fields.error !== undefined) sets.push('error = @error');
+    this.db
+      .prepare(`UPDATE steps SET ${sets.join(', ')} WHERE run_id = @runId AND idx = @idx`)
+      .run({ status, t: now(), output: json(fields.output), check: json(fields.check), error: fields.error ?? null, runId, idx });
+  }
+
+  // ---- locks ----
+
+  /** Takes the per-target lock for a run; false when another run holds it. Re-entrant for the same run. */
+  acquireLock(target: string, runId: string): boolean {
+    return this.db.transaction(() => {
+      const cur = this.db.prepare('SELECT run_id FROM locks WHERE target = ?').get(target) as { run_id: string } | undefined;
+      if (cur) return cur.run_id === runId;
+      this.db.prepare('INSERT INTO locks (target, run_id, acquired_at) VALUES (?, ?, ?)').run(target, runId, now());
+      return true;
+    }).immediate();
+  }
+
+  lockHolder(target: string): string | null {
+    const cur = this.db.prepare('SELECT run_id FROM locks WHERE target = ?').get(target) as { run_id: string } | undefined;
+    return cur?.run_id ?? null;
+  }
+
+  releaseLock(target: string, runId: string): void {
+    this.db.prepare('DELETE FROM locks WHERE target = ? AND run_id = ?').run(target, runId);
+  }
+
+  // ---- escalation outbox ----
+
+  enqueue(e: { team: string; dedupKey: string; action: 'trigger' | 'resolve'; event: Record<string, unknown> }): number {
+    if ('routing_key' in e.event) throw new DbpilotError('DBPILOT_STORE_SECRET', 'outbox events must not carry the routing key');
+    const res = this.db
+      .prepare(`INSERT INTO outbox (team, dedup_key, action, event, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?)`)
+      .run(e.team, e.dedupKey, e.action, JSON.stringify(e.event), Date.now(), now());
+    return Number(res.lastInsertRowid);
+  }
+
+  /**
+   * Pending events that are due, at most one per dedup key (the oldest), so a resolve is never
+   * delivered before the trigger it resolves.
+   */
+  dueOutbox(nowMs: number, limit = 50): OutboxRow[] {
+    return (
+      this.db
+        .prepare(
+          `SELECT o.* FROM outbox o
+           WHERE o.status = 'pending' AND o.next_attempt_at <= ?
+             AND o.id = (SELECT min(id) FROM outbox p WHERE p.dedup_key = o.dedup_key AND p.status = 'pending')
+           ORDER BY o.id LIMIT ?`,
+        )
+        .all(nowMs, limit) as Record<string, unknown>[]
+    ).map(toOutbox);
+  }
+
+  outboxDelivered(id: number): void {
+    this.db.prepare(`UPDATE outbox SET status = 'delivered', attempts = attempts + 1, delivered_at = ?, last_error = NULL WHERE id = ?`).run(now(), id);
+  }
+
+  outboxRetry(id: number, nextAttemptAt: number, error: string): void {
+    this.db.prepare(`UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?`).run(nextAttemptAt, error, id);
+  }
+
+  outboxDead(id: number, error: string): void {
+    this.db.prepare(`UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ? WHERE id = ?`).run(error, id);
+  }
+
+  outboxPending(): number {
+    return (this.db.prepare(`SELECT count(*) AS n FROM outbox WHERE status = 'pending'`).get() as { n: number }).n;
+  }
+
+  /** The earliest time a pending event is due, or null. */
+  nextOutboxDue(): number | null {
+    const r = this.db.prepare(`SELECT min(next_attempt_at) AS t FROM outbox WHERE status = 'pending'`).get() as { t: number | null };
+    return r.t;
+  }
+
+  outbox(filter: { status?: OutboxRow['status'] } = {}): OutboxRow[] {
+    const rows = filter.status
+      ? this.db.prepare('SELECT * FROM outbox WHERE status = ? ORDER BY id').all(filter.status)
+      : this.db.prepare('SELECT * FROM outbox ORDER BY id').all();
+    return (rows as Record<string, unknown>[]).map(toOutbox);
+  }
+
+  /** Whether an incident was paged (a trigger enqueued) and not yet resolved, by dedup key. */
+  openIncident(dedupKey: string): { team: string } | null {
+    const r = this.db
+      .prepare(`SELECT team, action FROM outbox WHERE dedup_key = ? AND status <> 'dead' ORDER BY id DESC LIMIT 1`)
+      .get(dedupKey) as { team: string; action: string } | undefined;
+    return r && r.action === 'trigger' ? { team: r.team } : null;
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+}
