@@ -140,8 +140,8 @@ const configSchema = z.strictObject({
         .strictObject({
           name: z.string().min(1).default('dbpilot-leader'),
           durationSeconds: z.number().int().min(2).default(15),
-          renewDeadlineSeconds: z.number().int().min(1).default(10),
-          retryPeriodSeconds: z.number().int().min(1).default(2),
+          renewDeadlineSeconds: z.number().positive().default(10),
+          retryPeriodSeconds: z.number().positive().default(2),
         })
         .prefault({}),
     })
@@ -184,6 +184,10 @@ const configSchema = z.strictObject({
         .url()
         .default('https://github.com/lomash-wood/dbpilot/blob/main/docs/operator-guide.md'),
       timeoutMs: z.number().int().min(100).default(10_000),
+      /** Outbox backoff for 429 / 5xx / network errors: full jitter between 0 and min(maxMs, baseMs · 2^attempt). */
+      retry: z
+        .strictObject({ baseMs: z.number().int().min(10).default(1000), maxMs: z.number().int().min(100).default(300_000) })
+        .prefault({}),
     })
     .prefault({}),
   aws: z
@@ -310,6 +314,10 @@ export function parseConfig(document: unknown, env: NodeJS.ProcessEnv = process.
   const lease = cfg.kubernetes?.lease;
   if (lease && lease.renewDeadlineSeconds >= lease.durationSeconds) {
     throw new ConfigError('kubernetes.lease.renewDeadlineSeconds', 'must be less than kubernetes.lease.durationSeconds');
+  }
+  // client-go's rule: retries jitter up to 1.2 × the period and must fit inside the renew deadline.
+  if (lease && lease.retryPeriodSeconds * 1.2 >= lease.renewDeadlineSeconds) {
+    throw new ConfigError('kubernetes.lease.retryPeriodSeconds', 'must be less than kubernetes.lease.renewDeadlineSeconds / 1.2');
   }
   return deepFreeze(cfg);
 }

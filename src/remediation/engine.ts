@@ -337,7 +337,7 @@ export class Engine {
     this.o.logger.info({ run: run.id, handler: handler.name, status, reason }, 'remediation run finished');
     this.count(handler.name, status);
     if (escalation) {
-      void this.escalateWithDiagnostics(run, a, handler, data, escalation);
+      void this.track(this.escalateWithDiagnostics(run, a, handler, data, escalation));
     } else if (status === 'succeeded') {
       this.o.outbox.resolve(dedupKeyFor(a.alertname, a.fingerprint));
     }

@@ -1,0 +1,369 @@
+/**
+ * Runbook scenario 2 on a real PostgreSQL: the slow-queries handler through the real engine and
+ * store, with escalations going to the strict PagerDuty stand-in.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
+import { parseConfig } from '../../src/config.js';
+import { createLogger } from '../../src/logger.js';
+import { Runtime } from '../../src/runtime.js';
+import { createRemediation, type Remediation } from '../../src/remediation/index.js';
+import type { AlertInfo } from '../../src/remediation/handler.js';
+import { classifySessions, redactQuery } from '../../src/remediation/handlers/slow-queries.js';
+import { PagerDutyStandin } from '../support/pagerduty-standin.js';
+
+const suffix = Math.random().toString(36).slice(2, 8);
+const DB = `sq_test_${suffix}`;
+const APP = `sq_app_${suffix}`;
+const PROTECTED = `sq_protected_${suffix}`;
+const KEY = 'k'.repeat(32);
+
+let admin: pg.Client;
+let pd: PagerDutyStandin;
+let tmp: string;
+let primaryServer: string;
+const open: pg.Client[] = [];
+
+function url(user: string, db = DB): string {
+  const u = new URL(inject('pgPrimaryUrl'));
+  u.username = user;
+  u.pathname = `/${db}`;
+  return u.toString();
+}
+
+/** Starts a statement in its own session and returns the session's pid and the promise of the statement. */
+async function startQuery(user: string, sql: string): Promise<{ pid: number; done: Promise<unknown>; client: pg.Client }> {
+  const client = new pg.Client({ connectionString: url(user), application_name: `test-${user}` });
+  client.on('error', () => undefined);
+  await client.connect();
+  open.push(client);
+  const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+  const done = client.query(sql).then(
+    () => ({ ok: true }),
+    (err: { code?: string; message: string }) => ({ ok: false, code: err.code, message: err.message }),
+  );
+  return { pid, done, client };
+}
+
+async function isRunning(pid: number): Promise<boolean> {
+  const r = await admin.query(`SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state <> 'idle'`, [pid]);
+  return r.rowCount === 1;
+}
+
+async function waitLongRunning(pids: number[], seconds = 1): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    const r = await admin.query(
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = ANY($1) AND state <> 'idle' AND query_start < now() - make_interval(secs => $2)`,
+      [pids, seconds],
+    );
+    if (r.rows[0].n === pids.length) return;
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  throw new Error(`sessions ${pids.join(', ')} did not become long-running`);
+}
+
+function makeRemediation(mode: 'auto' | 'dry-run' | 'approve', extra: Record<string, unknown> = {}): { r: Remediation; runtime: Runtime; lines: string[] } {
+  const lines: string[] = [];
+  const config = parseConfig(
+    {
+      mode,
+      logLevel: 'debug',
+      postgres: { primary: { url: inject('pgPrimaryUrl') }, databases: [DB], longRunningQuerySeconds: 1 },
+      redis: { url: inject('redisUrl') },
+      store: { path: join(tmp, `store-${Math.random().toString(36).slice(2)}.sqlite`) },
+      pagerduty: { url: pd.url, routes: { 'lead-dba': KEY, 'em-dba': KEY, 'oncall-backend': KEY, devops: KEY } },
+      handlers: {
+        'slow-queries': {
+          graceSeconds: 1,
+          cooldownSeconds: 0,
+          protectedRoles: [PROTECTED],
+          diagnosticTables: [{ database: DB, tables: ['orders', 'payments'] }],
+          ...extra,
+        },
+      },
+    },
+    {},
+  );
+  const logger = createLogger('debug', { write: (s: string) => void lines.push(s) } as never);
+  const runtime = new Runtime(config, logger, { processMetrics: false });
+  const r = createRemediation(runtime, { instance: 'test' });
+  r.outbox.start();
+  return { r, runtime, lines };
+}
+
+let seq = 0;
+function alert(labels: Record<string, string> = {}): AlertInfo {
+  seq++;
+  return {
+    alertname: 'PostgresLongRunningQueries',
+    labels: { alertname: 'PostgresLongRunningQueries', remediation: 'slow-queries', team: 'oncall-backend', severity: 'warning', server: primaryServer, datname: DB, ...labels },
+    annotations: { summary: 'long-running queries' },
+    fingerprint: `${Date.now().toString(16)}${seq.toString(16).padStart(4, '0')}`,
+    startsAt: new Date().toISOString(),
+  };
+}
+
+beforeAll(async () => {
+  tmp = mkdtempSync(join(tmpdir(), 'dbpilot-sq-'));
+  pd = new PagerDutyStandin();
+  await pd.start();
+  const u = new URL(inject('pgPrimaryUrl'));
+  primaryServer = `${u.hostname}:${u.port}`;
+  admin = new pg.Client({ connectionString: inject('pgPrimaryUrl') });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${DB}`);
+  await admin.query(`CREATE ROLE ${APP} LOGIN`);
+  await admin.query(`CREATE ROLE ${PROTECTED} LOGIN`);
+  const db = new pg.Client({ connectionString: url('postgres') });
+  await db.connect();
+  await db.query(`GRANT ALL ON SCHEMA public TO ${APP}`);
+  await db.query(`CREATE TABLE orders (id int PRIMARY KEY, status text); INSERT INTO orders SELECT g, 'new' FROM generate_series(1, 1000) g; ANALYZE orders`);
+  await db.query(`CREATE TABLE payments (id int PRIMARY KEY, amount numeric); INSERT INTO payments SELECT g, g FROM generate_series(1, 100) g`);
+  // A query that survives pg_cancel_backend: it catches query_canceled and keeps sleeping.
+  await db.query(`
+    CREATE FUNCTION stubborn_sleep(total float8) RETURNS void LANGUAGE plpgsql AS $$
+    DECLARE deadline timestamptz := clock_timestamp() + make_interval(secs => total);
+    BEGIN
+      WHILE clock_timestamp() < deadline LOOP
+        BEGIN
+          PERFORM pg_sleep(0.1);
+        EXCEPTION WHEN query_canceled THEN
+          NULL;
+        END;
+      END LOOP;
+    END $$`);
+  await db.end();
+});
+
+// Each test starts from a database with no session of the previous one left running.
+afterEach(async () => {
+  await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, [DB]);
+  for (const c of open.splice(0)) await c.end().catch(() => undefined);
+});
+
+afterAll(async () => {
+  if (admin) {
+    await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1`, [DB]).catch(() => undefined);
+    await admin.query(`DROP DATABASE IF EXISTS ${DB}`).catch(() => undefined);
+    await admin.query(`DROP ROLE IF EXISTS ${APP}`).catch(() => undefined);
+    await admin.query(`DROP ROLE IF EXISTS ${PROTECTED}`).catch(() => undefined);
+    await admin.end();
+  }
+  await pd?.close();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+describe('slow-queries (runbook scenario 2) on a real PostgreSQL', () => {
+  it('cancels a non-protected long-running query and records every step', async () => {
+    const { r, runtime } = makeRemediation('auto');
+    try {
+      const q = await startQuery(APP, 'SELECT pg_sleep(60)');
+      await waitLongRunning([q.pid]);
+      const run = await r.engine.onFiring(alert());
+      expect(run?.status).toBe('succeeded');
+      expect(await q.done).toMatchObject({ ok: false, code: '57014' }); // query_canceled
+      const steps = r.store.steps(run!.id);
+      expect(steps.map((s) => [s.name, s.status, s.attempts])).toEqual([
+        ['cancelBackends', 'done', 1],
+        ['terminateBackends', 'done', 1],
+      ]);
+      expect(steps[0]!.command).toContain(`SELECT pg_cancel_backend(${q.pid});`);
+      expect(steps[0]!.startedAt).not.toBeNull();
+      expect(steps[0]!.finishedAt).not.toBeNull();
+      expect(steps[0]!.check).toMatchObject({ ok: true, detail: 'all 1 cancelled queries stopped' });
+      expect(steps[1]!.check).toMatchObject({ ok: true, detail: 'nothing to terminate: every query stopped on cancel' });
+      const plan = r.store.getRun(run!.id)!.plan as { data: { targets: { pid: number; user: string; database: string; query: string; seconds: number; application: string }[] } };
+      expect(plan.data.targets).toHaveLength(1);
+      expect(plan.data.targets[0]).toMatchObject({ pid: q.pid, user: APP, database: DB, query: 'SELECT pg_sleep(60)', application: `test-${APP}` });
+      expect(plan.data.targets[0]!.seconds).toBeGreaterThanOrEqual(1);
+    } finally {
+      await r.close();
+      await runtime.close();
+    }
+  });
+
+  it('terminates a query that survives cancel, after the grace period', async () => {
+    const { r, runtime } = makeRemediation('auto', { graceSeconds: 1.5 });
+    try {
+      const q = await startQuery(APP, 'SELECT stubborn_sleep(60)');
+      await waitLongRunning([q.pid]);
+      const started = Date.now();
+      const run = await r.engine.onFiring(alert());
+      expect(run?.status).toBe('succeeded');
+      expect(Date.now() - started).toBeGreaterThanOrEqual(1500);
+      const result = (await q.done) as { ok: boolean; code?: string; message: string };
+      expect(result.ok).toBe(false);
+      expect(result.code === '57P01' || /terminat/i.test(result.message)).toBe(true);
+      expect(await isRunning(q.pid)).toBe(false);
+      const steps = r.store.steps(run!.id);
+      expect((steps[0]!.check as { data: { survivors: { pid: number }[] } }).data.survivors.map((s) => s.pid)).toEqual([q.pid]);
+      expect(steps[1]!.check).toMatchObject({ ok: true });
+      expect((steps[1]!.check as { detail: string }).detail).toContain(`terminated 1 session(s) (pids ${q.pid})`);
+    } finally {
+      await r.close();
+      await runtime.close();
+    }
+  });
+
+  it("spares a superuser's and a protected role's queries and escalates with the missing-index diagnostics", async () => {
+    const { r, runtime } = makeRemediation('auto');
+    try {
+      const su = await startQuery('postgres', 'SELECT pg_sleep(60)');
+      const prot = await startQuery(PROTECTED, 'SELECT pg_sleep(60)');
+      await waitLongRunning([su.pid, prot.pid]);
+      const a = alert();
+      const run = await r.engine.onFiring(a);
+      expect(run?.status).toBe('escalated');
+      expect(run?.reason).toMatch(/unsafe to act: 2 long-running queries belong to protected sessions/);
+      expect(await isRunning(su.pid)).toBe(true);
+      expect(await isRunning(prot.pid)).toBe(true);
+      expect(r.store.steps(run!.id)).toEqual([]);
+
+      await r.engine.idle();
+      await r.outbox.flush();
+      const dedupKey = `dbpilot/PostgresLongRunningQueries/${a.fingerprint}`;
+      expect(pd.acceptedCount(dedupKey, 'trigger')).toBe(1);
+      const event = pd.accepted.find((e) => e.dedupKey === dedupKey)!.event as { payload: { custom_details: Record<string, unknown>; severity: string } };
+      expect(event.payload.severity).toBe('warning');
+      const details = event.payload.custom_details as { team: string; diagnostics: Record<string, unknown> };
+      expect(details.team).toBe('oncall-backend');
+      const stats = details.diagnostics[`pg_stats ${DB}`] as { tablename: string; attname: string }[];
+      expect(stats.some((s) => s.tablename === 'orders' && s.attname === 'status')).toBe(true);
+      expect(String(details.diagnostics[`pg_stats ${DB} command`])).toContain("WHERE tablename IN ('orders', 'payments')");
+    } finally {
+      await r.close();
+      await runtime.close();
+    }
+  });
+
+  it('acts on the ordinary session next to a protected one, then escalates what it left alone', async () => {
+    const { r, runtime } = makeRemediation('auto');
+    try {
+      const app = await startQuery(APP, 'SELECT pg_sleep(60)');
+      const prot = await startQuery(PROTECTED, 'SELECT pg_sleep(60)');
+      await waitLongRunning([app.pid, prot.pid]);
+      const run = await r.engine.onFiring(alert());
+      expect(run?.status).toBe('escalated');
+      expect(run?.reason).toContain('1 protected session(s) left alone');
+      expect(await app.done).toMatchObject({ ok: false, code: '57014' });
+      expect(await isRunning(prot.pid)).toBe(true);
+    } finally {
+      await r.close();
+      await runtime.close();
+    }
+  });
+
+  it('dry-run shows the runbook commands with the real pids and changes nothing', async () => {
+    const { r, runtime } = makeRemediation('dry-run');
+    try {
+      const q = await startQuery(APP, 'SELECT pg_sleep(60)');
+      await waitLongRunning([q.pid]);
+      const run = await r.engine.onFiring(alert());
+      expect(run?.status).toBe('dry_run');
+      const steps = r.store.steps(run!.id);
+      expect(steps.every((s) => s.status === 'planned' && s.attempts === 0)).toBe(true);
+      expect(steps[0]!.command).toMatch(new RegExp(`kubectl exec -it postgres-primary-0 -n lomash-wood -- psql -U postgres -c "SELECT pg_cancel_backend\\(${q.pid}\\);"`));
+      expect(steps[1]!.command).toContain(`SELECT pg_terminate_backend(${q.pid});`);
+      await new Promise((res) => setTimeout(res, 1500));
+      expect(await isRunning(q.pid)).toBe(true);
+    } finally {
+      await r.close();
+      await runtime.close();
+    }
+  });
+
+  it('approve mode waits with its plan, changes nothing, and acts once approved', async () => {
+    const { r, runtime } = makeRemediation('approve');
+    try {
+      const q = await startQuery(APP, 'SELECT pg_sleep(60)');
+      await waitLongRunning([q.pid]);
+      const run = await r.engine.onFiring(alert());
+      expect(run?.status).toBe('awaiting_approval');
+      await new Promise((res) => setTimeout(res, 1500));
+      expect(await isRunning(q.pid)).toBe(true);
+      const done = await r.engine.approve(run!.id, 'alice');
+      expect(done.status).toBe('succeeded');
+      expect(done.approvedBy).toBe('alice');
+      expect(await q.done).toMatchObject({ ok: false, code: '57014' });
+      await expect(r.engine.approve(run!.id, 'bob')).rejects.toThrow(/not awaiting approval/);
+    } finally {
+      await r.close();
+      await runtime.close();
+    }
+  });
+
+  it('runs VACUUM ANALYZE on the configured tables as the last step and checks it', async () => {
+    const { r, runtime } = makeRemediation('auto', { vacuumAnalyze: [{ database: DB, table: 'orders' }, { database: DB, table: 'payments' }] });
+    try {
+      const q = await startQuery(APP, 'SELECT pg_sleep(60)');
+      await waitLongRunning([q.pid]);
+      const run = await r.engine.onFiring(alert());
+      expect(run?.status).toBe('succeeded');
+      const steps = r.store.steps(run!.id);
+      expect(steps[2]!.name).toBe(`vacuumAnalyze(${DB})`);
+      expect(steps[2]!.command).toContain(`-d ${DB} -c "VACUUM ANALYZE orders; VACUUM ANALYZE payments;"`);
+      expect(steps[2]!.check).toMatchObject({ ok: true });
+      const stat = await new pg.Client({ connectionString: url('postgres') });
+      await stat.connect();
+      const rows = (await stat.query(`SELECT relname FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL AND last_analyze IS NOT NULL ORDER BY relname`)).rows;
+      await stat.end();
+      expect(rows.map((x) => x.relname)).toEqual(['orders', 'payments']);
+    } finally {
+      await r.close();
+      await runtime.close();
+    }
+  });
+
+  it('acts only in the database the alert names', async () => {
+    const { r, runtime } = makeRemediation('auto');
+    try {
+      const q = await startQuery(APP, 'SELECT pg_sleep(60)');
+      await waitLongRunning([q.pid]);
+      const run = await r.engine.onFiring(alert({ datname: 'postgres' }));
+      expect(run?.status).toBe('succeeded');
+      expect(run?.reason).toMatch(/nothing to do/);
+      expect(await isRunning(q.pid)).toBe(true);
+    } finally {
+      await r.close();
+      await runtime.close();
+    }
+  });
+});
+
+describe('slow-queries pure parts', () => {
+  const base = { pid: 1, backendStart: 'b', queryStart: 'q', user: 'app', application: 'api', database: 'd', state: 'active', seconds: 40, query: 'x', superuser: false, replication: false };
+  it.each([
+    [{ application: 'dbpilot' }, "dbpilot's own session"],
+    [{ superuser: true, user: 'admin' }, 'superuser admin'],
+    [{ replication: true, user: 'repl' }, 'replication role repl'],
+    [{ user: 'etl' }, 'protected role etl'],
+    [{ application: 'pg_dump' }, 'protected application pg_dump'],
+  ])('spares %j: %s', (over, reason) => {
+    const res = classifySessions([{ ...base, ...over }], { protectedRoles: ['etl'], protectedApplications: ['pg_dump'], maxPerRun: 5 });
+    expect(res.targets).toEqual([]);
+    expect(res.spared[0]!.reason).toBe(reason);
+  });
+
+  it('acts on the oldest first up to the cap', () => {
+    const rows = [10, 50, 30].map((seconds, i) => ({ ...base, pid: i + 1, seconds }));
+    const res = classifySessions(rows, { protectedRoles: [], protectedApplications: [], maxPerRun: 2 });
+    expect(res.targets.map((t) => t.pid)).toEqual([2, 3]);
+    expect(res.overCap.map((t) => t.pid)).toEqual([1]);
+  });
+
+  it.each([
+    ["ALTER ROLE app PASSWORD 'hunter2'", "ALTER ROLE app PASSWORD '[REDACTED]'"],
+    ["CREATE USER x WITH PASSWORD 'it''s secret' LOGIN", "CREATE USER x WITH PASSWORD '[REDACTED]' LOGIN"],
+    ['SELECT  1\n  FROM t', 'SELECT 1 FROM t'],
+  ])('redacts %j', (q, expected) => {
+    expect(redactQuery(q)).toBe(expected);
+  });
+
+  it('truncates long query text', () => {
+    expect(redactQuery('x'.repeat(500))).toHaveLength(200);
+  });
+});
