@@ -1,0 +1,579 @@
+/**
+ * A thin typed client over @kubernetes/client-node 1.4.0 for the runbook's kubectl steps. Each method
+ * is named for the step it serves and sends exactly the request the runbook's kubectl line sends:
+ *
+ *   readSecretKey / replaceSecretKey   kubectl get secret … / kubectl patch secret … --type=json (replace /data/<key>)
+ *   rolloutRestart / waitForRollout    kubectl rollout restart … / kubectl rollout status …
+ *   listPods / labelPod                kubectl get pods -l … / kubectl label pod … --overwrite
+ *   readPvc / resizePvc                kubectl get pvc … / kubectl patch pvc … -p '{"spec":{"resources":{"requests":{"storage":…}}}}'
+ *   read/create/replace/deleteLease    what the leader elector needs (coordination.k8s.io/v1)
+ *
+ * Every failure becomes a KubernetesApiError (a DependencyError for 'kubernetes') carrying the HTTP
+ * status and the Status reason. Messages never carry the bearer token, and for Secrets not even the
+ * API server's own message: a 422 from a Secret patch echoes the patched object, data included.
+ */
+import { existsSync } from 'node:fs';
+import {
+  ApiException,
+  AppsV1Api,
+  CoordinationV1Api,
+  CoreV1Api,
+  KubeConfig,
+  Observable,
+  PatchStrategy,
+  V1MicroTime,
+  setHeaderOptions,
+  type ConfigurationOptions,
+  type ObservableMiddleware,
+  type RequestContext,
+  type ResponseContext,
+  type V1Deployment,
+  type V1Lease,
+  type V1PersistentVolumeClaim,
+  type V1Pod,
+  type V1StatefulSet,
+} from '@kubernetes/client-node';
+import { DbpilotError, DependencyError, safeMessage } from '../errors.js';
+
+export type WorkloadKind = 'deployment' | 'statefulset';
+
+export interface KubernetesClientOptions {
+  /** Namespace every call works in (the runbook's `-n lomash-wood`). */
+  namespace: string;
+  /** Path of a kubeconfig file. Else $KUBECONFIG, else the in-cluster service account. */
+  kubeconfigPath?: string;
+  /** Context to use from the kubeconfig (default: its current-context). */
+  context?: string;
+  /** Per-request time limit, ms (default 10 000). */
+  requestTimeoutMs?: number;
+  /** How often waitForRollout polls, ms (default 1 000). */
+  rolloutPollMs?: number;
+}
+
+/** Per-call options. */
+export interface CallOptions {
+  /** Overrides the client's requestTimeoutMs for this call. */
+  timeoutMs?: number;
+}
+
+export interface PodSummary {
+  name: string;
+  labels: Record<string, string>;
+  phase: string | undefined;
+  /** The pod's Ready condition is True. */
+  ready: boolean;
+  podIP: string | undefined;
+  nodeName: string | undefined;
+  resourceVersion: string | undefined;
+}
+
+export interface PvcInfo {
+  name: string;
+  storageClassName: string | undefined;
+  /** spec.resources.requests.storage, as written (e.g. "100Gi"). */
+  requestedStorage: string | undefined;
+  /** status.capacity.storage: what the volume has now; lags the request while a resize is in progress. */
+  capacityStorage: string | undefined;
+  phase: string | undefined;
+  volumeName: string | undefined;
+  resourceVersion: string | undefined;
+}
+
+export interface RolloutStatus {
+  kind: WorkloadKind;
+  name: string;
+  /** The rollout is complete: the controller saw the latest spec and every replica is updated and ready. */
+  done: boolean;
+  /** The rollout cannot complete by waiting (progress deadline exceeded, or not a RollingUpdate). */
+  failed: boolean;
+  /** What kubectl rollout status would print. */
+  message: string;
+  generation: number;
+  observedGeneration: number;
+  /** spec.replicas (default 1). */
+  desiredReplicas: number;
+  replicas: number;
+  updatedReplicas: number;
+  readyReplicas: number;
+  availableReplicas: number;
+}
+
+export interface LeaseRecord {
+  name: string;
+  namespace: string;
+  resourceVersion: string;
+  holderIdentity: string | undefined;
+  leaseDurationSeconds: number | undefined;
+  acquireTime: Date | undefined;
+  renewTime: Date | undefined;
+  leaseTransitions: number;
+  labels: Record<string, string> | undefined;
+  annotations: Record<string, string> | undefined;
+}
+
+export interface LeaseSpecInput {
+  /** Empty string: nobody holds it (a released lease). */
+  holderIdentity: string;
+  /** Whole seconds (int32 on the wire). */
+  leaseDurationSeconds: number;
+  acquireTime: Date;
+  renewTime: Date;
+  leaseTransitions: number;
+}
+
+/** A call to the Kubernetes API failed. `status` is the HTTP status, undefined when no response came back. */
+export class KubernetesApiError extends DependencyError {
+  readonly status: number | undefined;
+  /** The Status reason (NotFound, Conflict, AlreadyExists, Invalid, Forbidden, …) or a local one (Timeout, NetworkError). */
+  readonly reason: string | undefined;
+  /** What was attempted, e.g. `patch secret lomash-wood/lomash-wood-secrets`. */
+  readonly operation: string;
+
+  constructor(operation: string, detail: { status?: number; reason?: string; message: string }, options?: { cause?: unknown }) {
+    const head = detail.status !== undefined ? `HTTP ${detail.status}${detail.reason ? ` ${detail.reason}` : ''}` : (detail.reason ?? 'error');
+    super('kubernetes', `${operation}: ${head}: ${detail.message}`, options);
+    this.status = detail.status;
+    this.reason = detail.reason;
+    this.operation = operation;
+  }
+}
+
+/** A rollout did not finish in time, or cannot finish (progress deadline exceeded). */
+export class RolloutNotCompleteError extends DbpilotError {
+  readonly status: RolloutStatus | undefined;
+  constructor(kind: WorkloadKind, name: string, why: string, status?: RolloutStatus) {
+    super('DBPILOT_K8S_ROLLOUT_INCOMPLETE', `rollout of ${kind}/${name} did not complete: ${why}`);
+    this.status = status;
+  }
+}
+
+export function isNotFound(err: unknown): boolean {
+  return err instanceof KubernetesApiError && err.status === 404;
+}
+
+/** 409: AlreadyExists on create, Conflict on a stale resourceVersion. */
+export function isConflict(err: unknown): boolean {
+  return err instanceof KubernetesApiError && err.status === 409;
+}
+
+/** kubectl's restartedAt value: RFC 3339 to the second (time.Now().Format(time.RFC3339)). */
+export function restartedAtValue(at: Date): string {
+  return at.toISOString().replace(/\.\d{3}Z$/, 'Z');
+}
+
+/** metav1.MicroTime on the wire: RFC 3339 with exactly six fractional digits. */
+export function formatMicroTime(d: Date): string {
+  return d.toISOString().replace(/\.(\d{3})Z$/, '.$1000Z');
+}
+
+/** JSON Pointer (RFC 6901) escaping of one path segment. */
+function pointerSegment(s: string): string {
+  return s.replace(/~/g, '~0').replace(/\//g, '~1');
+}
+
+const IN_CLUSTER_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token';
+
+function loadKubeConfig(opts: KubernetesClientOptions): KubeConfig {
+  const kc = new KubeConfig();
+  const envPath = process.env.KUBECONFIG;
+  let source: string;
+  try {
+    if (opts.kubeconfigPath) {
+      source = opts.kubeconfigPath;
+      kc.loadFromFile(opts.kubeconfigPath);
+    } else if (envPath && envPath.length > 0) {
+      source = `$KUBECONFIG (${envPath})`;
+      kc.loadFromDefault();
+    } else if (process.env.KUBERNETES_SERVICE_HOST && existsSync(IN_CLUSTER_TOKEN)) {
+      source = 'in-cluster service account';
+      kc.loadFromCluster();
+    } else {
+      // client-node's loadFromDefault would silently fall back to ~/.kube/config or http://localhost:8080.
+      throw new Error('no kubeconfig given, KUBECONFIG unset and not running in a cluster');
+    }
+    if (opts.context) kc.setCurrentContext(opts.context);
+  } catch (err) {
+    throw new DependencyError('kubernetes', `cannot load configuration: ${safeMessage(err)}`);
+  }
+  if (!kc.getCurrentCluster()) throw new DependencyError('kubernetes', `no current cluster in ${source}`);
+  return kc;
+}
+
+/** Sets an AbortSignal on each request so a hung API server cannot hold a caller past its deadline. */
+function timeoutMiddleware(ms: number): ObservableMiddleware {
+  return {
+    pre: (ctx: RequestContext) => {
+      ctx.setSignal(AbortSignal.timeout(ms));
+      return new Observable(Promise.resolve(ctx));
+    },
+    post: (rsp: ResponseContext) => new Observable(Promise.resolve(rsp)),
+  };
+}
+
+function asRecord(v: unknown): Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
+}
+
+function toDate(v: unknown): Date | undefined {
+  // client-node 1.4.0 types MicroTime fields as V1MicroTime (a Date) but, having no deserializer for
+  // it, hands back the raw string. Accept both.
+  if (v instanceof Date) return Number.isNaN(v.getTime()) ? undefined : v;
+  if (typeof v === 'string' && v.length > 0) {
+    const d = new Date(v);
+    return Number.isNaN(d.getTime()) ? undefined : d;
+  }
+  return undefined;
+}
+
+function num(v: unknown): number {
+  return typeof v === 'number' && Number.isFinite(v) ? v : 0;
+}
+
+/**
+ * Rollout progress of a Deployment or StatefulSet, as `kubectl rollout status` judges it, plus the
+ * condition that every desired replica is updated and ready. Zero counts are absent from the API's
+ * JSON (omitempty), so missing means 0.
+ */
+export function rolloutStatusOf(kind: WorkloadKind, workload: V1Deployment | V1StatefulSet): RolloutStatus {
+  const name = workload.metadata?.name ?? '';
+  const generation = num(workload.metadata?.generation);
+  const st = asRecord(workload.status);
+  const spec = asRecord(workload.spec);
+  const desired = typeof spec.replicas === 'number' ? spec.replicas : 1;
+  const s: RolloutStatus = {
+    kind,
+    name,
+    done: false,
+    failed: false,
+    message: '',
+    generation,
+    observedGeneration: num(st.observedGeneration),
+    desiredReplicas: desired,
+    replicas: num(st.replicas),
+    updatedReplicas: num(st.updatedReplicas),
+    readyReplicas: num(st.readyReplicas),
+    availableReplicas: num(st.availableReplicas),
+  };
+  const waiting = (message: string): RolloutStatus => ({ ...s, message });
+  if (s.observedGeneration === 0 || s.observedGeneration < generation) return waiting(`waiting for ${kind} "${name}" spec update to be observed`);
+
+  if (kind === 'deployment') {
+    const conditions = Array.isArray(st.conditions) ? st.conditions.map(asRecord) : [];
+    const progressing = conditions.find((c) => c.type === 'Progressing');
+    if (progressing?.reason === 'ProgressDeadlineExceeded') return { ...s, failed: true, message: `deployment "${name}" exceeded its progress deadline` };
+    if (s.updatedReplicas < desired) return waiting(`${s.updatedReplicas} out of ${desired} new replicas have been updated`);
+    if (s.replicas > s.updatedReplicas) return waiting(`${s.replicas - s.updatedReplicas} old replicas are pending termination`);
+    if (s.availableReplicas < s.updatedReplicas) return waiting(`${s.availableReplicas} of ${s.updatedReplicas} updated replicas are available`);
+    if (s.readyReplicas < desired) return waiting(`${s.readyReplicas} of ${desired} replicas are ready`);
+    return { ...s, done: true, message: `deployment "${name}" successfully rolled out` };
+  }
+
+  const strategy = asRecord(spec.updateStrategy);
+  if (strategy.type !== undefined && strategy.type !== 'RollingUpdate') {
+    return { ...s, failed: true, message: `rollout status is only available for RollingUpdate strategy type (statefulset "${name}" uses ${String(strategy.type)})` };
+  }
+  if (s.readyReplicas < desired) return waiting(`${s.readyReplicas} of ${desired} pods are ready`);
+  const partition = num(asRecord(strategy.rollingUpdate).partition);
+  if (partition > 0) {
+    if (s.updatedReplicas < desired - partition) return waiting(`${s.updatedReplicas} of ${desired - partition} pods above partition ${partition} are updated`);
+    return { ...s, done: true, message: `partitioned roll out complete: ${s.updatedReplicas} new pods have been updated` };
+  }
+  if (st.updateRevision !== st.currentRevision) return waiting(`waiting for statefulset rolling update to complete, revision ${String(st.updateRevision)}`);
+  if (s.updatedReplicas < desired) return waiting(`${s.updatedReplicas} of ${desired} pods are updated`);
+  return { ...s, done: true, message: `statefulset rolling update complete ${desired} pods at revision ${String(st.updateRevision)}` };
+}
+
+function podSummary(p: V1Pod): PodSummary {
+  const conditions = p.status?.conditions ?? [];
+  return {
+    name: p.metadata?.name ?? '',
+    labels: { ...(p.metadata?.labels ?? {}) },
+    phase: p.status?.phase,
+    ready: conditions.some((c) => c.type === 'Ready' && c.status === 'True'),
+    podIP: p.status?.podIP,
+    nodeName: p.spec?.nodeName,
+    resourceVersion: p.metadata?.resourceVersion,
+  };
+}
+
+function pvcInfo(p: V1PersistentVolumeClaim): PvcInfo {
+  const requested = p.spec?.resources?.requests?.storage;
+  const capacity = p.status?.capacity?.storage;
+  return {
+    name: p.metadata?.name ?? '',
+    storageClassName: p.spec?.storageClassName,
+    requestedStorage: requested === undefined ? undefined : String(requested),
+    capacityStorage: capacity === undefined ? undefined : String(capacity),
+    phase: p.status?.phase,
+    volumeName: p.spec?.volumeName,
+    resourceVersion: p.metadata?.resourceVersion,
+  };
+}
+
+function leaseRecord(l: V1Lease): LeaseRecord {
+  const spec = asRecord(l.spec);
+  return {
+    name: l.metadata?.name ?? '',
+    namespace: l.metadata?.namespace ?? '',
+    resourceVersion: l.metadata?.resourceVersion ?? '',
+    holderIdentity: typeof spec.holderIdentity === 'string' ? spec.holderIdentity : undefined,
+    leaseDurationSeconds: typeof spec.leaseDurationSeconds === 'number' ? spec.leaseDurationSeconds : undefined,
+    acquireTime: toDate(spec.acquireTime),
+    renewTime: toDate(spec.renewTime),
+    leaseTransitions: num(spec.leaseTransitions),
+    labels: l.metadata?.labels,
+    annotations: l.metadata?.annotations,
+  };
+}
+
+function leaseSpec(s: LeaseSpecInput): V1Lease['spec'] {
+  if (!Number.isInteger(s.leaseDurationSeconds) || s.leaseDurationSeconds <= 0) {
+    throw new DependencyError('kubernetes', `leaseDurationSeconds must be a positive whole number, got ${s.leaseDurationSeconds}`);
+  }
+  // V1MicroTime serializes with six fractional digits; a plain Date would give three and the API
+  // server would refuse the Lease (400).
+  return {
+    holderIdentity: s.holderIdentity,
+    leaseDurationSeconds: s.leaseDurationSeconds,
+    acquireTime: new V1MicroTime(s.acquireTime.getTime()),
+    renewTime: new V1MicroTime(s.renewTime.getTime()),
+    leaseTransitions: s.leaseTransitions,
+  };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export class KubernetesClient {
+  readonly namespace: string;
+  private readonly core: CoreV1Api;
+  private readonly apps: AppsV1Api;
+  private readonly coordination: CoordinationV1Api;
+  private readonly requestTimeoutMs: number;
+  private readonly rolloutPollMs: number;
+
+  constructor(options: KubernetesClientOptions) {
+    if (!options.namespace) throw new DependencyError('kubernetes', 'a namespace is required');
+    this.namespace = options.namespace;
+    this.requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
+    this.rolloutPollMs = options.rolloutPollMs ?? 1_000;
+    const kc = loadKubeConfig(options);
+    this.core = kc.makeApiClient(CoreV1Api);
+    this.apps = kc.makeApiClient(AppsV1Api);
+    this.coordination = kc.makeApiClient(CoordinationV1Api);
+  }
+
+  // ----- Scenario 1, step 4: update service connection strings -----
+
+  /** The decoded (UTF-8) value of one key of a Secret. */
+  async readSecretKey(name: string, key: string, opts?: CallOptions): Promise<string> {
+    const op = `read secret ${this.namespace}/${name}`;
+    const secret = await this.call(op, opts, (o) => this.core.readNamespacedSecret({ name, namespace: this.namespace }, o), { secret: true });
+    const value = secret.data?.[key];
+    if (value === undefined) throw new KubernetesApiError(op, { reason: 'KeyNotFound', message: `secret has no key "${key}"` });
+    return Buffer.from(value, 'base64').toString('utf8');
+  }
+
+  /**
+   * `kubectl patch secret NAME --type=json -p '[{"op":"replace","path":"/data/KEY","value":"<base64>"}]'`.
+   * `replace` fails (422) if the key does not exist yet, as with kubectl: a missing key is a
+   * configuration error, not something to paper over.
+   */
+  async replaceSecretKey(name: string, key: string, value: string, opts?: CallOptions): Promise<void> {
+    const op = `patch secret ${this.namespace}/${name}`;
+    const body = [{ op: 'replace', path: `/data/${pointerSegment(key)}`, value: Buffer.from(value, 'utf8').toString('base64') }];
+    await this.call(
+      op,
+      opts,
+      (o) => this.core.patchNamespacedSecret({ name, namespace: this.namespace, body }, setHeaderOptions('Content-Type', PatchStrategy.JsonPatch, o)),
+      { secret: true },
+    );
+  }
+
+  /**
+   * `kubectl rollout restart KIND/NAME`: a strategic merge patch of
+   * spec.template.metadata.annotations["kubectl.kubernetes.io/restartedAt"]. Returns the value set
+   * and the generation the controller must reach.
+   */
+  async rolloutRestart(kind: WorkloadKind, name: string, at: Date = new Date(), opts?: CallOptions): Promise<{ restartedAt: string; generation: number }> {
+    const restartedAt = restartedAtValue(at);
+    const body = { spec: { template: { metadata: { annotations: { 'kubectl.kubernetes.io/restartedAt': restartedAt } } } } };
+    const op = `rollout restart ${kind} ${this.namespace}/${name}`;
+    const updated = await this.call(op, opts, (o) => {
+      const options = setHeaderOptions('Content-Type', PatchStrategy.StrategicMergePatch, o);
+      return kind === 'deployment'
+        ? this.apps.patchNamespacedDeployment({ name, namespace: this.namespace, body }, options)
+        : this.apps.patchNamespacedStatefulSet({ name, namespace: this.namespace, body }, options);
+    });
+    return { restartedAt, generation: num(updated.metadata?.generation) };
+  }
+
+  /** One look at a rollout (`kubectl rollout status --watch=false`). */
+  async readRolloutStatus(kind: WorkloadKind, name: string, opts?: CallOptions): Promise<RolloutStatus> {
+    const op = `read ${kind} ${this.namespace}/${name}`;
+    const w = await this.call<V1Deployment | V1StatefulSet>(op, opts, (o) =>
+      kind === 'deployment'
+        ? this.apps.readNamespacedDeployment({ name, namespace: this.namespace }, o)
+        : this.apps.readNamespacedStatefulSet({ name, namespace: this.namespace }, o),
+    );
+    return rolloutStatusOf(kind, w);
+  }
+
+  /**
+   * `kubectl rollout status KIND/NAME --timeout=…`: polls until the controller has observed the
+   * latest generation and every desired replica is updated and ready. Transient API errors (5xx,
+   * 429, network) are retried until the deadline; anything else is thrown at once.
+   */
+  async waitForRollout(kind: WorkloadKind, name: string, timeoutMs: number): Promise<RolloutStatus> {
+    const deadline = Date.now() + timeoutMs;
+    let last: RolloutStatus | undefined;
+    let lastError: unknown;
+    for (;;) {
+      const remaining = deadline - Date.now();
+      try {
+        last = await this.readRolloutStatus(kind, name, { timeoutMs: Math.max(1, Math.min(this.requestTimeoutMs, remaining)) });
+        lastError = undefined;
+        if (last.done) return last;
+        if (last.failed) throw new RolloutNotCompleteError(kind, name, last.message, last);
+      } catch (err) {
+        if (err instanceof RolloutNotCompleteError) throw err;
+        const transient = err instanceof KubernetesApiError && (err.status === undefined || err.status >= 500 || err.status === 429);
+        if (!transient) throw err;
+        lastError = err;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        const why = lastError !== undefined ? safeMessage(lastError) : (last?.message ?? 'no status read');
+        throw new RolloutNotCompleteError(kind, name, `not done after ${timeoutMs} ms: ${why}`, last);
+      }
+      await sleep(Math.min(this.rolloutPollMs, left));
+    }
+  }
+
+  // ----- Scenario 1, steps 1, 2 and 5: pods by role, fencing the old primary -----
+
+  /** `kubectl get pods -l SELECTOR`. */
+  async listPods(labelSelector: string, opts?: CallOptions): Promise<PodSummary[]> {
+    const list = await this.call(`list pods ${this.namespace} -l ${labelSelector}`, opts, (o) =>
+      this.core.listNamespacedPod({ namespace: this.namespace, labelSelector }, o),
+    );
+    return list.items.map(podSummary);
+  }
+
+  /** `kubectl label pod NAME k=v --overwrite` as a merge patch of metadata.labels; a null value removes the label. */
+  async labelPod(name: string, labels: Record<string, string | null>, opts?: CallOptions): Promise<PodSummary> {
+    const body = { metadata: { labels } };
+    const pod = await this.call(`label pod ${this.namespace}/${name}`, opts, (o) =>
+      this.core.patchNamespacedPod({ name, namespace: this.namespace, body }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch, o)),
+    );
+    return podSummary(pod);
+  }
+
+  // ----- Scenario 3, step 5: expand the PVC -----
+
+  async readPvc(name: string, opts?: CallOptions): Promise<PvcInfo> {
+    const pvc = await this.call(`read pvc ${this.namespace}/${name}`, opts, (o) =>
+      this.core.readNamespacedPersistentVolumeClaim({ name, namespace: this.namespace }, o),
+    );
+    return pvcInfo(pvc);
+  }
+
+  /** `kubectl patch pvc NAME -p '{"spec":{"resources":{"requests":{"storage":"100Gi"}}}}'` (merge patch). */
+  async resizePvc(name: string, storage: string, opts?: CallOptions): Promise<PvcInfo> {
+    const body = { spec: { resources: { requests: { storage } } } };
+    const pvc = await this.call(`resize pvc ${this.namespace}/${name} to ${storage}`, opts, (o) =>
+      this.core.patchNamespacedPersistentVolumeClaim({ name, namespace: this.namespace, body }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch, o)),
+    );
+    return pvcInfo(pvc);
+  }
+
+  // ----- Leases, for the leader elector -----
+
+  /** The Lease, or null if it does not exist. */
+  async readLease(name: string, opts?: CallOptions): Promise<LeaseRecord | null> {
+    try {
+      const lease = await this.call(`read lease ${this.namespace}/${name}`, opts, (o) => this.coordination.readNamespacedLease({ name, namespace: this.namespace }, o));
+      return leaseRecord(lease);
+    } catch (err) {
+      if (isNotFound(err)) return null;
+      throw err;
+    }
+  }
+
+  /** Creates the Lease; a KubernetesApiError with status 409 (AlreadyExists) if someone else was first. */
+  async createLease(name: string, spec: LeaseSpecInput, opts?: CallOptions): Promise<LeaseRecord> {
+    const body: V1Lease = { apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name, namespace: this.namespace }, spec: leaseSpec(spec) };
+    const lease = await this.call(`create lease ${this.namespace}/${name}`, opts, (o) => this.coordination.createNamespacedLease({ namespace: this.namespace, body }, o));
+    return leaseRecord(lease);
+  }
+
+  /**
+   * Replaces the Lease's spec, conditional on `current.resourceVersion`: a KubernetesApiError with
+   * status 409 (Conflict) if it changed since it was read.
+   */
+  async replaceLease(current: LeaseRecord, spec: LeaseSpecInput, opts?: CallOptions): Promise<LeaseRecord> {
+    const metadata: V1Lease['metadata'] = { name: current.name, namespace: this.namespace, resourceVersion: current.resourceVersion };
+    if (current.labels) metadata.labels = current.labels;
+    if (current.annotations) metadata.annotations = current.annotations;
+    const body: V1Lease = { apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata, spec: leaseSpec(spec) };
+    const lease = await this.call(`replace lease ${this.namespace}/${current.name}`, opts, (o) =>
+      this.coordination.replaceNamespacedLease({ name: current.name, namespace: this.namespace, body }, o),
+    );
+    return leaseRecord(lease);
+  }
+
+  /** Deletes the Lease, if `resourceVersion` is given only if it is still that version (else 409). */
+  async deleteLease(name: string, opts?: CallOptions & { resourceVersion?: string }): Promise<void> {
+    const body = opts?.resourceVersion ? { preconditions: { resourceVersion: opts.resourceVersion } } : undefined;
+    await this.call(`delete lease ${this.namespace}/${name}`, opts, (o) =>
+      this.coordination.deleteNamespacedLease(body ? { name, namespace: this.namespace, body } : { name, namespace: this.namespace }, o),
+    );
+  }
+
+  // ----- plumbing -----
+
+  private async call<T>(operation: string, opts: CallOptions | undefined, fn: (options: ConfigurationOptions) => Promise<T>, how: { secret?: boolean } = {}): Promise<T> {
+    const timeoutMs = opts?.timeoutMs ?? this.requestTimeoutMs;
+    const options: ConfigurationOptions = { middleware: [timeoutMiddleware(timeoutMs)], middlewareMergeStrategy: 'append' };
+    try {
+      return await fn(options);
+    } catch (err) {
+      throw toKubernetesError(operation, err, timeoutMs, how.secret === true);
+    }
+  }
+}
+
+function toKubernetesError(operation: string, err: unknown, timeoutMs: number, secret: boolean): KubernetesApiError {
+  if (err instanceof ApiException) {
+    const status = typeof err.code === 'number' ? err.code : undefined;
+    let reason: string | undefined;
+    let message = '';
+    // ApiException.body is the raw response text (a JSON Status), except for 401 where client-node drops it.
+    const raw: unknown = err.body;
+    if (typeof raw === 'string' && raw.length > 0) {
+      try {
+        const parsed = asRecord(JSON.parse(raw));
+        if (typeof parsed.reason === 'string') reason = parsed.reason;
+        if (typeof parsed.message === 'string') message = parsed.message;
+      } catch {
+        message = raw;
+      }
+    }
+    if (status === 401) reason ??= 'Unauthorized';
+    // A 400/422 message can echo the object sent or patched (for a Secret: its data, base64). For
+    // Secrets those messages are dropped; other refusals (404, 403, 409) only name the object.
+    const echoes = status === 400 || status === 422 || status === undefined;
+    const shown =
+      secret && echoes
+        ? `${reason ?? 'request refused'} (the API server's message is withheld: it may contain the Secret's data)`
+        : safeMessage(message || reason || 'request refused').slice(0, 500);
+    return new KubernetesApiError(operation, { ...(status !== undefined ? { status } : {}), ...(reason !== undefined ? { reason } : {}), message: shown });
+  }
+  if (err instanceof KubernetesApiError) return err;
+  const name = err instanceof Error ? err.name : '';
+  if (name === 'AbortError' || name === 'TimeoutError') {
+    return new KubernetesApiError(operation, { reason: 'Timeout', message: `no answer within ${timeoutMs} ms` });
+  }
+  if (err instanceof DependencyError) return new KubernetesApiError(operation, { reason: 'ClientError', message: err.message });
+  // Network errors (node-fetch FetchError) name the URL, never the request headers.
+  return new KubernetesApiError(operation, { reason: 'NetworkError', message: safeMessage(err) }, { cause: err });
+}
