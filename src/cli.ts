@@ -82,7 +82,7 @@ export function buildProgram(): Command {
 
   program
     .command('check-config')
-    .description('validate the configuration and print it with secrets redacted; exit 1 when invalid')
+    .description('validate the configuration and print it with secrets redacted; exit 2 naming the bad field when invalid')
     .option('--json', 'print JSON instead of YAML')
     .action(async (o: { json?: boolean }) => {
       const { config, source } = loadConfig({ file: program.opts<GlobalOpts>().config });

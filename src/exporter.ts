@@ -29,7 +29,8 @@ export interface Exporter {
 export function createExporter(config: Config, metrics: Metrics, cluster: PgCluster, redis: RedisClient, logger: Logger): Exporter {
   const registry = new CollectorRegistry(metrics, { timeoutMs: config.collectors.timeoutMs, logger });
   const databases = new DatabaseList(cluster.primary, config.postgres.databases);
-  const pgServer = pgServerCollector(metrics, cluster);
+  // Inside the collector budget, so pg_up 0 is reported rather than the whole collector timing out.
+  const pgServer = pgServerCollector(metrics, cluster, Math.floor(config.collectors.timeoutMs * 0.8));
   const pgStatReplication = pgStatReplicationCollector(metrics, cluster);
   const redisC = redisCollector(metrics, redis);
   registry.register(pgServer);

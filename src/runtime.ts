@@ -45,7 +45,7 @@ export class Runtime {
   /** The runbook's health shape: is the primary answering, is Redis answering. */
   async health(): Promise<HealthReport> {
     const [pg, redis] = await Promise.all([
-      probeServer(this.cluster.primary),
+      probeServer(this.cluster.primary, this.config.collectors.timeoutMs),
       this.redis.ping().then(
         () => null,
         (err: Error) => err.message,

@@ -84,7 +84,11 @@ export class CollectorRegistry {
     const durationSeconds = Number(process.hrtime.bigint() - started) / 1e9;
 
     // Empty first: a failed collector shows no stale values, and a vanished standby leaves no series.
-    for (const g of c.gauges) g.reset();
+    for (const g of c.gauges) {
+      g.reset();
+      // reset() leaves an unlabelled gauge at 0; a Redis that is down must show no memory value, not 0.
+      g.remove({});
+    }
     if (set) {
       for (const [gauge, samples] of set.values) for (const s of samples) gauge.set(s.labels, s.value);
     }

@@ -30,11 +30,27 @@ SELECT pg_is_in_recovery() AS in_recovery,
        CASE WHEN NOT pg_is_in_recovery() THEN NULL
             WHEN pg_last_wal_receive_lsn() IS NOT NULL
                  AND pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0::float8
+            -- Nothing replayed since the standby started: the delay is unknown, so no sample rather than a false 0.
+            WHEN pg_last_xact_replay_timestamp() IS NULL THEN NULL
             ELSE GREATEST(0, EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()))::float8 END AS lag_seconds`;
 
-export async function probeServer(s: PgServer): Promise<ServerProbe> {
+/**
+ * Probes one server. `budgetMs` bounds the whole probe (connect + query): a server that has not
+ * answered by then is down, so one hung server can never make the collector time out and take the
+ * other servers' pg_up series with it.
+ */
+export async function probeServer(s: PgServer, budgetMs?: number): Promise<ServerProbe> {
+  let timer: NodeJS.Timeout | undefined;
   try {
-    const [row] = await s.query<{ in_recovery: boolean; lag_bytes: number | null; lag_seconds: number | null }>(PROBE_SQL);
+    const query = s.query<{ in_recovery: boolean; lag_bytes: number | null; lag_seconds: number | null }>(PROBE_SQL);
+    const [row] = budgetMs === undefined
+      ? await query
+      : await Promise.race([
+          query,
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(() => reject(new Error(`no answer within ${budgetMs} ms`)), budgetMs);
+          }),
+        ]);
     return {
       server: s.server,
       role: s.role,
@@ -46,10 +62,12 @@ export async function probeServer(s: PgServer): Promise<ServerProbe> {
     };
   } catch (err) {
     return { server: s.server, role: s.role, up: false, inRecovery: null, lagBytes: null, lagSeconds: null, error: (err as Error).message };
+  } finally {
+    clearTimeout(timer);
   }
 }
 
-export function pgServerCollector(metrics: Metrics, cluster: PgCluster): Collector & { lastProbes(): ServerProbe[] } {
+export function pgServerCollector(metrics: Metrics, cluster: PgCluster, budgetMs: number): Collector & { lastProbes(): ServerProbe[] } {
   const up = metrics.gauge('pg_up', 'Whether the PostgreSQL server answered a query within the connect and query timeouts (1) or not (0).', ['server', 'role']);
   const isReplica = metrics.gauge('pg_replication_is_replica', 'Whether the server is in recovery, i.e. a standby (1), or not (0).', ['server']);
   const lagSeconds = metrics.gauge(
@@ -65,7 +83,7 @@ export function pgServerCollector(metrics: Metrics, cluster: PgCluster): Collect
     lastProbes: () => last,
     async collect() {
       const set = new SampleSet();
-      const probes = await Promise.all(cluster.all.map(probeServer));
+      const probes = await Promise.all(cluster.all.map((s) => probeServer(s, budgetMs)));
       set.statements = probes.length;
       for (const p of probes) {
         set.set(up, { server: p.server, role: p.role }, p.up ? 1 : 0);

@@ -1,0 +1,74 @@
+/**
+ * _prisma_migrations with Prisma's own DDL on the shared primary: failed migrations are counted per
+ * database, and a database without the table counts 0 without any error.
+ */
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { scrape, value } from '../support/scrape.js';
+import { createTempDatabase, makeConfig, pgQuery, serverOf, startTestService, type TempDatabase, type TestService } from '../support/service.js';
+
+// As `prisma migrate` creates it (prisma-engines, migration-engine postgres connector).
+const PRISMA_DDL = `CREATE TABLE "_prisma_migrations" (
+    "id"                    VARCHAR(36) PRIMARY KEY NOT NULL,
+    "checksum"              VARCHAR(64) NOT NULL,
+    "finished_at"           TIMESTAMPTZ,
+    "migration_name"        VARCHAR(255) NOT NULL,
+    "logs"                  TEXT,
+    "rolled_back_at"        TIMESTAMPTZ,
+    "started_at"            TIMESTAMPTZ NOT NULL DEFAULT now(),
+    "applied_steps_count"   INTEGER NOT NULL DEFAULT 0
+)`;
+
+const CHECKSUM = 'a'.repeat(64);
+
+describe('prisma_migrations_failed', () => {
+  let withTable: TempDatabase;
+  let without: TempDatabase;
+  let svc: TestService;
+  let P = '';
+
+  beforeAll(async () => {
+    [withTable, without] = await Promise.all([createTempDatabase('prisma'), createTempDatabase('noprisma')]);
+    P = serverOf(inject('pgPrimaryUrl'));
+    await pgQuery(withTable.url, PRISMA_DDL);
+    await pgQuery(
+      withTable.url,
+      `INSERT INTO _prisma_migrations (id, checksum, finished_at, migration_name, logs, rolled_back_at, started_at, applied_steps_count) VALUES
+         (gen_random_uuid()::text, $1, now(), '20240101000000_init', NULL, NULL, now() - interval '2 days', 1),
+         (gen_random_uuid()::text, $1, NULL, '20240201000000_add_orders', 'rolled back by hand', now() - interval '1 day', now() - interval '1 day', 0),
+         (gen_random_uuid()::text, $1, NULL, '20240301000000_add_payments', 'Database error code: 42P07', NULL, now(), 0)`,
+      [CHECKSUM],
+    );
+    svc = await startTestService(makeConfig({ postgres: { databases: [withTable.name, without.name] } }));
+  });
+
+  afterAll(async () => {
+    await svc?.close();
+    await Promise.allSettled([withTable?.drop(), without?.drop()]);
+  });
+
+  it('counts the one failed migration, and 0 for a database without _prisma_migrations', async () => {
+    const r = await scrape(svc.url);
+    expect(r.status).toBe(200);
+    expect(value(r.metrics, 'prisma_migrations_failed', { server: P, datname: withTable.name })).toBe(1);
+    expect(value(r.metrics, 'prisma_migrations_failed', { server: P, datname: without.name })).toBe(0);
+    expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'prisma_migrations' })).toBe(1);
+    expect(svc.log.entries().filter((e) => e.msg === 'collector failed')).toEqual([]);
+  });
+
+  it('follows the table: another failure counts 2, resolving one as rolled back counts 1', async () => {
+    await pgQuery(
+      withTable.url,
+      `INSERT INTO _prisma_migrations (id, checksum, migration_name) VALUES (gen_random_uuid()::text, $1, '20240401000000_interrupted')`,
+      [CHECKSUM],
+    );
+    let r = await scrape(svc.url);
+    expect(value(r.metrics, 'prisma_migrations_failed', { server: P, datname: withTable.name })).toBe(2);
+
+    // What `prisma migrate resolve --rolled-back` does.
+    await pgQuery(withTable.url, `UPDATE _prisma_migrations SET rolled_back_at = now() WHERE migration_name = '20240301000000_add_payments'`);
+    r = await scrape(svc.url);
+    expect(value(r.metrics, 'prisma_migrations_failed', { server: P, datname: withTable.name })).toBe(1);
+    expect(value(r.metrics, 'prisma_migrations_failed', { server: P, datname: without.name })).toBe(0);
+    expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'prisma_migrations' })).toBe(1);
+  });
+});

@@ -1,0 +1,297 @@
+/**
+ * Replication and reachability on a private cluster (primary + replica1), because these tests pause
+ * replay, stop the replica and kill the primary.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startPgCluster, type PgCluster } from '../support/pg-cluster.js';
+import { find, scrape, value } from '../support/scrape.js';
+import { getJson, makeConfig, startTestService, type TestService } from '../support/service.js';
+
+async function q<T extends pg.QueryResultRow = Record<string, unknown>>(url: string, sql: string, params: unknown[] = []): Promise<T[]> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 });
+  client.on('error', () => {});
+  await client.connect();
+  try {
+    return (await client.query<T>(sql, params)).rows;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+async function one<T extends pg.QueryResultRow>(url: string, sql: string): Promise<T> {
+  const [row] = await q<T>(url, sql);
+  if (!row) throw new Error(`no row from ${sql}`);
+  return row;
+}
+
+const TIMEOUT_MS = 800;
+
+/**
+ * A hung server: SIGSTOP the postmaster and every backend (a stopped postmaster alone would still let
+ * pooled connections answer). TCP connects still succeed (the kernel's backlog), nothing answers.
+ * Returns a function that resumes them.
+ */
+function freeze(dataDir: string): () => void {
+  const postmaster = Number(fs.readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  const pids = [postmaster];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === postmaster) pids.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  for (const pid of pids) process.kill(pid, 'SIGSTOP');
+  return () => {
+    for (const pid of pids) {
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch {
+        // gone
+      }
+    }
+  };
+}
+
+describe('replication and reachability (private cluster)', () => {
+  let cluster: PgCluster;
+  let svc: TestService;
+  let primaryUrl = '';
+  let replicaUrl = '';
+  let P = '';
+  let R = '';
+  const standby = () => ({ server: P, application_name: 'replica1', client_addr: '127.0.0.1', state: 'streaming', sync_state: 'async' });
+
+  /** The replica has replayed everything the primary has written so far. */
+  async function waitCaughtUp(): Promise<void> {
+    const { lsn } = await one<{ lsn: string }>(primaryUrl, 'SELECT pg_current_wal_lsn()::text AS lsn');
+    await expect
+      .poll(
+        async () =>
+          (await one<{ behind: boolean }>(replicaUrl, `SELECT pg_last_wal_replay_lsn() < '${lsn}'::pg_lsn AS behind`)).behind,
+        { timeout: 20_000, interval: 50 },
+      )
+      .toBe(false);
+  }
+
+  beforeAll(async () => {
+    cluster = await startPgCluster({ replicas: 1 });
+    const replica = cluster.replicas[0]!;
+    primaryUrl = cluster.primary.url();
+    replicaUrl = replica.url();
+    P = `127.0.0.1:${cluster.primary.port}`;
+    R = `127.0.0.1:${replica.port}`;
+    // The standby reports its replay position every second instead of every 10 s, so
+    // pg_stat_replication on the primary follows replay closely enough to poll for.
+    await q(replicaUrl, 'ALTER SYSTEM SET wal_receiver_status_interval = 1');
+    await q(replicaUrl, 'SELECT pg_reload_conf()');
+    await q(primaryUrl, 'CREATE TABLE ticks (id serial PRIMARY KEY, pad text)');
+    svc = await startTestService(
+      makeConfig({
+        postgres: { primary: { url: primaryUrl }, replicas: [{ url: replicaUrl }], databases: ['postgres'] },
+        collectors: { timeoutMs: TIMEOUT_MS },
+      }),
+    );
+  });
+
+  afterAll(async () => {
+    await svc?.close();
+    await cluster?.stop();
+  });
+
+  it('paused replay: WAL waiting on the replica shows as lag on both sides', async () => {
+    await q(primaryUrl, "INSERT INTO ticks (pad) VALUES ('before pause')");
+    await waitCaughtUp();
+    // The last replayed transaction is now over a second old: lag_seconds must measure from it.
+    await sleep(1100);
+    await q(replicaUrl, 'SELECT pg_wal_replay_pause()');
+    await expect.poll(async () => (await one<{ s: string }>(replicaUrl, 'SELECT pg_get_wal_replay_pause_state() AS s')).s, { timeout: 10_000 }).toBe('paused');
+
+    await q(primaryUrl, "INSERT INTO ticks (pad) SELECT repeat('x', 200) FROM generate_series(1, 2000)");
+    const { lsn } = await one<{ lsn: string }>(primaryUrl, 'SELECT pg_current_wal_lsn()::text AS lsn');
+    // Received (streaming keeps going) but not replayed.
+    await expect
+      .poll(async () => (await one<{ ok: boolean }>(replicaUrl, `SELECT pg_last_wal_receive_lsn() >= '${lsn}'::pg_lsn AS ok`)).ok, { timeout: 20_000, interval: 50 })
+      .toBe(true);
+
+    const replicaDiff = `SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8 AS d`;
+    const primaryDiff = `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8 AS d FROM pg_stat_replication WHERE application_name = 'replica1'`;
+    const before = { r: (await one<{ d: number }>(replicaUrl, replicaDiff)).d, p: (await one<{ d: number }>(primaryUrl, primaryDiff)).d };
+    const r = await scrape(svc.url);
+    const after = { r: (await one<{ d: number }>(replicaUrl, replicaDiff)).d, p: (await one<{ d: number }>(primaryUrl, primaryDiff)).d };
+    expect(r.status).toBe(200);
+    expect(before.r).toBeGreaterThan(100_000); // 2000 rows of 200 bytes
+    expect(before.p).toBeGreaterThan(100_000);
+
+    const lagBytes = value(r.metrics, 'pg_replication_lag_bytes', { server: R });
+    expect(lagBytes).toBeGreaterThanOrEqual(before.r);
+    expect(lagBytes).toBeLessThanOrEqual(after.r);
+    const lsnDiff = value(r.metrics, 'pg_stat_replication_pg_wal_lsn_diff', standby());
+    expect(lsnDiff).toBeGreaterThanOrEqual(before.p);
+    expect(lsnDiff).toBeLessThanOrEqual(after.p);
+    // With WAL waiting, the age of the last replayed transaction is the delay.
+    expect(value(r.metrics, 'pg_replication_lag_seconds', { server: R })).toBeGreaterThanOrEqual(1);
+    expect(value(r.metrics, 'pg_replication_is_replica', { server: R })).toBe(1);
+  });
+
+  it('after resume and catch-up, an idle primary shows exactly 0 lag, however long it stays idle', async () => {
+    await q(replicaUrl, 'SELECT pg_wal_replay_resume()');
+    await waitCaughtUp();
+
+    const r1 = await scrape(svc.url);
+    expect(value(r1.metrics, 'pg_replication_lag_seconds', { server: R })).toBe(0);
+    expect(value(r1.metrics, 'pg_replication_lag_bytes', { server: R })).toBe(0);
+    expect(value(r1.metrics, 'pg_replication_is_replica', { server: R })).toBe(1);
+    expect(value(r1.metrics, 'pg_replication_is_replica', { server: P })).toBe(0);
+    // Lag is a replica's measurement: the primary has none.
+    expect(find(r1.metrics, 'pg_replication_lag_seconds', { server: P })).toHaveLength(0);
+    expect(find(r1.metrics, 'pg_replication_lag_bytes', { server: P })).toHaveLength(0);
+    expect(value(r1.metrics, 'pg_up', { server: P, role: 'primary' })).toBe(1);
+    expect(value(r1.metrics, 'pg_up', { server: R, role: 'replica' })).toBe(1);
+
+    // The last replayed commit keeps getting older; nothing is behind, so lag stays 0.
+    await sleep(3000);
+    const r2 = await scrape(svc.url);
+    expect(value(r2.metrics, 'pg_replication_lag_seconds', { server: R })).toBe(0);
+    expect(value(r2.metrics, 'pg_replication_lag_bytes', { server: R })).toBe(0);
+
+    // pg_stat_replication on the primary: one standby, streaming, async, and (once it has reported
+    // its replay position) nothing between the primary's WAL position and the replica's replay.
+    await expect
+      .poll(async () => value((await scrape(svc.url)).metrics, 'pg_stat_replication_pg_wal_lsn_diff', standby()), { timeout: 15_000, interval: 200 })
+      .toBe(0);
+    const r3 = await scrape(svc.url);
+    expect(find(r3.metrics, 'pg_stat_replication_pg_wal_lsn_diff')).toEqual([{ name: 'pg_stat_replication_pg_wal_lsn_diff', labels: standby(), value: 0 }]);
+    for (const m of ['write', 'flush', 'replay']) {
+      const lag = value(r3.metrics, `pg_stat_replication_${m}_lag_seconds`, standby());
+      expect(lag, m).toBeGreaterThanOrEqual(0);
+      expect(lag, m).toBeLessThan(5);
+    }
+  });
+
+  it('a stopped replica is pg_up 0 while /metrics answers and the primary stays pg_up 1', async () => {
+    const replica = cluster.replicas[0]!;
+    await replica.stop();
+    const r = await scrape(svc.url);
+    expect(r.status).toBe(200);
+    expect(r.ms).toBeLessThan(TIMEOUT_MS + 300);
+    expect(value(r.metrics, 'pg_up', { server: R, role: 'replica' })).toBe(0);
+    expect(value(r.metrics, 'pg_up', { server: P, role: 'primary' })).toBe(1);
+    // pg_server measures "down"; it does not fail because of it.
+    expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'pg_server' })).toBe(1);
+    // Nothing is claimed about a server that did not answer.
+    expect(find(r.metrics, 'pg_replication_is_replica', { server: R })).toHaveLength(0);
+    expect(find(r.metrics, 'pg_replication_lag_seconds', { server: R })).toHaveLength(0);
+    expect(value(r.metrics, 'pg_replication_is_replica', { server: P })).toBe(0);
+    // The standby's row leaves pg_stat_replication, and its series leave /metrics.
+    await expect.poll(async () => find((await scrape(svc.url)).metrics, 'pg_stat_replication_pg_wal_lsn_diff').length, { timeout: 10_000 }).toBe(0);
+
+    await replica.start();
+    await expect.poll(async () => value((await scrape(svc.url)).metrics, 'pg_up', { server: R, role: 'replica' }), { timeout: 10_000 }).toBe(1);
+  });
+
+  it('a replica restarted and stuck before replaying any transaction does not report 0 s of lag', async () => {
+    // A restartpoint at shutdown covering everything, so after the restart no commit is replayed and
+    // pg_last_xact_replay_timestamp() is NULL (as for a standby pod rescheduled while replay is blocked).
+    await q(primaryUrl, 'CHECKPOINT');
+    await waitCaughtUp();
+    const replica = cluster.replicas[0]!;
+    await replica.stop();
+    await replica.start();
+    await q(replicaUrl, 'SELECT pg_wal_replay_pause()');
+    try {
+      await expect.poll(async () => (await one<{ s: string }>(replicaUrl, 'SELECT pg_get_wal_replay_pause_state() AS s')).s, { timeout: 10_000 }).toBe('paused');
+      expect((await one<{ ts: Date | null }>(replicaUrl, 'SELECT pg_last_xact_replay_timestamp() AS ts')).ts).toBeNull();
+      await q(primaryUrl, "INSERT INTO ticks (pad) SELECT repeat('y', 200) FROM generate_series(1, 2000)");
+      const { lsn } = await one<{ lsn: string }>(primaryUrl, 'SELECT pg_current_wal_lsn()::text AS lsn');
+      await expect
+        .poll(async () => (await one<{ ok: boolean }>(replicaUrl, `SELECT pg_last_wal_receive_lsn() >= '${lsn}'::pg_lsn AS ok`)).ok, { timeout: 20_000, interval: 50 })
+        .toBe(true);
+
+      const r = await scrape(svc.url);
+      expect(value(r.metrics, 'pg_replication_lag_bytes', { server: R })).toBeGreaterThan(100_000);
+      // Hundreds of kB wait to be replayed: "0 s behind" would keep PostgresReplicationLagHigh silent
+      // for as long as replay stays stuck. Unknown (no sample) or a positive delay are both honest.
+      const lagSeconds = find(r.metrics, 'pg_replication_lag_seconds', { server: R });
+      expect(lagSeconds.filter((s) => s.value === 0), 'pg_replication_lag_seconds is 0 while WAL waits to be replayed').toEqual([]);
+    } finally {
+      await q(replicaUrl, 'SELECT pg_wal_replay_resume()');
+      await waitCaughtUp();
+    }
+  });
+
+  it('a hung primary (every process stopped) is pg_up 0 within one collector budget', async () => {
+    // Warm the pools, so the hung server is met both on pooled connections and on new ones.
+    await scrape(svc.url);
+    const thaw = freeze(cluster.primary.dataDir);
+    try {
+      const r = await scrape(svc.url);
+      expect(r.status).toBe(200);
+      expect(r.ms).toBeLessThan(TIMEOUT_MS + 300);
+      expect(value(r.metrics, 'pg_up', { server: P, role: 'primary' })).toBe(0);
+      expect(value(r.metrics, 'pg_up', { server: R, role: 'replica' })).toBe(1);
+      expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'pg_server' })).toBe(1);
+    } finally {
+      thaw();
+    }
+    await expect.poll(async () => value((await scrape(svc.url)).metrics, 'pg_up', { server: P, role: 'primary' }), { timeout: 10_000 }).toBe(1);
+  });
+
+  it('pg_up stays exported when the configured connect/query timeouts exceed the collector budget', async () => {
+    // The schema accepts these. A hung primary must still read pg_up 0 (and the healthy replica 1):
+    // a missing pg_up is no sample for `pg_up == 0`, so PostgresPrimaryDown would never fire.
+    const slow = await startTestService(
+      makeConfig({
+        postgres: { primary: { url: primaryUrl }, replicas: [{ url: replicaUrl }], databases: ['postgres'], connectTimeoutMs: 3000, queryTimeoutMs: 3000 },
+        collectors: { timeoutMs: TIMEOUT_MS },
+      }),
+    );
+    try {
+      await scrape(slow.url);
+      const thaw = freeze(cluster.primary.dataDir);
+      try {
+        const r = await scrape(slow.url);
+        expect(r.status).toBe(200);
+        expect(r.ms).toBeLessThan(TIMEOUT_MS + 300);
+        expect(find(r.metrics, 'pg_up'), 'pg_up series while the primary hangs').toEqual([
+          { name: 'pg_up', labels: { server: P, role: 'primary' }, value: 0 },
+          { name: 'pg_up', labels: { server: R, role: 'replica' }, value: 1 },
+        ]);
+      } finally {
+        thaw();
+      }
+    } finally {
+      await slow.close();
+    }
+  });
+
+  it('a killed primary is pg_up 0 within one collector budget; the replica stays pg_up 1', async () => {
+    await cluster.primary.kill();
+    for (let i = 0; i < 2; i++) {
+      const r = await scrape(svc.url);
+      expect(r.status).toBe(200);
+      // A correctness bound, not a benchmark: Prometheus must get pg_up 0 inside its scrape timeout.
+      expect(r.ms).toBeLessThan(TIMEOUT_MS + 200);
+      expect(value(r.metrics, 'pg_up', { server: P, role: 'primary' })).toBe(0);
+      expect(value(r.metrics, 'pg_up', { server: R, role: 'replica' })).toBe(1);
+      expect(value(r.metrics, 'pg_replication_is_replica', { server: R })).toBe(1);
+      expect(find(r.metrics, 'pg_replication_is_replica', { server: P })).toHaveLength(0);
+      expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'pg_server' })).toBe(1);
+      // Collectors that need the primary fail, and say so, without failing the scrape.
+      expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'pg_stat_replication' })).toBe(0);
+      expect(value(r.metrics, 'redis_up')).toBe(1);
+    }
+    const h = await getJson(`${svc.url}/health`);
+    expect(h.status).toBe(503);
+    expect(h.body).toEqual({ database: 'unhealthy', redis: 'healthy' });
+    const failed = svc.log.entries().filter((e) => e.msg === 'collector failed' && e.collector === 'pg_stat_replication');
+    expect(failed.length).toBeGreaterThanOrEqual(1);
+    expect(JSON.stringify(failed.at(-1))).toContain(P);
+  });
+});
