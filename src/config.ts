@@ -108,6 +108,8 @@ const configSchema = z.strictObject({
       /** Kept short so a dead server shows as pg_up 0 within one scrape (see DEPENDENCIES: a 1 s failure is no signal at a 1 s interval). */
       connectTimeoutMs: z.number().int().min(10).max(60_000).default(300),
       queryTimeoutMs: z.number().int().min(10).max(300_000).default(500),
+      /** Remediation statements and their checks (pg_cancel_backend, VACUUM's bookkeeping, …): not bound by the scrape budget. */
+      actionTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
       /** Persistent connections per (server, database) pool. */
       poolMax: z.number().int().min(1).max(20).default(2),
       tableSizeTopN: z.number().int().min(1).max(1000).default(10),

@@ -19,6 +19,8 @@ export interface PgServerOptions {
   connectTimeoutMs: number;
   queryTimeoutMs: number;
   poolMax: number;
+  /** Remediation statements and checks: longer than the scrape timeouts, a busy server must not fail a check. */
+  actionTimeoutMs: number;
   logger: Logger;
 }
 
@@ -54,18 +56,20 @@ export class PgServer {
     this.defaultDatabase = decodeURIComponent(new URL(opts.url).pathname.slice(1)) || 'postgres';
   }
 
-  private pool(database: string): pg.Pool {
-    let pool = this.pools.get(database);
+  private pool(database: string, purpose: 'scrape' | 'action'): pg.Pool {
+    const key = `${purpose}:${database}`;
+    let pool = this.pools.get(key);
     if (pool) return pool;
     const u = new URL(this.opts.url);
     u.pathname = `/${encodeURIComponent(database)}`;
+    const scrape = purpose === 'scrape';
     pool = new pg.Pool({
       connectionString: u.toString(),
       max: this.opts.poolMax,
-      connectionTimeoutMillis: this.opts.connectTimeoutMs,
+      connectionTimeoutMillis: scrape ? this.opts.connectTimeoutMs : Math.min(this.opts.actionTimeoutMs, 5000),
       // Both: the server-side bound frees the backend, the client-side one frees us when the server is hung.
-      statement_timeout: this.opts.queryTimeoutMs,
-      query_timeout: this.opts.queryTimeoutMs + 100,
+      statement_timeout: scrape ? this.opts.queryTimeoutMs : this.opts.actionTimeoutMs,
+      query_timeout: (scrape ? this.opts.queryTimeoutMs : this.opts.actionTimeoutMs) + 100,
       idleTimeoutMillis: 300_000,
       keepAlive: true,
       application_name: APPLICATION_NAME,
@@ -74,19 +78,32 @@ export class PgServer {
     pool.on('error', (err) => {
       this.opts.logger.warn({ server: this.server, database, err: safeMessage(err) }, 'idle PostgreSQL connection lost');
     });
-    this.pools.set(database, pool);
+    this.pools.set(key, pool);
     return pool;
   }
 
-  /** Runs one statement; errors are PgQueryError with the server named and no credentials. */
+  /** Runs one statement with the scrape timeouts; errors are PgQueryError with the server named and no credentials. */
   async query<T extends Record<string, unknown> = Record<string, unknown>>(
     sql: string,
     params: unknown[] = [],
     database: string = this.defaultDatabase,
   ): Promise<T[]> {
+    return this.run<T>('scrape', sql, params, database);
+  }
+
+  /** Runs one remediation statement or check, with `actionTimeoutMs` instead of the scrape timeouts. */
+  async act<T extends Record<string, unknown> = Record<string, unknown>>(
+    sql: string,
+    params: unknown[] = [],
+    database: string = this.defaultDatabase,
+  ): Promise<T[]> {
+    return this.run<T>('action', sql, params, database);
+  }
+
+  private async run<T>(purpose: 'scrape' | 'action', sql: string, params: unknown[], database: string): Promise<T[]> {
     if (this.closed) throw new PgQueryError(this.server, new Error('connection pool closed'));
     try {
-      const res = await this.pool(database).query(sql, params);
+      const res = await this.pool(database, purpose).query(sql, params);
       return res.rows as T[];
     } catch (err) {
       throw new PgQueryError(this.server, err);
@@ -99,7 +116,7 @@ export class PgServer {
     u.pathname = `/${encodeURIComponent(database)}`;
     const client = new pg.Client({
       connectionString: u.toString(),
-      connectionTimeoutMillis: this.opts.connectTimeoutMs,
+      connectionTimeoutMillis: Math.min(this.opts.actionTimeoutMs, 5000),
       application_name: APPLICATION_NAME,
       statement_timeout: timeouts?.statementTimeoutMs ?? 0,
     });
@@ -141,6 +158,7 @@ export function createPgCluster(
     replicas: readonly { url: string; pod?: string | undefined }[];
     connectTimeoutMs: number;
     queryTimeoutMs: number;
+    actionTimeoutMs: number;
     poolMax: number;
   },
   logger: Logger,
@@ -152,6 +170,7 @@ export function createPgCluster(
       role,
       connectTimeoutMs: cfg.connectTimeoutMs,
       queryTimeoutMs: cfg.queryTimeoutMs,
+      actionTimeoutMs: cfg.actionTimeoutMs,
       poolMax: cfg.poolMax,
       logger,
     });

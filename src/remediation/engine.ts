@@ -30,6 +30,8 @@ export interface EngineOptions {
   logger: Logger;
   /** Whether this instance may act (holds the Lease, or runs alone). */
   isLeader: () => boolean;
+  /** False for the CLI: a human running `dbpilot remediate` or `approve` acts without the Lease. */
+  requireLease: boolean;
   /** Identifies this process in run rows (pod name + pid). */
   instance: string;
 }
@@ -48,6 +50,8 @@ function toInfo(a: Alert): AlertInfo {
 
 export class Engine {
   private readonly inFlight = new Set<Promise<unknown>>();
+  /** Runs executing in this process now: resume() must never start a second execution of one of them. */
+  private readonly executing = new Set<string>();
   private readonly remediations: Counter<'handler' | 'outcome'>;
   private readonly alertsReceived: Counter<'status'>;
   private readonly truncated: Counter;
@@ -225,10 +229,15 @@ export class Engine {
       const holder = store.lockHolder(run.target);
       return this.finish(run, handler, a, 'skipped', `target ${run.target} is locked by run ${holder}`, null, null);
     }
+    if (this.executing.has(run.id)) return store.getRun(run.id);
+    this.executing.add(run.id);
+    // Set when the run must stop between steps without an outcome: it stays `running` with its lock,
+    // and the next process (or this one, on regaining the Lease) resumes it from its last verified step.
+    let leftForResume = false;
+    const planned = run.plan as { summary?: string; data: unknown; escalateAfter: string | null } | null;
+    const data = planned?.data ?? null;
     try {
       store.setRunStatus(run.id, 'running', { owner: this.o.instance });
-      const planned = run.plan as { data: unknown; escalateAfter: string | null } | null;
-      const data = planned?.data ?? null;
       const steps = handler.steps(data as never, this.o.ctx);
       const rows = store.steps(run.id);
       const prior = new Map<string, PriorStep>();
@@ -239,12 +248,17 @@ export class Engine {
           prior.set(step.name, { output: row.output, check: row.check as PriorStep['check'] });
           continue;
         }
-        if (this.closed) throw new DbpilotError('DBPILOT_SHUTTING_DOWN', 'dbpilot is shutting down');
+        const stop = this.closed ? 'dbpilot is shutting down' : !this.o.requireLease || this.o.isLeader() ? null : 'this replica lost the leader Lease';
+        if (stop) {
+          leftForResume = true;
+          this.o.logger.warn({ run: run.id, nextStep: step.name, why: stop }, 'run paused between steps; it resumes from its last verified step');
+          return store.getRun(run.id);
+        }
         const resumed = row?.status === 'running' || row?.status === 'error' || row?.status === 'check_failed';
         const result = resumed ? await this.resumeStep(run, i, step, row!.output, prior) : await this.runStep(run, i, step, prior);
         if (!result.ok) {
           return this.finish(run, handler, a, 'failed', result.reason, data, {
-            seen: (run.plan as { summary?: string } | null)?.summary ?? a.alertname,
+            seen: planned?.summary ?? a.alertname,
             tried: store.steps(run.id).filter((s) => s.status !== 'planned').map((s) => `${s.name}: ${s.command}`),
             verified: result.reason,
           });
@@ -252,20 +266,21 @@ export class Engine {
       }
       if (planned?.escalateAfter) {
         return this.finish(run, handler, a, 'escalated', `completed, but ${planned.escalateAfter}`, data, {
-          seen: (run.plan as { summary?: string }).summary ?? a.alertname,
+          seen: planned.summary ?? a.alertname,
           tried: steps.map((s) => s.command),
           verified: `every step checked; left for a human: ${planned.escalateAfter}`,
         });
       }
       return this.finish(run, handler, a, 'succeeded', 'every step done and checked', data, null);
     } catch (err) {
-      return this.finish(run, handler, a, 'failed', safeMessage(err), null, {
-        seen: a.alertname,
+      return this.finish(run, handler, a, 'failed', safeMessage(err), data, {
+        seen: planned?.summary ?? a.alertname,
         tried: 'running the remediation',
         verified: safeMessage(err),
       });
     } finally {
-      store.releaseLock(run.target, run.id);
+      this.executing.delete(run.id);
+      if (!leftForResume) store.releaseLock(run.target, run.id);
     }
   }
 
@@ -304,22 +319,32 @@ export class Engine {
    */
   private async resumeStep(run: RunRow, idx: number, step: Step, output: unknown, prior: Map<string, PriorStep>): Promise<{ ok: true } | { ok: false; reason: string }> {
     this.o.logger.warn({ run: run.id, step: step.name }, 'resuming a step that was in flight when dbpilot stopped');
-    let check;
-    try {
-      check = output === null || output === undefined ? null : await step.check(output, prior);
-    } catch {
-      check = null;
+    let check: Awaited<ReturnType<Step['check']>> | null = null;
+    let checkError: string | null = null;
+    if (output !== null && output !== undefined) {
+      // A restart often meets a busy or still-recovering server: an error here is not a verdict, so try a few times.
+      for (let attempt = 1; attempt <= 3 && check === null; attempt++) {
+        try {
+          check = await step.check(output, prior);
+        } catch (err) {
+          checkError = safeMessage(err);
+          this.o.logger.warn({ run: run.id, step: step.name, attempt, err: checkError }, 'could not verify the resumed step');
+          if (attempt < 3) await new Promise((r) => setTimeout(r, 1000));
+        }
+      }
     }
     if (check?.ok) {
       this.o.store.stepFinished(run.id, idx, 'done', { check: { ...check, detail: `${check.detail} (verified after restart)` } });
       prior.set(step.name, { output, check });
       return { ok: true };
     }
+    const why = check ? check.detail : checkError ? `its check could not run: ${checkError}` : 'it recorded no output';
     if (!step.idempotent) {
-      const reason = `step ${step.name} was in flight when dbpilot stopped and its outcome cannot be verified; not repeating it`;
+      const reason = `step ${step.name} was in flight when dbpilot stopped and cannot be verified (${why}); not repeating it`;
       this.o.store.stepFinished(run.id, idx, 'check_failed', { check: { ok: false, detail: reason } });
       return { ok: false, reason };
     }
+    this.o.logger.warn({ run: run.id, step: step.name, why }, 'repeating an idempotent step that could not be verified after restart');
     return this.runStep(run, idx, step, prior);
   }
 

@@ -28,7 +28,7 @@ export function defaultHandlers(): HandlerRegistry {
   return new HandlerRegistry().register(slowQueriesHandler());
 }
 
-export function createRemediation(runtime: Runtime, opts: { instance?: string } = {}): Remediation {
+export function createRemediation(runtime: Runtime, opts: { instance?: string; requireLease?: boolean } = {}): Remediation {
   const { config, logger, metrics } = runtime;
   const log = logger.child({ component: 'remediation' });
   const handlers = defaultHandlers();
@@ -64,6 +64,8 @@ export function createRemediation(runtime: Runtime, opts: { instance?: string } 
         resumed = true;
         void engine.resume().catch((err: Error) => log.error({ err: err.message }, 'resume failed'));
       }
+      // Runs paused by losing the Lease are resumed when it is won back.
+      if (!leading) resumed = false;
     },
   });
   metrics.gauge('dbpilot_leader', 'Whether this replica holds the leader Lease and may act (1) or only exports metrics (0).', [], function () {
@@ -78,6 +80,7 @@ export function createRemediation(runtime: Runtime, opts: { instance?: string } 
     metrics,
     logger: log,
     isLeader: () => leader.isLeader(),
+    requireLease: opts.requireLease ?? true,
     instance,
   });
   const eng = engine;

@@ -145,7 +145,7 @@ export function slowQueriesHandler(): Handler<SlowQueriesPlan> {
       const server = serverFor(ctx, alert.labels.server);
       const database = alert.labels.datname ?? '*';
       const thresholdSeconds = cfg.thresholdSeconds ?? ctx.config.postgres.longRunningQuerySeconds;
-      const rows = await server.query<Record<string, unknown>>(LIST_SQL, [thresholdSeconds, database === '*' ? null : database]);
+      const rows = await server.act<Record<string, unknown>>(LIST_SQL, [thresholdSeconds, database === '*' ? null : database]);
       const sessions = rows.map((r) => ({
         pid: r.pid as number,
         backendStart: r.backend_start as string,
@@ -188,19 +188,19 @@ export function slowQueriesHandler(): Handler<SlowQueriesPlan> {
 
       const stillRunning = async (list: Session[]) => {
         if (list.length === 0) return [];
-        const rows = await server.query<{ pid: number }>(STILL_RUNNING_SQL, ids(list));
+        const rows = await server.act<{ pid: number }>(STILL_RUNNING_SQL, ids(list));
         const alive = new Set(rows.map((r) => r.pid));
         return list.filter((s) => alive.has(s.pid));
       };
       const stillConnected = async (list: Session[]) => {
         if (list.length === 0) return [];
-        const rows = await server.query<{ pid: number }>(STILL_CONNECTED_SQL, [list.map((s) => s.pid), list.map((s) => s.backendStart)]);
+        const rows = await server.act<{ pid: number }>(STILL_CONNECTED_SQL, [list.map((s) => s.pid), list.map((s) => s.backendStart)]);
         const alive = new Set(rows.map((r) => r.pid));
         return list.filter((s) => alive.has(s.pid));
       };
       const signal = async (fn: 'pg_cancel_backend' | 'pg_terminate_backend', list: Session[], anyQuery: boolean) => {
         if (list.length === 0) return [];
-        return server.query<{ pid: number; signalled: boolean }>(SIGNAL_SQL(fn), [...ids(list), anyQuery]);
+        return server.act<{ pid: number; signalled: boolean }>(SIGNAL_SQL(fn), [...ids(list), anyQuery]);
       };
 
       const steps: Step[] = [
@@ -249,7 +249,7 @@ export function slowQueriesHandler(): Handler<SlowQueriesPlan> {
           command: cmd(byDb.map((v) => `VACUUM ANALYZE ${v.schema === 'public' ? v.table : `${v.schema}.${v.table}`};`).join(' '), database),
           idempotent: true,
           run: async () => {
-            const startedAt = (await server.query<{ now: string }>('SELECT now()::text AS now', [], database))[0]!.now;
+            const startedAt = (await server.act<{ now: string }>('SELECT now()::text AS now', [], database))[0]!.now;
             // VACUUM cannot run inside a transaction block nor under the collectors' statement timeout.
             const client = await server.connect(database, { statementTimeoutMs: 0 });
             try {
@@ -261,7 +261,7 @@ export function slowQueriesHandler(): Handler<SlowQueriesPlan> {
           },
           check: async (output) => {
             const { startedAt } = output as { startedAt: string };
-            const rows = await server.query<{ relname: string; ok: boolean }>(
+            const rows = await server.act<{ relname: string; ok: boolean }>(
               `SELECT relname, (greatest(last_vacuum, last_autovacuum) >= $1::timestamptz AND greatest(last_analyze, last_autoanalyze) >= $1::timestamptz) AS ok
                FROM pg_stat_user_tables WHERE (schemaname, relname) IN (SELECT * FROM unnest($2::text[], $3::text[]))`,
               [startedAt, byDb.map((v) => v.schema), byDb.map((v) => v.table)],
@@ -289,7 +289,7 @@ export function slowQueriesHandler(): Handler<SlowQueriesPlan> {
       // Runbook step 3, "Check for missing indexes", for the tables configured for this database.
       for (const d of cfg.diagnosticTables.filter((t) => database === '*' || t.database === database)) {
         try {
-          out[`pg_stats ${d.database}`] = await server.query(DIAGNOSTICS_SQL, [d.tables], d.database);
+          out[`pg_stats ${d.database}`] = await server.act(DIAGNOSTICS_SQL, [d.tables], d.database);
         } catch (err) {
           out[`pg_stats ${d.database}`] = `not available: ${(err as Error).message}`;
         }
