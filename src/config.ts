@@ -176,7 +176,7 @@ const configSchema = z.strictObject({
   alerts: z.record(z.string().min(1), z.union([z.enum(HANDLER_NAMES), z.literal('none')])).default({}),
   pagerduty: z
     .strictObject({
-      routes: z.partialRecord(z.enum(TEAMS), z.string().min(1)).default({}),
+      routes: z.partialRecord(z.enum(TEAMS), z.string().regex(/^\S{32}$/, 'a PagerDuty Events v2 routing key has 32 characters')).default({}),
       url: z.string().url().default('https://events.pagerduty.com/v2/enqueue'),
       /** Shown as the event's source; defaults to the host name. */
       source: z.string().min(1).optional(),

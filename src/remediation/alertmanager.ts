@@ -12,7 +12,7 @@ const timestamp = z.string().max(64).refine((s) => !Number.isNaN(Date.parse(s)),
 
 export const alertSchema = z.object({
   status: z.enum(['firing', 'resolved']),
-  labels: labelSet.refine((l) => typeof l.alertname === 'string' && l.alertname.length > 0, 'labels.alertname is required'),
+  labels: labelSet.refine((l) => typeof l.alertname === 'string' && l.alertname.trim().length > 0, 'labels.alertname is required and must not be blank'),
   annotations: labelSet.default({}),
   startsAt: timestamp,
   endsAt: timestamp.optional(),

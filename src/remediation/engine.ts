@@ -98,7 +98,7 @@ export class Engine {
   handlerFor(a: AlertInfo): { handler: Handler | null; requested: string } {
     const label = a.labels.remediation;
     if (label && this.o.handlers.has(label)) return { handler: this.o.handlers.get(label), requested: label };
-    const mapped = this.o.config.alerts[a.alertname];
+    const mapped = Object.hasOwn(this.o.config.alerts, a.alertname) ? this.o.config.alerts[a.alertname] : undefined;
     if (mapped && mapped !== 'none' && this.o.handlers.has(mapped)) return { handler: this.o.handlers.get(mapped), requested: mapped };
     return { handler: null, requested: mapped ?? label ?? '' };
   }
@@ -110,7 +110,8 @@ export class Engine {
   }
 
   private severityOf(a: AlertInfo): Severity {
-    return SEVERITIES[a.labels.severity ?? ''] ?? 'error';
+    const s = a.labels.severity ?? '';
+    return Object.hasOwn(SEVERITIES, s) ? SEVERITIES[s]! : 'error';
   }
 
   // ---- firing ----
@@ -203,7 +204,9 @@ export class Engine {
         verified: safeMessage(err),
       });
     }
-    this.o.store.setRunStatus(run.id, 'planning', { plan: { summary: plan.summary, data: plan.data, escalateAfter: plan.escalateAfter ?? null } });
+    if (!this.o.store.setRunStatus(run.id, 'planning', { plan: { summary: plan.summary, data: plan.data, escalateAfter: plan.escalateAfter ?? null }, from: ['planning'] })) {
+      return this.o.store.getRun(run.id); // cancelled while planning: the alert resolved
+    }
     if (plan.nothingToDo) {
       return this.finish(run, handler, a, 'succeeded', `nothing to do: ${plan.summary}`, plan.data, null);
     }
@@ -211,10 +214,14 @@ export class Engine {
     this.o.store.putSteps(run.id, steps.map((s) => ({ name: s.name, command: s.command })));
     const planDetails = { seen: plan.summary, tried: 'nothing yet', verified: 'nothing yet', plan: steps.map((s) => s.command) };
     if (mode === 'dry-run') {
-      return this.finish(run, handler, a, 'dry_run', `dry-run: ${plan.summary}`, plan.data, { ...planDetails, tried: 'nothing: dry-run mode; these are the runbook commands it would run' });
+      // A human's `dbpilot remediate` without --yes is already in front of the plan: nobody to page.
+      const page = run.origin === 'cli' ? null : { ...planDetails, tried: 'nothing: dry-run mode; these are the runbook commands it would run' };
+      return this.finish(run, handler, a, 'dry_run', `dry-run: ${plan.summary}`, plan.data, page);
     }
     if (mode === 'approve') {
-      this.o.store.setRunStatus(run.id, 'awaiting_approval', { reason: `waiting for approval: ${plan.summary}`, from: ['planning'] });
+      if (!this.o.store.setRunStatus(run.id, 'awaiting_approval', { reason: `waiting for approval: ${plan.summary}`, from: ['planning'] })) {
+        return this.o.store.getRun(run.id); // cancelled while planning: the alert resolved
+      }
       this.escalate(run, a, handler, { ...planDetails, tried: `nothing: approve mode; approve with \`dbpilot approve ${run.id}\` or POST /api/remediations/${run.id}/approve` });
       this.count(handler.name, 'awaiting_approval');
       return this.o.store.getRun(run.id);
@@ -358,7 +365,10 @@ export class Engine {
     data: unknown,
     escalation: Record<string, unknown> | null,
   ): RunRow | null {
-    this.o.store.setRunStatus(run.id, status, { reason });
+    // A run cancelled meanwhile (its alert resolved while it was planning) keeps that outcome and pages nobody.
+    if (!this.o.store.setRunStatus(run.id, status, { reason, from: ['planning', 'awaiting_approval', 'running'] })) {
+      return this.o.store.getRun(run.id);
+    }
     this.o.logger.info({ run: run.id, handler: handler.name, status, reason }, 'remediation run finished');
     this.count(handler.name, status);
     if (escalation) {
@@ -412,8 +422,10 @@ export class Engine {
   /** A resolved alert cancels what still waits for it and resolves its page. A running run is left to finish and verify. */
   async onResolved(a: AlertInfo): Promise<void> {
     for (const run of this.o.store.openRunsFor(a.fingerprint)) {
-      if (run.status === 'awaiting_approval' || run.status === 'planning') {
-        if (this.o.store.setRunStatus(run.id, 'cancelled', { reason: 'the alert resolved before the run was approved', from: ['awaiting_approval'] })) {
+      // Runs still planning are cancelled too, except in auto mode, where acting on what the plan found is still right.
+      if (run.status === 'awaiting_approval' || (run.status === 'planning' && run.mode !== 'auto')) {
+        const reason = run.status === 'planning' ? 'the alert resolved while the run was being planned' : 'the alert resolved before the run was approved';
+        if (this.o.store.setRunStatus(run.id, 'cancelled', { reason, from: [run.status] })) {
           this.count(run.handler, 'cancelled');
           this.o.logger.info({ run: run.id }, 'run cancelled: alert resolved');
         }

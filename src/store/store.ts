@@ -219,18 +219,22 @@ export class Store {
   private readonly db: Database.Database;
 
   constructor(readonly path: string) {
-    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    let db: Database.Database | undefined;
     try {
-      this.db = new Database(path);
+      if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+      db = new Database(path);
+      db.pragma('journal_mode = WAL');
+      // FULL: a row written before a step runs must survive a power cut, not just a process crash.
+      db.pragma('synchronous = FULL');
+      db.pragma('busy_timeout = 5000');
+      db.pragma('foreign_keys = ON');
+      this.db = db;
+      this.migrate();
     } catch (err) {
+      db?.close();
+      if (err instanceof DbpilotError) throw err;
       throw new DbpilotError('DBPILOT_STORE_OPEN_FAILED', `cannot open the store at ${path}: ${(err as Error).message}`);
     }
-    this.db.pragma('journal_mode = WAL');
-    // FULL: a row written before a step runs must survive a power cut, not just a process crash.
-    this.db.pragma('synchronous = FULL');
-    this.db.pragma('busy_timeout = 5000');
-    this.db.pragma('foreign_keys = ON');
-    this.migrate();
   }
 
   private migrate(): void {
@@ -446,7 +450,13 @@ export class Store {
 
   /** The earliest time a pending event is due, or null. */
   nextOutboxDue(): number | null {
-    const r = this.db.prepare(`SELECT min(next_attempt_at) AS t FROM outbox WHERE status = 'pending'`).get() as { t: number | null };
+    // Only the head of each dedup key's queue can be sent; a resolve waiting behind a trigger in backoff is not due.
+    const r = this.db
+      .prepare(
+        `SELECT min(o.next_attempt_at) AS t FROM outbox o
+         WHERE o.status = 'pending' AND o.id = (SELECT min(id) FROM outbox p WHERE p.dedup_key = o.dedup_key AND p.status = 'pending')`,
+      )
+      .get() as { t: number | null };
     return r.t;
   }
 
