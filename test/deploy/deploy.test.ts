@@ -262,7 +262,8 @@ function envVar(c: K8s, name: string): K8s {
 }
 
 /** A stand-in for each Secret key: long enough for webhook.token (16+). */
-const secretValue = (key: string): string => `test-secret-${key}`.padEnd(32, 'x');
+// 32 characters, like a real PagerDuty routing key (dbpilot refuses any other length at start).
+const secretValue = (key: string): string => `test-secret-${key}`.padEnd(32, 'x').slice(0, 32);
 
 /** The environment the container gets: literal values, Secret keys (stand-ins) and the downward API. */
 function podEnvironment(c: K8s, podName = 'dbpilot-0'): Record<string, string> {
