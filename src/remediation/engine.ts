@@ -142,17 +142,7 @@ export class Engine {
     const mode = opts.modeOverride ?? modeFor(this.o.config, handler.name);
     const target = handler.target(a, this.o.ctx);
     // The unique index makes this the dedupe: a repeat of the same occurrence inserts nothing.
-    const run = this.o.store.createRun({
-      handler: handler.name,
-      alertname: a.alertname,
-      fingerprint: a.fingerprint,
-      startsAt: a.startsAt,
-      target,
-      mode,
-      status: 'planning',
-      labels: a.labels,
-      owner: this.o.instance,
-    });
+    const run = this.createPlanningRun(handler, a, target, mode, 'alertmanager');
     if (!run) return this.dedupe(handler.name);
     this.o.logger.info({ run: run.id, handler: handler.name, alertname: a.alertname, target, mode }, 'remediation run created');
 
@@ -168,6 +158,21 @@ export class Engine {
       if (blocked) return this.finish(run, handler, a, 'skipped', blocked, null, { seen: a.annotations.summary ?? a.alertname, tried: `nothing: ${blocked}`, verified: 'nothing' });
     }
     return this.planAndAct(run, handler, a, mode);
+  }
+
+  private createPlanningRun(handler: Handler, a: AlertInfo, target: string, mode: Mode | 'manual', origin: 'alertmanager' | 'cli'): RunRow | null {
+    return this.o.store.createRun({
+      handler: handler.name,
+      alertname: a.alertname,
+      fingerprint: a.fingerprint,
+      startsAt: a.startsAt,
+      target,
+      mode,
+      status: 'planning',
+      labels: a.labels,
+      origin,
+      owner: this.o.instance,
+    });
   }
 
   private dedupe(handler: string): null {
@@ -465,19 +470,7 @@ export class Engine {
   async runManual(handlerName: string, labels: Record<string, string>, mode: 'manual' | 'dry-run'): Promise<RunRow | null> {
     const handler = this.o.handlers.get(handlerName);
     const a = manualAlert(handlerName, labels);
-    const target = handler.target(a, this.o.ctx);
-    const run = this.o.store.createRun({
-      handler: handler.name,
-      alertname: a.alertname,
-      fingerprint: a.fingerprint,
-      startsAt: a.startsAt,
-      target,
-      mode,
-      status: 'planning',
-      labels: a.labels,
-      origin: 'cli',
-      owner: this.o.instance,
-    })!;
+    const run = this.createPlanningRun(handler, a, handler.target(a, this.o.ctx), mode, 'cli')!;
     return this.track(this.planAndAct(run, handler, a, mode));
   }
 

@@ -22,6 +22,7 @@ import {
   until,
   webhookPayload,
   writeConfig,
+  type RunJson,
   type StubbornQuery,
 } from '../support/dbpilot-process.js';
 import { K8sStandIn } from '../support/k8s-standin.js';
@@ -29,20 +30,6 @@ import { PagerDutyStandin } from '../support/pagerduty-standin.js';
 import { freePort } from '../support/ports.js';
 import { createTempDatabase, pgQuery, serverOf, type TempDatabase } from '../support/service.js';
 
-interface StepJson {
-  idx: number;
-  name: string;
-  status: string;
-  attempts: number;
-  output: unknown;
-  check: { ok: boolean; detail: string; data?: unknown } | null;
-}
-interface RunJson {
-  id: string;
-  status: string;
-  reason: string | null;
-  steps: StepJson[];
-}
 
 const role = `dbpilot_t_stop_${process.pid}`;
 let dir: string;

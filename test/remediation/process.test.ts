@@ -27,6 +27,7 @@ import {
   until,
   webhookPayload,
   writeConfig,
+  type RunJson,
   type StubbornQuery,
 } from '../support/dbpilot-process.js';
 import { K8sStandIn } from '../support/k8s-standin.js';
@@ -34,23 +35,6 @@ import { PagerDutyStandin } from '../support/pagerduty-standin.js';
 import { freePort } from '../support/ports.js';
 import { createTempDatabase, pgQuery, serverOf, type TempDatabase } from '../support/service.js';
 
-interface StepJson {
-  idx: number;
-  name: string;
-  status: string;
-  attempts: number;
-  output: unknown;
-  check: { ok: boolean; detail: string; data?: unknown } | null;
-}
-interface RunJson {
-  id: string;
-  status: string;
-  reason: string | null;
-  handler: string;
-  fingerprint: string;
-  owner: string | null;
-  steps: StepJson[];
-}
 
 let dir: string;
 let pd: PagerDutyStandin;

@@ -453,3 +453,22 @@ export async function backend(url: string, pid: number): Promise<{ state: string
     await client.end().catch(() => undefined);
   }
 }
+
+/** A run as GET /api/remediations/:id returns it. */
+export interface StepJson {
+  idx: number;
+  name: string;
+  status: string;
+  attempts: number;
+  output: unknown;
+  check: { ok: boolean; detail: string; data?: unknown } | null;
+}
+export interface RunJson {
+  id: string;
+  status: string;
+  reason: string | null;
+  handler: string;
+  fingerprint: string;
+  owner: string | null;
+  steps: StepJson[];
+}
