@@ -110,8 +110,8 @@ const configSchema = z.strictObject({
       queryTimeoutMs: z.number().int().min(10).max(300_000).default(500),
       /** Remediation statements and their checks (pg_cancel_backend, VACUUM's bookkeeping, …): not bound by the scrape budget. */
       actionTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
-      /** Persistent connections per (server, database) pool. */
-      poolMax: z.number().int().min(1).max(20).default(2),
+      /** Persistent connections per (server, database) pool; the server-wide collectors run side by side on the default database, so 4 keeps them from queueing. */
+      poolMax: z.number().int().min(1).max(20).default(4),
       tableSizeTopN: z.number().int().min(1).max(1000).default(10),
       /** pg_database_size / pg_total_relation_size are expensive: refreshed at most this often, served from cache in between. */
       sizeRefreshSeconds: z.number().int().min(1).default(60),
@@ -320,6 +320,12 @@ export function parseConfig(document: unknown, env: NodeJS.ProcessEnv = process.
   // client-go's rule: retries jitter up to 1.2 × the period and must fit inside the renew deadline.
   if (lease && lease.retryPeriodSeconds * 1.2 >= lease.renewDeadlineSeconds) {
     throw new ConfigError('kubernetes.lease.retryPeriodSeconds', 'must be less than kubernetes.lease.renewDeadlineSeconds / 1.2');
+  }
+  // Some teams routed and others not is a typo or an unset variable: that team's pages would be dead letters.
+  const routed = TEAMS.filter((t) => cfg.pagerduty.routes[t] !== undefined);
+  if (routed.length > 0 && routed.length < TEAMS.length) {
+    const missing = TEAMS.filter((t) => !routed.includes(t));
+    throw new ConfigError(`pagerduty.routes.${missing[0]}`, `missing: every team needs a routing key once one has (missing: ${missing.join(', ')})`);
   }
   return deepFreeze(cfg);
 }

@@ -5,7 +5,7 @@ import { createRemediation } from './remediation/index.js';
 import { remediationRoutes } from './remediation/routes.js';
 
 export async function extendService(runtime: Runtime): Promise<Omit<AppOptions, 'runtime'>> {
-  const remediation = createRemediation(runtime);
+  const remediation = await createRemediation(runtime);
   runtime.onClose(() => remediation.close());
   await remediation.start();
   return {

@@ -58,11 +58,12 @@ webhook: { token: "\${DBPILOT_WEBHOOK_TOKEN}" }
 failover: { maxLagBytes: 1048576, confirmProbes: 3, confirmIntervalMs: 500 }
 handlers: { primary-failover: { mode: auto } }
 pagerduty:
-  routes: { lead-dba: "\${PD_KEY_LEAD_DBA}", oncall-backend: "\${PD_KEY_ONCALL:-fallbackfallbackfallbackfallback}" }
+  routes: { lead-dba: "\${PD_KEY_LEAD_DBA}", em-dba: "\${PD_KEY_EM_DBA}",
+            oncall-backend: "\${PD_KEY_ONCALL:-fallbackfallbackfallbackfallback}", devops: "\${PD_KEY_DEVOPS}" }
 aws: { region: eu-west-2, dbInstanceIdentifier: lomash-wood-prod, snapshotSchedule: "0 3 * * *" }
 store: { path: ./data/dbpilot.sqlite }
 `);
-    const env = { DBPILOT_WEBHOOK_TOKEN: 'a-very-long-webhook-token', PD_KEY_LEAD_DBA: 'k'.repeat(32) };
+    const env = { DBPILOT_WEBHOOK_TOKEN: 'a-very-long-webhook-token', PD_KEY_LEAD_DBA: 'k'.repeat(32), PD_KEY_EM_DBA: 'e'.repeat(32), PD_KEY_DEVOPS: 'd'.repeat(32) };
     const { config } = loadConfig({ file: f, env });
     expect(config.webhook.token).toBe('a-very-long-webhook-token');
     expect(config.pagerduty.routes['lead-dba']).toBe('k'.repeat(32));
@@ -86,6 +87,8 @@ store: { path: ./data/dbpilot.sqlite }
     ['webhook: { token: short }\n', 'webhook.token'],
     ['alerts: { RedisDown: flush-everything }\n', 'alerts.RedisDown'],
     ['kubernetes: { lease: { durationSeconds: 5, renewDeadlineSeconds: 5 } }\n', 'kubernetes.lease.renewDeadlineSeconds'],
+    ['pagerduty: { routes: { devops: "' + 'd'.repeat(31) + '" } }\n', 'pagerduty.routes.devops'],
+    ['pagerduty: { routes: { devops: "' + 'd'.repeat(32) + '" } }\n', 'pagerduty.routes.lead-dba'],
   ])('refuses %j naming %s', (yaml, path) => {
     const err = errorOf(() => loadConfig({ file: fileWith(yaml), env: {} }));
     expect(err.code).toBe('DBPILOT_CONFIG_INVALID');
@@ -137,7 +140,7 @@ store: { path: ./data/dbpilot.sqlite }
     const err = errorOf(() => parseConfig({}, { DBPILOT_PRIMARY_URL: 'mysql://admin:hunter2secret@db/x' }));
     expect(err.message).not.toContain('hunter2secret');
     const cfg = parseConfig(
-      { webhook: { token: 'super-secret-webhook-token' }, pagerduty: { routes: { devops: 'r'.repeat(32) } } },
+      { webhook: { token: 'super-secret-webhook-token' }, pagerduty: { routes: { devops: 'r'.repeat(32), 'lead-dba': 'l'.repeat(32), 'em-dba': 'e'.repeat(32), 'oncall-backend': 'o'.repeat(32) } } },
       { DBPILOT_PRIMARY_URL: 'postgres://admin:hunter2secret@db/x', DBPILOT_REDIS_URL: 'redis://:redispass@cache:6379' },
     );
     const printed = JSON.stringify(redactConfig(cfg));

@@ -26,10 +26,11 @@ export interface ServerProbe {
 export const PROBE_SQL = `
 SELECT pg_is_in_recovery() AS in_recovery,
        CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() IS NOT NULL
-            THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8 END AS lag_bytes,
+            THEN GREATEST(0, pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()))::float8 END AS lag_bytes,
        CASE WHEN NOT pg_is_in_recovery() THEN NULL
+            -- After a standby restart the receive position restarts at a segment start, behind replay: not lag.
             WHEN pg_last_wal_receive_lsn() IS NOT NULL
-                 AND pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0::float8
+                 AND pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0::float8
             -- Nothing replayed since the standby started: the delay is unknown, so no sample rather than a false 0.
             WHEN pg_last_xact_replay_timestamp() IS NULL THEN NULL
             ELSE GREATEST(0, EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()))::float8 END AS lag_seconds`;

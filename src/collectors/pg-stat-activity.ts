@@ -17,9 +17,9 @@ SELECT datname,
        coalesce(state, 'unknown') AS state,
        count(*)::int AS count,
        coalesce(max(EXTRACT(EPOCH FROM now() - xact_start)), 0)::float8 AS max_tx,
-       count(*) FILTER (WHERE state <> 'idle' AND query_start < now() - make_interval(secs => $1))::int AS long_running,
+       count(*) FILTER (WHERE state <> 'idle' AND query_start < now() - make_interval(secs => $1) AND application_name <> 'dbpilot')::int AS long_running,
        coalesce(max(EXTRACT(EPOCH FROM now() - query_start))
-                  FILTER (WHERE state <> 'idle' AND query_start < now() - make_interval(secs => $1)), 0)::float8 AS oldest
+                  FILTER (WHERE state <> 'idle' AND query_start < now() - make_interval(secs => $1) AND application_name <> 'dbpilot'), 0)::float8 AS oldest
 FROM pg_stat_activity
 WHERE datname IS NOT NULL AND backend_type = 'client backend' AND pid <> pg_backend_pid()
 GROUP BY datname, state`;

@@ -34,6 +34,10 @@ import {
   type V1StatefulSet,
 } from '@kubernetes/client-node';
 import { DbpilotError, DependencyError, safeMessage } from '../errors.js';
+import { KubernetesApiError, isNotFound } from './kubernetes-errors.js';
+
+// The errors live apart so the leader elector can use them without loading @kubernetes/client-node.
+export { KubernetesApiError, isConflict, isNotFound } from './kubernetes-errors.js';
 
 export type WorkloadKind = 'deployment' | 'statefulset';
 
@@ -121,23 +125,6 @@ export interface LeaseSpecInput {
   leaseTransitions: number;
 }
 
-/** A call to the Kubernetes API failed. `status` is the HTTP status, undefined when no response came back. */
-export class KubernetesApiError extends DependencyError {
-  readonly status: number | undefined;
-  /** The Status reason (NotFound, Conflict, AlreadyExists, Invalid, Forbidden, …) or a local one (Timeout, NetworkError). */
-  readonly reason: string | undefined;
-  /** What was attempted, e.g. `patch secret lomash-wood/lomash-wood-secrets`. */
-  readonly operation: string;
-
-  constructor(operation: string, detail: { status?: number; reason?: string; message: string }, options?: { cause?: unknown }) {
-    const head = detail.status !== undefined ? `HTTP ${detail.status}${detail.reason ? ` ${detail.reason}` : ''}` : (detail.reason ?? 'error');
-    super('kubernetes', `${operation}: ${head}: ${detail.message}`, options);
-    this.status = detail.status;
-    this.reason = detail.reason;
-    this.operation = operation;
-  }
-}
-
 /** A rollout did not finish in time, or cannot finish (progress deadline exceeded). */
 export class RolloutNotCompleteError extends DbpilotError {
   readonly status: RolloutStatus | undefined;
@@ -145,15 +132,6 @@ export class RolloutNotCompleteError extends DbpilotError {
     super('DBPILOT_K8S_ROLLOUT_INCOMPLETE', `rollout of ${kind}/${name} did not complete: ${why}`);
     this.status = status;
   }
-}
-
-export function isNotFound(err: unknown): boolean {
-  return err instanceof KubernetesApiError && err.status === 404;
-}
-
-/** 409: AlreadyExists on create, Conflict on a stale resourceVersion. */
-export function isConflict(err: unknown): boolean {
-  return err instanceof KubernetesApiError && err.status === 409;
 }
 
 /** kubectl's restartedAt value: RFC 3339 to the second (time.Now().Format(time.RFC3339)). */

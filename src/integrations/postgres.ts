@@ -114,11 +114,14 @@ export class PgServer {
   async connect(database: string = this.defaultDatabase, timeouts?: { statementTimeoutMs?: number }): Promise<pg.Client> {
     const u = new URL(this.opts.url);
     u.pathname = `/${encodeURIComponent(database)}`;
+    const statementTimeoutMs = timeouts?.statementTimeoutMs ?? this.opts.actionTimeoutMs;
     const client = new pg.Client({
       connectionString: u.toString(),
       connectionTimeoutMillis: Math.min(this.opts.actionTimeoutMs, 5000),
       application_name: APPLICATION_NAME,
-      statement_timeout: timeouts?.statementTimeoutMs ?? 0,
+      statement_timeout: statementTimeoutMs,
+      query_timeout: statementTimeoutMs + 5000,
+      keepAlive: true,
     });
     client.on('error', () => undefined);
     try {

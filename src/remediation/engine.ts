@@ -5,6 +5,8 @@
  * escalation when a check fails or dbpilot must not act, and an audit row before and after each
  * step. Handlers only say what to do; everything here decides whether and how.
  */
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import type { Counter } from 'prom-client';
 import { modeFor, HANDLER_NAMES, type Config, type HandlerName, type Mode } from '../config.js';
 import { DbpilotError, UnsafeToActError, safeMessage } from '../errors.js';
@@ -42,6 +44,44 @@ export class NotLeaderError extends DbpilotError {
   }
 }
 
+/** How long a page waits for the handler's diagnostics before it goes without them. */
+const DIAGNOSTICS_BUDGET_MS = 5000;
+
+/** A run left in flight longer than this is escalated on restart instead of resumed. */
+const RESUME_MAX_AGE_SECONDS = 600;
+
+/**
+ * Lock owners are `host/pid/token`: a process of this host whose pid is alive and whose token is not
+ * ours (the CLI next to the service) holds its locks; a dead pid, or our own pid with another token (a
+ * previous incarnation that was also PID 1 of its container), does not.
+ */
+function ownerAlive(owner: string): boolean {
+  const [host, pidText, token] = owner.split('/');
+  if (host !== hostname()) return true; // cannot tell: assume it is alive
+  const pid = Number(pidText);
+  if (pid === process.pid) return token === PROCESS_TOKEN;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+const PROCESS_TOKEN = randomUUID().slice(0, 8);
+
+/** Run owners are `<pod or host>/<pid>` (the CLI's `cli:<user>/<pid>`): alive when that pid is. */
+function ownerAliveByInstance(instance: string): boolean {
+  const pid = Number(instance.slice(instance.lastIndexOf('/') + 1));
+  if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 const SEVERITIES: Record<string, Severity> = { critical: 'critical', page: 'critical', error: 'error', warning: 'warning', info: 'info' };
 
 function toInfo(a: Alert): AlertInfo {
@@ -56,6 +96,7 @@ export class Engine {
   private readonly alertsReceived: Counter<'status'>;
   private readonly truncated: Counter;
   private closed = false;
+  private readonly lockOwner = `${hostname()}/${process.pid}/${PROCESS_TOKEN}`;
 
   constructor(private readonly o: EngineOptions) {
     this.remediations = o.metrics.counter('dbpilot_remediations_total', 'Remediation runs by handler and final outcome.', ['handler', 'outcome']);
@@ -67,7 +108,12 @@ export class Engine {
     return this.o.store;
   }
 
-  /** Hands a validated webhook to the engine. Returns at once; the work runs after the HTTP answer. */
+  /**
+   * Hands a validated webhook to the engine. Each alert is admitted synchronously — its run row
+   * written, which is also the dedupe — and its work started; the work itself runs after the HTTP
+   * answer. A store failure throws, so the webhook answers 500 and Alertmanager retries: an alert is
+   * never acknowledged without being recorded.
+   */
   receive(payload: WebhookPayload): void {
     if (payload.truncatedAlerts > 0) {
       this.truncated.inc(payload.truncatedAlerts);
@@ -75,7 +121,9 @@ export class Engine {
     }
     for (const alert of payload.alerts) {
       this.alertsReceived.inc({ status: alert.status });
-      this.track<unknown>(alert.status === 'firing' ? this.onFiring(toInfo(alert)) : this.onResolved(toInfo(alert)));
+      const info = toInfo(alert);
+      const work = alert.status === 'firing' ? this.admitFiring(info) : () => this.onResolved(info);
+      this.track<unknown>(work());
     }
   }
 
@@ -117,10 +165,15 @@ export class Engine {
   // ---- firing ----
 
   async onFiring(a: AlertInfo, opts: { modeOverride?: Mode } = {}): Promise<RunRow | null> {
+    return this.admitFiring(a, opts)();
+  }
+
+  /** The synchronous part of a firing alert: decide, record (dedupe), and return the rest of the work. */
+  private admitFiring(a: AlertInfo, opts: { modeOverride?: Mode } = {}): () => Promise<RunRow | null> {
     const { handler, requested } = this.handlerFor(a);
     if (!handler) {
       // remediation="none" alerts are paged by Alertmanager itself; anything else needs a human.
-      if (requested === 'none') return null;
+      if (requested === 'none') return async () => null;
       const run = this.o.store.createRun({
         handler: requested || '-',
         alertname: a.alertname,
@@ -133,10 +186,12 @@ export class Engine {
         labels: a.labels,
         owner: this.o.instance,
       });
-      if (!run) return this.dedupe(requested || '-');
-      this.escalate(run, a, null, { seen: a.annotations.summary ?? a.alertname, tried: 'nothing: no handler for this alert', verified: 'nothing' });
-      this.count(run.handler, 'escalated');
-      return this.o.store.getRun(run.id);
+      // Metrics get a bounded label: a runbook handler's name, else `unknown` (the label is whatever the rule wrote).
+      const label = (HANDLER_NAMES as readonly string[]).includes(requested) ? requested : 'unknown';
+      if (!run) return this.dedupe(label);
+      this.escalate(run, a, null, { seen: a.annotations.summary ?? a.alertname, tried: 'nothing: no handler for this alert', verified: 'nothing' }, run.reason ?? '', 'escalated');
+      this.count(label, 'escalated');
+      return async () => this.o.store.getRun(run.id);
     }
 
     const mode = opts.modeOverride ?? modeFor(this.o.config, handler.name);
@@ -145,7 +200,10 @@ export class Engine {
     const run = this.createPlanningRun(handler, a, target, mode, 'alertmanager');
     if (!run) return this.dedupe(handler.name);
     this.o.logger.info({ run: run.id, handler: handler.name, alertname: a.alertname, target, mode }, 'remediation run created');
+    return () => this.continueFiring(run, handler, a, mode);
+  }
 
+  private async continueFiring(run: RunRow, handler: Handler, a: AlertInfo, mode: Mode): Promise<RunRow | null> {
     if (mode === 'off') {
       return this.finish(run, handler, a, 'skipped', `handler ${handler.name} is off`, null, {
         seen: a.annotations.summary ?? a.alertname,
@@ -154,7 +212,7 @@ export class Engine {
       });
     }
     if (mode === 'auto' || mode === 'approve') {
-      const blocked = this.policyBlock(handler, target);
+      const blocked = this.policyBlock(handler, run.target);
       if (blocked) return this.finish(run, handler, a, 'skipped', blocked, null, { seen: a.annotations.summary ?? a.alertname, tried: `nothing: ${blocked}`, verified: 'nothing' });
     }
     return this.planAndAct(run, handler, a, mode);
@@ -175,9 +233,9 @@ export class Engine {
     });
   }
 
-  private dedupe(handler: string): null {
+  private dedupe(handler: string): () => Promise<null> {
     this.count(handler, 'deduplicated');
-    return null;
+    return async () => null;
   }
 
   /** Cooldown and attempt limit for a handler on one target. Returns why it must not act, or null. */
@@ -227,7 +285,7 @@ export class Engine {
       if (!this.o.store.setRunStatus(run.id, 'awaiting_approval', { reason: `waiting for approval: ${plan.summary}`, from: ['planning'] })) {
         return this.o.store.getRun(run.id); // cancelled while planning: the alert resolved
       }
-      this.escalate(run, a, handler, { ...planDetails, tried: `nothing: approve mode; approve with \`dbpilot approve ${run.id}\` or POST /api/remediations/${run.id}/approve` });
+      this.escalate(run, a, handler, { ...planDetails, tried: `nothing: approve mode; approve with \`dbpilot approve ${run.id}\` or POST /api/remediations/${run.id}/approve` }, `waiting for approval: ${plan.summary}`, 'awaiting_approval');
       this.count(handler.name, 'awaiting_approval');
       return this.o.store.getRun(run.id);
     }
@@ -237,11 +295,17 @@ export class Engine {
   /** Runs (or resumes) the steps of a run under the target lock. */
   private async execute(run: RunRow, handler: Handler, a: AlertInfo): Promise<RunRow | null> {
     const store = this.o.store;
-    if (!store.acquireLock(run.target, run.id)) {
+    if (this.executing.has(run.id)) return store.getRun(run.id);
+    const lock = store.acquireLock(run.target, run.id, this.lockOwner, ownerAlive);
+    if (lock === 'same-run-elsewhere') {
+      // Another live process (the service, or an on-call's CLI in the same pod) is executing this very run.
+      this.o.logger.info({ run: run.id }, 'run is being executed by another dbpilot process; leaving it there');
+      return store.getRun(run.id);
+    }
+    if (lock === 'other-run') {
       const holder = store.lockHolder(run.target);
       return this.finish(run, handler, a, 'skipped', `target ${run.target} is locked by run ${holder}`, null, null);
     }
-    if (this.executing.has(run.id)) return store.getRun(run.id);
     this.executing.add(run.id);
     // Set when the run must stop between steps without an outcome: it stays `running` with its lock,
     // and the next process (or this one, on regaining the Lease) resumes it from its last verified step.
@@ -249,7 +313,9 @@ export class Engine {
     const planned = run.plan as { summary?: string; data: unknown; escalateAfter: string | null } | null;
     const data = planned?.data ?? null;
     try {
-      store.setRunStatus(run.id, 'running', { owner: this.o.instance });
+      if (!store.setRunStatus(run.id, 'running', { owner: this.o.instance, from: ['planning', 'running'] })) {
+        return store.getRun(run.id); // finished or cancelled meanwhile
+      }
       const steps = handler.steps(data as never, this.o.ctx);
       const rows = store.steps(run.id);
       const prior = new Map<string, PriorStep>();
@@ -269,7 +335,7 @@ export class Engine {
         const resumed = row?.status === 'running' || row?.status === 'error' || row?.status === 'check_failed';
         const result = resumed ? await this.resumeStep(run, i, step, row!.output, prior) : await this.runStep(run, i, step, prior);
         if (!result.ok) {
-          return this.finish(run, handler, a, 'failed', result.reason, data, {
+          return await this.finish(run, handler, a, 'failed', result.reason, data, {
             seen: planned?.summary ?? a.alertname,
             tried: store.steps(run.id).filter((s) => s.status !== 'planned').map((s) => `${s.name}: ${s.command}`),
             verified: result.reason,
@@ -277,15 +343,15 @@ export class Engine {
         }
       }
       if (planned?.escalateAfter) {
-        return this.finish(run, handler, a, 'escalated', `completed, but ${planned.escalateAfter}`, data, {
+        return await this.finish(run, handler, a, 'escalated', `completed, but ${planned.escalateAfter}`, data, {
           seen: planned.summary ?? a.alertname,
           tried: steps.map((s) => s.command),
           verified: `every step checked; left for a human: ${planned.escalateAfter}`,
         });
       }
-      return this.finish(run, handler, a, 'succeeded', 'every step done and checked', data, null);
+      return await this.finish(run, handler, a, 'succeeded', 'every step done and checked', data, null);
     } catch (err) {
-      return this.finish(run, handler, a, 'failed', safeMessage(err), data, {
+      return await this.finish(run, handler, a, 'failed', safeMessage(err), data, {
         seen: planned?.summary ?? a.alertname,
         tried: 'running the remediation',
         verified: safeMessage(err),
@@ -360,8 +426,12 @@ export class Engine {
     return this.runStep(run, idx, step, prior);
   }
 
-  /** Closes a run: status, metrics, and the page (or the resolve) it calls for. */
-  private finish(
+  /**
+   * Closes a run: the page it calls for, then its final status and metrics, or the resolve of an
+   * earlier page. The page is queued before the status becomes final: a crash in between leaves the
+   * run in flight, and the next process pages about it — a final run without its page cannot happen.
+   */
+  private async finish(
     run: RunRow,
     handler: Handler,
     a: AlertInfo,
@@ -369,39 +439,54 @@ export class Engine {
     reason: string,
     data: unknown,
     escalation: Record<string, unknown> | null,
-  ): RunRow | null {
+  ): Promise<RunRow | null> {
+    const open = ['planning', 'awaiting_approval', 'running'] as const;
+    const stillOpen = () => {
+      const cur = this.o.store.getRun(run.id);
+      return cur !== null && (open as readonly string[]).includes(cur.status);
+    };
     // A run cancelled meanwhile (its alert resolved while it was planning) keeps that outcome and pages nobody.
-    if (!this.o.store.setRunStatus(run.id, status, { reason, from: ['planning', 'awaiting_approval', 'running'] })) {
+    if (!stillOpen()) return this.o.store.getRun(run.id);
+    if (escalation) {
+      const diagnostics = await this.diagnosticsFor(handler, data, a);
+      if (!stillOpen()) return this.o.store.getRun(run.id);
+      this.escalate(run, a, handler, { ...escalation, ...(diagnostics ? { diagnostics } : {}) }, reason, status);
+    }
+    if (!this.o.store.setRunStatus(run.id, status, { reason, from: [...open] })) {
+      // Cancelled while the page was being prepared: the alert has resolved, so resolve the page too.
+      if (escalation) this.o.outbox.resolve(dedupKeyFor(a.alertname, a.fingerprint));
       return this.o.store.getRun(run.id);
     }
     this.o.logger.info({ run: run.id, handler: handler.name, status, reason }, 'remediation run finished');
     this.count(handler.name, status);
-    if (escalation) {
-      void this.track(this.escalateWithDiagnostics(run, a, handler, data, escalation));
-    } else if (status === 'succeeded') {
-      this.o.outbox.resolve(dedupKeyFor(a.alertname, a.fingerprint));
-    }
+    if (!escalation && status === 'succeeded') this.o.outbox.resolve(dedupKeyFor(a.alertname, a.fingerprint));
     return this.o.store.getRun(run.id);
   }
 
-  private async escalateWithDiagnostics(run: RunRow, a: AlertInfo, handler: Handler, data: unknown, details: Record<string, unknown>): Promise<void> {
-    let diagnostics: Record<string, unknown> = {};
-    if (handler.diagnostics) {
-      try {
-        diagnostics = await handler.diagnostics(data as never, a, this.o.ctx);
-      } catch (err) {
-        diagnostics = { error: safeMessage(err) };
-      }
+  /** The handler's diagnostics for a page, bounded in time: the server they come from may be the one in trouble. */
+  private async diagnosticsFor(handler: Handler, data: unknown, a: AlertInfo): Promise<Record<string, unknown> | null> {
+    if (!handler.diagnostics) return null;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const d = await Promise.race([
+        handler.diagnostics(data as never, a, this.o.ctx),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`diagnostics took longer than ${DIAGNOSTICS_BUDGET_MS} ms`)), DIAGNOSTICS_BUDGET_MS);
+        }),
+      ]);
+      return Object.keys(d).length ? d : null;
+    } catch (err) {
+      return { error: safeMessage(err) };
+    } finally {
+      clearTimeout(timer);
     }
-    this.escalate(run, a, handler, { ...details, ...(Object.keys(diagnostics).length ? { diagnostics } : {}) });
   }
 
-  private escalate(run: RunRow, a: AlertInfo, handler: Handler | null, details: Record<string, unknown>): void {
-    const fresh = this.o.store.getRun(run.id) ?? run;
+  private escalate(run: RunRow, a: AlertInfo, handler: Handler | null, details: Record<string, unknown>, reason: string, status: string): void {
     this.o.outbox.trigger({
       team: this.teamOf(a, handler),
       dedupKey: dedupKeyFor(a.alertname, a.fingerprint),
-      summary: `[dbpilot] ${a.alertname}${run.target !== '-' ? ` on ${run.target}` : ''}: ${fresh.reason ?? fresh.status}`,
+      summary: `[dbpilot] ${a.alertname}${run.target !== '-' ? ` on ${run.target}` : ''}: ${reason || status}`,
       severity: this.severityOf(a),
       component: handler?.name ?? 'dbpilot',
       class: a.alertname,
@@ -411,7 +496,7 @@ export class Engine {
         verified: (details.verified as string | string[]) ?? 'nothing',
         ...details,
         run: run.id,
-        run_status: fresh.status,
+        run_status: status,
         mode: run.mode,
         labels: a.labels,
       },
@@ -477,20 +562,35 @@ export class Engine {
   /** On start (or on becoming leader): finish what a previous process left in flight. */
   async resume(): Promise<void> {
     for (const run of this.o.store.inFlightRuns()) {
+      // This process's own runs (planning or executing right now) are not "left in flight".
+      if (run.owner === this.o.instance || this.executing.has(run.id)) continue;
       const a: AlertInfo = { alertname: run.alertname, labels: run.labels, annotations: {}, fingerprint: run.fingerprint, startsAt: run.startsAt };
       if (!this.o.handlers.has(run.handler)) continue;
       const handler = this.o.handlers.get(run.handler);
+      const holder = this.o.store.lockOwner(run.target);
+      if (holder && holder.runId === run.id && holder.owner && holder.owner !== this.lockOwner && ownerAlive(holder.owner)) continue; // another live process has it
       if (run.status === 'planning') {
+        if (run.owner && ownerAliveByInstance(run.owner)) continue;
         // Nothing was executed yet, but the situation may have changed: a human decides.
-        this.finish(run, handler, a, 'escalated', 'dbpilot stopped while planning this run; nothing was executed', null, {
+        await this.finish(run, handler, a, 'escalated', 'dbpilot stopped while planning this run; nothing was executed', null, {
           seen: a.alertname,
           tried: 'nothing: interrupted while planning',
           verified: 'nothing',
         });
         continue;
       }
+      const ageSeconds = (Date.now() - Date.parse(run.updatedAt)) / 1000;
+      if (ageSeconds > RESUME_MAX_AGE_SECONDS) {
+        // A plan this old describes a system that has moved on (pids reused, failover done by hand…): do not act on it.
+        this.o.store.releaseLock(run.target, run.id);
+        await this.finish(run, handler, a, 'escalated', `left in flight ${Math.round(ageSeconds)} s ago; too old to resume safely`, null, {
+          seen: (run.plan as { summary?: string } | null)?.summary ?? a.alertname,
+          tried: this.o.store.steps(run.id).filter((st) => st.status !== 'planned').map((st) => `${st.name} (${st.status})`),
+          verified: 'not resumed: the plan is older than the resume bound',
+        });
+        continue;
+      }
       this.o.logger.warn({ run: run.id, handler: run.handler }, 'resuming a run left in flight by a previous dbpilot process');
-      // The lock row still names this run, so execute() re-enters it.
       await this.track(this.execute(run, handler, a));
     }
   }

@@ -5,7 +5,7 @@
 import { hostname } from 'node:os';
 import type { Runtime } from '../runtime.js';
 import { Store } from '../store/store.js';
-import { KubernetesClient } from '../integrations/kubernetes.js';
+import type { KubernetesClient } from '../integrations/kubernetes.js';
 import { Engine } from './engine.js';
 import { HandlerRegistry } from './registry.js';
 import { Outbox } from './outbox.js';
@@ -28,7 +28,7 @@ export function defaultHandlers(): HandlerRegistry {
   return new HandlerRegistry().register(slowQueriesHandler());
 }
 
-export function createRemediation(runtime: Runtime, opts: { instance?: string; requireLease?: boolean } = {}): Remediation {
+export async function createRemediation(runtime: Runtime, opts: { instance?: string; requireLease?: boolean } = {}): Promise<Remediation> {
   const { config, logger, metrics } = runtime;
   const log = logger.child({ component: 'remediation' });
   const handlers = defaultHandlers();
@@ -38,14 +38,18 @@ export function createRemediation(runtime: Runtime, opts: { instance?: string; r
       log.warn({ handler: name }, 'configuration for a handler this build does not have yet: its alerts are escalated');
     }
   }
+  if (Object.keys(config.pagerduty.routes).length === 0) {
+    log.warn('pagerduty.routes is empty: escalations are recorded in the outbox but cannot be delivered (dead letters)');
+  }
   const store = new Store(config.store.path);
   const instance = opts.instance ?? `${process.env.POD_NAME ?? hostname()}/${process.pid}`;
   const outbox = new Outbox(store, config.pagerduty, metrics, log.child({ component: 'outbox' }), {
     baseBackoffMs: config.pagerduty.retry.baseMs,
     maxBackoffMs: config.pagerduty.retry.maxMs,
   });
+  // Loaded only when configured: the client library is most of dbpilot's memory otherwise.
   const kube = config.kubernetes
-    ? new KubernetesClient({ namespace: config.kubernetes.namespace, ...(config.kubernetes.kubeconfig ? { kubeconfigPath: config.kubernetes.kubeconfig } : {}) })
+    ? new (await import('../integrations/kubernetes.js')).KubernetesClient({ namespace: config.kubernetes.namespace, ...(config.kubernetes.kubeconfig ? { kubeconfigPath: config.kubernetes.kubeconfig } : {}) })
     : null;
   let engine: Engine | null = null;
   let resumed = false;
@@ -96,8 +100,9 @@ export function createRemediation(runtime: Runtime, opts: { instance?: string; r
       leader.start();
     },
     async close() {
-      await leader.stop();
+      // The Lease is released last: another replica must not act while this one finishes its step.
       await eng.close();
+      await leader.stop();
       await outbox.stop();
       store.close();
     },

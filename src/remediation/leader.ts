@@ -21,7 +21,8 @@
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { ConfigError, safeMessage } from '../errors.js';
-import { isConflict, type KubernetesClient, type LeaseRecord, type LeaseSpecInput } from '../integrations/kubernetes.js';
+import type { KubernetesClient, LeaseRecord, LeaseSpecInput } from '../integrations/kubernetes.js';
+import { isConflict } from '../integrations/kubernetes-errors.js';
 
 export interface LeaderElectorOptions {
   kube: KubernetesClient | null;

@@ -69,7 +69,10 @@ export function remediationRoutes(engine: Engine, config: Config, metrics: Metri
     );
 
     app.get('/api/remediations', { onRequest: requireAuth }, async (req, reply) => {
-      const q = req.query as Record<string, string | undefined>;
+      const raw = req.query as Record<string, unknown>;
+      const repeated = Object.entries(raw).find(([, v]) => typeof v !== 'string');
+      if (repeated) return reply.code(400).send({ error: `${repeated[0]} must be given once`, code: 'DBPILOT_BAD_QUERY' });
+      const q = raw as Record<string, string | undefined>;
       if (q.status && !RUN_STATUSES.includes(q.status as RunStatus)) {
         return reply.code(400).send({ error: `status must be one of ${RUN_STATUSES.join(', ')}`, code: 'DBPILOT_BAD_QUERY' });
       }

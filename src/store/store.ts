@@ -135,6 +135,8 @@ const MIGRATIONS: string[] = [
      delivered_at TEXT
    );
    CREATE INDEX outbox_due ON outbox(status, next_attempt_at);`,
+  // Who holds a lock: a run id alone let a second process "re-enter" a run the first was still executing.
+  `ALTER TABLE locks ADD COLUMN owner TEXT;`,
 ];
 
 const now = () => new Date().toISOString();
@@ -341,13 +343,14 @@ export class Store {
     return (this.db.prepare(`SELECT * FROM runs WHERE status IN ('planning', 'running') ORDER BY created_at`).all() as Record<string, unknown>[]).map(toRun);
   }
 
-  /** Runs that acted (not dry-run, not skipped) on a target since a time: for cooldown and the attempt limit. */
+  /** Runs that acted — started at least one step — on a target since a time: for cooldown and the attempt limit. */
   actedRunsOnTarget(handler: string, target: string, sinceIso: string): RunRow[] {
     return (
       this.db
         .prepare(
           `SELECT * FROM runs WHERE handler = ? AND target = ? AND created_at >= ?
              AND status IN ('running', 'succeeded', 'failed', 'escalated') AND mode IN ('auto', 'approve', 'manual')
+             AND EXISTS (SELECT 1 FROM steps s WHERE s.run_id = runs.id AND s.attempts > 0)
            ORDER BY created_at DESC`,
         )
         .all(handler, target, sinceIso) as Record<string, unknown>[]
@@ -386,14 +389,29 @@ export class Store {
 
   // ---- locks ----
 
-  /** Takes the per-target lock for a run; false when another run holds it. Re-entrant for the same run. */
-  acquireLock(target: string, runId: string): boolean {
+  /**
+   * Takes the per-target lock for a run. `acquired`: this owner holds it (re-entrant, or taken over
+   * from a dead owner of the same run, which is how a restarted process resumes); `same-run-elsewhere`:
+   * a live process is executing this run; `other-run`: another run holds the target.
+   */
+  acquireLock(target: string, runId: string, owner: string, alive: (owner: string) => boolean): 'acquired' | 'same-run-elsewhere' | 'other-run' {
     return this.db.transaction(() => {
-      const cur = this.db.prepare('SELECT run_id FROM locks WHERE target = ?').get(target) as { run_id: string } | undefined;
-      if (cur) return cur.run_id === runId;
-      this.db.prepare('INSERT INTO locks (target, run_id, acquired_at) VALUES (?, ?, ?)').run(target, runId, now());
-      return true;
+      const cur = this.db.prepare('SELECT run_id, owner FROM locks WHERE target = ?').get(target) as { run_id: string; owner: string | null } | undefined;
+      if (!cur) {
+        this.db.prepare('INSERT INTO locks (target, run_id, acquired_at, owner) VALUES (?, ?, ?, ?)').run(target, runId, now(), owner);
+        return 'acquired' as const;
+      }
+      if (cur.run_id !== runId) return 'other-run' as const;
+      if (cur.owner === owner) return 'acquired' as const;
+      if (cur.owner !== null && alive(cur.owner)) return 'same-run-elsewhere' as const;
+      this.db.prepare('UPDATE locks SET owner = ?, acquired_at = ? WHERE target = ? AND run_id = ?').run(owner, now(), target, runId);
+      return 'acquired' as const;
     }).immediate();
+  }
+
+  lockOwner(target: string): { runId: string; owner: string | null } | null {
+    const cur = this.db.prepare('SELECT run_id, owner FROM locks WHERE target = ?').get(target) as { run_id: string; owner: string | null } | undefined;
+    return cur ? { runId: cur.run_id, owner: cur.owner } : null;
   }
 
   lockHolder(target: string): string | null {

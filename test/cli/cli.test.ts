@@ -90,7 +90,8 @@ postgres:
 redis: { url: "redis://:${SECRET}@redis-master:6379" }
 webhook: { token: "\${TEST_WEBHOOK_TOKEN}" }
 pagerduty:
-  routes: { lead-dba: "R0123456789abcdef0123456789ABCDE" }
+  routes: { lead-dba: "R0123456789abcdef0123456789ABCDE", em-dba: "E0123456789abcdef0123456789ABCDE",
+            oncall-backend: "O0123456789abcdef0123456789ABCDE", devops: "D0123456789abcdef0123456789ABCDE" }
 `;
 const GOOD_ENV = { PG_PASSWORD: SECRET, TEST_WEBHOOK_TOKEN: 'tok_0123456789abcdef_secret' };
 
@@ -133,8 +134,8 @@ describe.concurrent('dbpilot CLI', { timeout: 180_000 }, () => {
     expect(cfg.postgres.longRunningQuerySeconds).toBe(30); // defaults are filled in
     expect(cfg.redis.url).toBe('redis://:***@redis-master:6379');
     expect(cfg.webhook.token).toBe('[REDACTED]');
-    expect(cfg.pagerduty.routes).toEqual({ 'lead-dba': '[REDACTED]' });
-    for (const secret of [SECRET, GOOD_ENV.TEST_WEBHOOK_TOKEN, 'R0123456789abcdef0123456789ABCDE']) expect(r.stdout).not.toContain(secret);
+    expect(cfg.pagerduty.routes).toEqual({ 'lead-dba': '[REDACTED]', 'em-dba': '[REDACTED]', 'oncall-backend': '[REDACTED]', devops: '[REDACTED]' });
+    for (const secret of [SECRET, GOOD_ENV.TEST_WEBHOOK_TOKEN, 'R0123456789abcdef0123456789ABCDE', 'D0123456789abcdef0123456789ABCDE']) expect(r.stdout).not.toContain(secret);
   });
 
   it.each<{ what: string; yaml: string; env: Record<string, string>; field: string }>([

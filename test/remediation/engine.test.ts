@@ -384,7 +384,7 @@ describe('escalation', () => {
     expect(p.source).toBe('dbpilot-test');
     expect(p.summary).toContain('RedisDown');
     expect(p.custom_details).toMatchObject({ run: run.id, team: 'devops', escalate_to: 'DevOps engineer', tried: 'nothing: no handler for this alert' });
-    expect(await h.metric('dbpilot_remediations_total', { handler: 'restart-redis', outcome: 'escalated' })).toBe(1);
+    expect(await h.metric('dbpilot_remediations_total', { handler: 'unknown', outcome: 'escalated' })).toBe(1);
     await until(async () => (await h.metric('dbpilot_escalations_total', { team: 'devops', outcome: 'delivered' })) === 1, 'the delivery to be counted');
 
     // The resolved fixture resolves the same PagerDuty alert, after the trigger.
@@ -544,7 +544,7 @@ describe('the per-target lock', () => {
   it('a run whose target is locked by another run is skipped and executes nothing; once released, the next one acts', async () => {
     const h = await harness({ mode: 'auto' });
     const s = await slowQuery();
-    expect(h.store.acquireLock(slowTarget(), 'run-held-by-someone-else')).toBe(true);
+    expect(h.store.acquireLock(slowTarget(), 'run-held-by-someone-else', 'another-host/1/x', () => true)).toBe('acquired');
     const fp = freshFingerprint();
     await fire(h, slowAlert(fp));
     const run = onlyRun(h, fp);

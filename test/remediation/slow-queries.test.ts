@@ -66,7 +66,7 @@ async function waitLongRunning(pids: number[], seconds = 1): Promise<void> {
   throw new Error(`sessions ${pids.join(', ')} did not become long-running`);
 }
 
-function makeRemediation(mode: 'auto' | 'dry-run' | 'approve', extra: Record<string, unknown> = {}): { r: Remediation; runtime: Runtime; lines: string[] } {
+async function makeRemediation(mode: 'auto' | 'dry-run' | 'approve', extra: Record<string, unknown> = {}): Promise<{ r: Remediation; runtime: Runtime; lines: string[] }> {
   const lines: string[] = [];
   const config = parseConfig(
     {
@@ -90,7 +90,7 @@ function makeRemediation(mode: 'auto' | 'dry-run' | 'approve', extra: Record<str
   );
   const logger = createLogger('debug', { write: (s: string) => void lines.push(s) } as never);
   const runtime = new Runtime(config, logger, { processMetrics: false });
-  const r = createRemediation(runtime, { instance: 'test' });
+  const r = await createRemediation(runtime, { instance: 'test' });
   r.outbox.start();
   return { r, runtime, lines };
 }
@@ -159,7 +159,7 @@ afterAll(async () => {
 
 describe('slow-queries (runbook scenario 2) on a real PostgreSQL', () => {
   it('cancels a non-protected long-running query and records every step', async () => {
-    const { r, runtime } = makeRemediation('auto');
+    const { r, runtime } = await makeRemediation('auto');
     try {
       const q = await startQuery(APP, 'SELECT pg_sleep(60)');
       await waitLongRunning([q.pid]);
@@ -187,7 +187,7 @@ describe('slow-queries (runbook scenario 2) on a real PostgreSQL', () => {
   });
 
   it('terminates a query that survives cancel, after the grace period', async () => {
-    const { r, runtime } = makeRemediation('auto', { graceSeconds: 1.5 });
+    const { r, runtime } = await makeRemediation('auto', { graceSeconds: 1.5 });
     try {
       const q = await startQuery(APP, 'SELECT stubborn_sleep(60)');
       await waitLongRunning([q.pid]);
@@ -210,7 +210,7 @@ describe('slow-queries (runbook scenario 2) on a real PostgreSQL', () => {
   });
 
   it("spares a superuser's and a protected role's queries and escalates with the missing-index diagnostics", async () => {
-    const { r, runtime } = makeRemediation('auto');
+    const { r, runtime } = await makeRemediation('auto');
     try {
       const su = await startQuery('postgres', 'SELECT pg_sleep(60)');
       const prot = await startQuery(PROTECTED, 'SELECT pg_sleep(60)');
@@ -241,7 +241,7 @@ describe('slow-queries (runbook scenario 2) on a real PostgreSQL', () => {
   });
 
   it('acts on the ordinary session next to a protected one, then escalates what it left alone', async () => {
-    const { r, runtime } = makeRemediation('auto');
+    const { r, runtime } = await makeRemediation('auto');
     try {
       const app = await startQuery(APP, 'SELECT pg_sleep(60)');
       const prot = await startQuery(PROTECTED, 'SELECT pg_sleep(60)');
@@ -257,8 +257,35 @@ describe('slow-queries (runbook scenario 2) on a real PostgreSQL', () => {
     }
   });
 
+  it('does not terminate a session whose query stopped on cancel inside a transaction', async () => {
+    const { r, runtime } = await makeRemediation('auto');
+    try {
+      const client = new pg.Client({ connectionString: url(APP), application_name: `test-${APP}` });
+      client.on('error', () => undefined);
+      await client.connect();
+      open.push(client);
+      const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+      await client.query('BEGIN');
+      const done = client.query('SELECT pg_sleep(60)').then(
+        () => ({ ok: true }),
+        (err: { code?: string }) => ({ ok: false, code: err.code }),
+      );
+      await waitLongRunning([pid]);
+      const run = await r.engine.onFiring(alert());
+      expect(run?.status).toBe('succeeded');
+      expect(await done).toMatchObject({ ok: false, code: '57014' });
+      // Cancelled inside a transaction the session is "idle in transaction (aborted)": stopped, not a survivor.
+      expect(r.store.steps(run!.id)[1]!.check).toMatchObject({ ok: true, detail: 'nothing to terminate: every query stopped on cancel' });
+      await client.query('ROLLBACK');
+      expect((await client.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+    } finally {
+      await r.close();
+      await runtime.close();
+    }
+  });
+
   it('dry-run shows the runbook commands with the real pids and changes nothing', async () => {
-    const { r, runtime } = makeRemediation('dry-run');
+    const { r, runtime } = await makeRemediation('dry-run');
     try {
       const q = await startQuery(APP, 'SELECT pg_sleep(60)');
       await waitLongRunning([q.pid]);
@@ -277,7 +304,7 @@ describe('slow-queries (runbook scenario 2) on a real PostgreSQL', () => {
   });
 
   it('approve mode waits with its plan, changes nothing, and acts once approved', async () => {
-    const { r, runtime } = makeRemediation('approve');
+    const { r, runtime } = await makeRemediation('approve');
     try {
       const q = await startQuery(APP, 'SELECT pg_sleep(60)');
       await waitLongRunning([q.pid]);
@@ -297,7 +324,7 @@ describe('slow-queries (runbook scenario 2) on a real PostgreSQL', () => {
   });
 
   it('runs VACUUM ANALYZE on the configured tables as the last step and checks it', async () => {
-    const { r, runtime } = makeRemediation('auto', { vacuumAnalyze: [{ database: DB, table: 'orders' }, { database: DB, table: 'payments' }] });
+    const { r, runtime } = await makeRemediation('auto', { vacuumAnalyze: [{ database: DB, table: 'orders' }, { database: DB, table: 'payments' }] });
     try {
       const q = await startQuery(APP, 'SELECT pg_sleep(60)');
       await waitLongRunning([q.pid]);
@@ -319,7 +346,7 @@ describe('slow-queries (runbook scenario 2) on a real PostgreSQL', () => {
   });
 
   it('acts only in the database the alert names', async () => {
-    const { r, runtime } = makeRemediation('auto');
+    const { r, runtime } = await makeRemediation('auto');
     try {
       const q = await startQuery(APP, 'SELECT pg_sleep(60)');
       await waitLongRunning([q.pid]);
@@ -356,8 +383,13 @@ describe('slow-queries pure parts', () => {
   });
 
   it.each([
-    ["ALTER ROLE app PASSWORD 'hunter2'", "ALTER ROLE app PASSWORD '[REDACTED]'"],
-    ["CREATE USER x WITH PASSWORD 'it''s secret' LOGIN", "CREATE USER x WITH PASSWORD '[REDACTED]' LOGIN"],
+    ["ALTER ROLE app PASSWORD 'hunter2'", "ALTER ROLE app PASSWORD '?'"],
+    ["CREATE USER x WITH PASSWORD 'it''s secret' LOGIN", "CREATE USER x WITH PASSWORD '?' LOGIN"],
+    ["ALTER ROLE app PASSWORD E'correct horse battery'", "ALTER ROLE app PASSWORD '?'"],
+    ['ALTER ROLE app PASSWORD $pw$hunter2$pw$', "ALTER ROLE app PASSWORD '?'"],
+    ["SELECT dblink_connect('host=db password=hunter2 user=app')", "SELECT dblink_connect('?')"],
+    ['SELECT * FROM dblink(\'postgresql://app:hunter2@db/x\', \'select 1\') AS t(i int)', "SELECT * FROM dblink('?', '?') AS t(i int)"],
+    ['SELECT 1 -- postgres://app:hunter2@db/x', 'SELECT 1 -- postgres://app:***@db/x'],
     ['SELECT  1\n  FROM t', 'SELECT 1 FROM t'],
   ])('redacts %j', (q, expected) => {
     expect(redactQuery(q)).toBe(expected);

@@ -12,6 +12,10 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { DbpilotError } from '../../src/errors.js';
 import { FINAL_STATUSES, Store, type NewRun, type RunStatus } from '../../src/store/store.js';
 
+/** The schema version this build migrates to (one migration per version). */
+const LATEST = 2;
+const ALL_VERSIONS = Array.from({ length: LATEST }, (_, i) => ({ version: i + 1 }));
+
 const dir = mkdtempSync(path.join(tmpdir(), 'dbpilot-store-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -47,17 +51,17 @@ const run = (over: Partial<NewRun> = {}): NewRun => ({
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('schema migrations', () => {
-  it('creates a new store (and its directory) at schema version 1, in WAL mode', () => {
+  it('creates a new store (and its directory) at the latest schema version, in WAL mode', () => {
     const p = fresh();
     const s = store(p);
-    expect(s.schemaVersion).toBe(1);
+    expect(s.schemaVersion).toBe(LATEST);
     s.close();
     const db = raw(p);
     try {
       const tables = (db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as { name: string }[]).map((t) => t.name);
       expect(tables).toEqual(expect.arrayContaining(['runs', 'steps', 'locks', 'outbox', 'schema_migrations']));
       expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
-      expect(db.prepare('SELECT version FROM schema_migrations').all()).toEqual([{ version: 1 }]);
+      expect(db.prepare('SELECT version FROM schema_migrations ORDER BY version').all()).toEqual(ALL_VERSIONS);
     } finally {
       db.close();
     }
@@ -74,13 +78,14 @@ describe('schema migrations', () => {
     await sleep(5);
     for (let i = 0; i < 3; i++) {
       const again = new Store(p);
-      expect(again.schemaVersion).toBe(1);
+      expect(again.schemaVersion).toBe(LATEST);
       expect(again.getRun(created.id)).toEqual(created);
       again.close();
     }
     const after = raw(p);
     try {
-      expect(after.prepare('SELECT version, applied_at FROM schema_migrations').all()).toEqual([{ version: 1, applied_at: appliedAt }]);
+      expect(after.prepare('SELECT version, applied_at FROM schema_migrations WHERE version = 1').all()).toEqual([{ version: 1, applied_at: appliedAt }]);
+      expect(after.prepare('SELECT count(*) AS n FROM schema_migrations').get()).toEqual({ n: LATEST });
     } finally {
       after.close();
     }
@@ -92,7 +97,7 @@ describe('schema migrations', () => {
     const created = s.createRun(run())!;
     s.close();
     const db = raw(p);
-    db.prepare('INSERT INTO schema_migrations (version, applied_at) VALUES (2, ?)').run(new Date().toISOString());
+    db.prepare('INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)').run(LATEST + 1, new Date().toISOString());
     db.exec('CREATE TABLE from_the_future (x INTEGER)');
     db.close();
 
@@ -105,11 +110,11 @@ describe('schema migrations', () => {
     expect(err).toBeInstanceOf(DbpilotError);
     expect((err as DbpilotError).code).toBe('DBPILOT_STORE_TOO_NEW');
     expect((err as Error).message).toContain(p);
-    expect((err as Error).message).toMatch(/schema version 2; this dbpilot knows 1/);
+    expect((err as Error).message).toContain(`schema version ${LATEST + 1}; this dbpilot knows ${LATEST}`);
 
     const check = raw(p);
     try {
-      expect(check.prepare('SELECT version FROM schema_migrations ORDER BY version').all()).toEqual([{ version: 1 }, { version: 2 }]);
+      expect(check.prepare('SELECT version FROM schema_migrations ORDER BY version').all()).toEqual([...ALL_VERSIONS, { version: LATEST + 1 }]);
       expect(check.prepare('SELECT id FROM runs').all()).toEqual([{ id: created.id }]);
     } finally {
       check.close();
@@ -221,6 +226,10 @@ describe('runs', () => {
     const failed = mk('ff', 'failed', 'approve');
     mk('fe', 'escalated', 'off');
     mk('fx', 'succeeded', 'auto', 't2');
+    const noStep = mk('fn', 'escalated', 'auto'); // e.g. unsafe to act: it started no step, so it did not act
+    // A run acted when at least one of its steps started.
+    for (const r of [running, ok, failed, noStep]) s.putSteps(r.id, [{ name: 'step', command: 'cmd' }]);
+    for (const r of [running, ok, failed]) s.stepStarted(r.id, 0);
     expect(s.openRunsFor('fa').map((r) => r.id)).toEqual([waiting.id]);
     expect(s.openRunsFor('fo')).toEqual([]);
     expect(s.inFlightRuns().map((r) => r.id)).toEqual([planning.id, running.id]);
@@ -263,31 +272,49 @@ describe('steps', () => {
 });
 
 describe('per-target locks', () => {
+  // Owners are host/pid/token; `alive` says which are still running.
+  const OWNER = 'host/100/aaaa';
+  const LIVE_OTHER = 'host/200/bbbb';
+  const DEAD = 'host/300/cccc';
+  const alive = (o: string) => o !== DEAD;
+  const take = (s: Store, target: string, runId: string, owner = OWNER) => s.acquireLock(target, runId, owner, alive) === 'acquired';
+
   it('one run per target; re-entrant for its holder; released only by its holder', () => {
     const s = store();
-    expect(s.acquireLock('t1', 'run-a')).toBe(true);
-    expect(s.acquireLock('t1', 'run-a')).toBe(true);
-    expect(s.acquireLock('t1', 'run-b')).toBe(false);
-    expect(s.acquireLock('t2', 'run-b')).toBe(true);
+    expect(s.acquireLock('t1', 'run-a', OWNER, alive)).toBe('acquired');
+    expect(s.acquireLock('t1', 'run-a', OWNER, alive)).toBe('acquired');
+    expect(s.acquireLock('t1', 'run-b', OWNER, alive)).toBe('other-run');
+    expect(take(s, 't2', 'run-b')).toBe(true);
     expect(s.lockHolder('t1')).toBe('run-a');
     s.releaseLock('t1', 'run-b');
     expect(s.lockHolder('t1')).toBe('run-a');
     s.releaseLock('t1', 'run-a');
     expect(s.lockHolder('t1')).toBeNull();
-    expect(s.acquireLock('t1', 'run-b')).toBe(true);
+    expect(take(s, 't1', 'run-b')).toBe(true);
+  });
+
+  it('the same run held by another live process is not re-entered; held by a dead one, it is taken over', () => {
+    const s = store();
+    expect(s.acquireLock('t', 'run-a', LIVE_OTHER, alive)).toBe('acquired');
+    expect(s.acquireLock('t', 'run-a', OWNER, alive)).toBe('same-run-elsewhere');
+    expect(s.lockOwner('t')).toEqual({ runId: 'run-a', owner: LIVE_OTHER });
+    const d = store();
+    expect(d.acquireLock('t', 'run-a', DEAD, alive)).toBe('acquired');
+    expect(d.acquireLock('t', 'run-a', OWNER, alive)).toBe('acquired');
+    expect(d.lockOwner('t')).toEqual({ runId: 'run-a', owner: OWNER });
   });
 
   it('is shared by every connection to the store file, and survives a restart', () => {
     const p = fresh();
     const a = store(p);
     const b = store(p);
-    expect(a.acquireLock('postgres/x/db', 'run-a')).toBe(true);
-    expect(b.acquireLock('postgres/x/db', 'run-b')).toBe(false);
+    expect(a.acquireLock('postgres/x/db', 'run-a', DEAD, alive)).toBe('acquired');
+    expect(b.acquireLock('postgres/x/db', 'run-b', OWNER, alive)).toBe('other-run');
     expect(b.lockHolder('postgres/x/db')).toBe('run-a');
     a.close();
     const c = store(p);
     expect(c.lockHolder('postgres/x/db')).toBe('run-a');
-    expect(c.acquireLock('postgres/x/db', 'run-a')).toBe(true); // a resumed run re-enters its own lock
+    expect(c.acquireLock('postgres/x/db', 'run-a', OWNER, alive)).toBe('acquired'); // a resumed run takes over its own lock from the dead process
   });
 
   it('property: whatever the interleaving of acquire/release over two connections, a target has at most one holder', () => {
@@ -303,7 +330,7 @@ describe('per-target locks', () => {
             const s = conns[o.conn]!;
             if (o.op === 'acquire') {
               const holder = model.get(o.target);
-              const got = s.acquireLock(o.target, o.runId);
+              const got = take(s, o.target, o.runId);
               expect(got).toBe(holder === undefined || holder === o.runId);
               if (got) model.set(o.target, o.runId);
             } else {

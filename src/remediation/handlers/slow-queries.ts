@@ -14,7 +14,7 @@
  * which also makes every step safe to repeat after a crash.
  */
 import type { SlowQueriesConfig } from '../../config.js';
-import { UnsafeToActError } from '../../errors.js';
+import { UnsafeToActError, safeMessage } from '../../errors.js';
 import { APPLICATION_NAME, type PgServer } from '../../integrations/postgres.js';
 import type { AlertInfo, Handler, HandlerContext, PriorStep, Step } from '../handler.js';
 import { psqlCommand } from '../runbook.js';
@@ -48,6 +48,10 @@ export interface SlowQueriesPlan {
 }
 
 const QUERY_TEXT_MAX = 200;
+const VACUUM_TIMEOUT_MS = 30 * 60_000;
+const VACUUM_LOCK_TIMEOUT = '5s';
+/** Sessions listed in a page; the rest are counted (PagerDuty refuses events over 512 KB). */
+const SESSIONS_IN_PAGE = 20;
 
 const LIST_SQL = `
 SELECT a.pid, a.backend_start::text AS backend_start, a.query_start::text AS query_start,
@@ -62,12 +66,15 @@ WHERE a.backend_type = 'client backend' AND a.state <> 'idle'
   AND ($2::text IS NULL OR a.datname = $2)
 ORDER BY a.query_start`;
 
-/** Which of these sessions still run the same query (same pid, same connection, same query start). */
+/**
+ * Which of these sessions still run the same query (same pid, same connection, same query start).
+ * `idle in transaction (aborted)` is a query that was cancelled inside a transaction: it stopped.
+ */
 const STILL_RUNNING_SQL = `
 SELECT s.pid FROM pg_stat_activity s
 JOIN unnest($1::int[], $2::text[], $3::text[]) AS t(pid, backend_start, query_start)
   ON s.pid = t.pid AND s.backend_start::text = t.backend_start AND s.query_start::text = t.query_start
-WHERE s.state <> 'idle'`;
+WHERE s.state NOT IN ('idle', 'idle in transaction (aborted)')`;
 
 /** Which of these connections still exist at all (after pg_terminate_backend). */
 const STILL_CONNECTED_SQL = `
@@ -78,16 +85,25 @@ const SIGNAL_SQL = (fn: 'pg_cancel_backend' | 'pg_terminate_backend') => `
 SELECT t.pid, coalesce(bool_or(${fn}(s.pid)), false) AS signalled
 FROM unnest($1::int[], $2::text[], $3::text[]) AS t(pid, backend_start, query_start)
 LEFT JOIN pg_stat_activity s ON s.pid = t.pid AND s.backend_start::text = t.backend_start
-     AND ($4 OR s.query_start::text = t.query_start)
+     AND s.query_start::text = t.query_start AND s.state NOT IN ('idle', 'idle in transaction (aborted)')
 GROUP BY t.pid`;
 
 const DIAGNOSTICS_SQL = `
 SELECT schemaname, tablename, attname, n_distinct::float8 AS n_distinct, correlation::float8 AS correlation
 FROM pg_stats WHERE tablename = ANY($1::text[]) ORDER BY n_distinct LIMIT 100`;
 
-/** Keeps secrets out of the audit: the literal after PASSWORD (CREATE/ALTER ROLE) is dropped. */
+/**
+ * Keeps secrets out of the audit and the page: every string literal ('…', E'…', $tag$…$tag$) becomes
+ * '?' — passwords, dblink connection strings, subscription conninfo — and any URL left is redacted.
+ */
 export function redactQuery(query: string): string {
-  const cleaned = query.replace(/(password\s+)('(?:[^']|'')*'?|\S+)/gi, "$1'[REDACTED]'").replace(/\s+/g, ' ').trim();
+  const cleaned = safeMessage(
+    query
+      .replace(/(\$[A-Za-z_0-9]*\$)[\s\S]*?(\1|$)/g, "'?'")
+      .replace(/[eE]?'(?:[^'\\]|''|\\.)*('|$)/g, "'?'"),
+  )
+    .replace(/\s+/g, ' ')
+    .trim();
   return cleaned.length > QUERY_TEXT_MAX ? `${cleaned.slice(0, QUERY_TEXT_MAX - 1)}…` : cleaned;
 }
 
@@ -198,9 +214,10 @@ export function slowQueriesHandler(): Handler<SlowQueriesPlan> {
         const alive = new Set(rows.map((r) => r.pid));
         return list.filter((s) => alive.has(s.pid));
       };
-      const signal = async (fn: 'pg_cancel_backend' | 'pg_terminate_backend', list: Session[], anyQuery: boolean) => {
+      // Only a session still running the very query of the plan is signalled: never a connection that moved on.
+      const signal = async (fn: 'pg_cancel_backend' | 'pg_terminate_backend', list: Session[]) => {
         if (list.length === 0) return [];
-        return server.act<{ pid: number; signalled: boolean }>(SIGNAL_SQL(fn), [...ids(list), anyQuery]);
+        return server.act<{ pid: number; signalled: boolean }>(SIGNAL_SQL(fn), ids(list));
       };
 
       const steps: Step[] = [
@@ -208,7 +225,7 @@ export function slowQueriesHandler(): Handler<SlowQueriesPlan> {
           name: 'cancelBackends',
           command: plan.targets.map((t) => cmd(`SELECT pg_cancel_backend(${t.pid});`)).join('\n'),
           idempotent: true,
-          run: async () => ({ cancelled: await signal('pg_cancel_backend', plan.targets, false) }),
+          run: async () => ({ cancelled: await signal('pg_cancel_backend', plan.targets) }),
           check: async () => {
             // The runbook's "force terminate if cancel does not work": give cancel the grace period first.
             const survivors = await poll(() => stillRunning(plan.targets), plan.graceSeconds * 1000);
@@ -229,7 +246,7 @@ export function slowQueriesHandler(): Handler<SlowQueriesPlan> {
           idempotent: true,
           run: async (prior: ReadonlyMap<string, PriorStep>) => {
             const survivors = ((prior.get('cancelBackends')?.check?.data as { survivors?: Session[] } | undefined)?.survivors ?? []) as Session[];
-            return { survivors, terminated: await signal('pg_terminate_backend', survivors, true) };
+            return { survivors, terminated: await signal('pg_terminate_backend', survivors) };
           },
           check: async (output) => {
             const { survivors } = output as { survivors: Session[] };
@@ -250,9 +267,11 @@ export function slowQueriesHandler(): Handler<SlowQueriesPlan> {
           idempotent: true,
           run: async () => {
             const startedAt = (await server.act<{ now: string }>('SELECT now()::text AS now', [], database))[0]!.now;
-            // VACUUM cannot run inside a transaction block nor under the collectors' statement timeout.
-            const client = await server.connect(database, { statementTimeoutMs: 0 });
+            // VACUUM cannot run inside a transaction block nor under the collectors' statement timeout; a lock
+            // it cannot get quickly (a long transaction on the table) fails the step instead of hanging the run.
+            const client = await server.connect(database, { statementTimeoutMs: VACUUM_TIMEOUT_MS });
             try {
+              await client.query(`SET lock_timeout = '${VACUUM_LOCK_TIMEOUT}'`);
               for (const v of byDb) await client.query(`VACUUM ANALYZE ${ident(v.schema)}.${ident(v.table)}`);
             } finally {
               await client.end();
@@ -284,7 +303,8 @@ export function slowQueriesHandler(): Handler<SlowQueriesPlan> {
       const database = plan?.database ?? alert.labels.datname ?? '*';
       const out: Record<string, unknown> = {};
       if (plan) {
-        out.sessions = { acted_on: plan.targets, spared: plan.spared, over_cap: plan.overCap };
+        const cap = <T>(list: T[]) => (list.length > SESSIONS_IN_PAGE ? [...list.slice(0, SESSIONS_IN_PAGE), `… and ${list.length - SESSIONS_IN_PAGE} more`] : list);
+        out.sessions = { acted_on: cap(plan.targets), spared: cap(plan.spared), over_cap: cap(plan.overCap) };
       }
       // Runbook step 3, "Check for missing indexes", for the tables configured for this database.
       for (const d of cfg.diagnosticTables.filter((t) => database === '*' || t.database === database)) {
