@@ -6,7 +6,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Config } from '../config.js';
-import { DbpilotError } from '../errors.js';
+import { DbpilotError, safeMessage } from '../errors.js';
 import type { Metrics } from '../metrics.js';
 import { describeIssue, webhookSchema } from './alertmanager.js';
 import type { Engine } from './engine.js';
@@ -63,7 +63,13 @@ export function remediationRoutes(engine: Engine, config: Config, metrics: Metri
           // Alertmanager retries a 5xx; the Service will route a retry to the leader.
           return reply.code(503).header('retry-after', '1').send({ error: 'not the leader: another dbpilot replica acts', code: 'DBPILOT_NOT_LEADER' });
         }
-        engine.receive(parsed.data);
+        try {
+          engine.receive(parsed.data);
+        } catch (err) {
+          // Not acknowledged unless recorded: a 5xx makes Alertmanager send it again.
+          req.log.error({ err: safeMessage(err) }, 'could not record the alerts; Alertmanager will retry');
+          return reply.code(500).send({ error: 'the alerts could not be recorded; retry', code: 'DBPILOT_STORE_FAILED' });
+        }
         return reply.code(202).send({ status: 'accepted', alerts: parsed.data.alerts.length });
       },
     );
