@@ -31,7 +31,7 @@ const GUIDE_FILE = 'docs/operator-guide.md';
 const RUNBOOK_URL_PREFIX = 'https://github.com/lomash-wood/dbpilot/blob/main/docs/operator-guide.md#';
 
 /**
- * DESIGN.md's alert table (plus DbpilotCollectorFailing): the contract the rules keep, and the
+ * DESIGN.md's alert table (plus DbpilotCollectorFailing and the two alerts on dbpilot's own paging): the contract the rules keep, and the
  * Alertmanager receiver each alert must reach (dbpilot when it has a handler, else the team's pager).
  */
 const EXPECTED_ALERTS: Record<string, { team: string; remediation: string; severity: string; receiver: string }> = {
@@ -47,6 +47,8 @@ const EXPECTED_ALERTS: Record<string, { team: string; remediation: string; sever
   RdsSnapshotStale: { team: 'devops', remediation: 'none', severity: 'warning', receiver: 'pagerduty-devops' },
   DbpilotDown: { team: 'devops', remediation: 'none', severity: 'critical', receiver: 'pagerduty-devops' },
   DbpilotCollectorFailing: { team: 'devops', remediation: 'none', severity: 'warning', receiver: 'pagerduty-devops' },
+  DbpilotPagesUndeliverable: { team: 'devops', remediation: 'none', severity: 'critical', receiver: 'pagerduty-devops' },
+  DbpilotPagesDelayed: { team: 'devops', remediation: 'none', severity: 'warning', receiver: 'pagerduty-devops' },
 };
 const TEAMS = ['lead-dba', 'em-dba', 'oncall-backend', 'devops'];
 const HANDLERS = ['primary-failover', 'slow-queries', 'disk-full', 'prisma-migration', 'redis-failure', 'replication-lag'];
