@@ -90,6 +90,8 @@ function toInfo(a: Alert): AlertInfo {
 
 export class Engine {
   private readonly inFlight = new Set<Promise<unknown>>();
+  /** Webhooks waiting for the next group commit. */
+  private readonly pending: { payload: WebhookPayload; resolve: () => void; reject: (err: unknown) => void }[] = [];
   /** Runs executing in this process now: resume() must never start a second execution of one of them. */
   private readonly executing = new Set<string>();
   private readonly remediations: Counter<'handler' | 'outcome'>;
@@ -109,22 +111,43 @@ export class Engine {
   }
 
   /**
-   * Hands a validated webhook to the engine. Each alert is admitted synchronously — its run row
-   * written, which is also the dedupe — and its work started; the work itself runs after the HTTP
-   * answer. A store failure throws, so the webhook answers 500 and Alertmanager retries: an alert is
-   * never acknowledged without being recorded.
+   * Hands a validated webhook to the engine; resolves once its alerts are recorded. Each alert is
+   * admitted — its run row written, which is also the dedupe — and its work started; the work itself
+   * runs after the HTTP answer. Webhooks arriving together are admitted in one transaction (one
+   * fsync for all of them: group commit), and each is answered only after that commit. A store
+   * failure rejects, so the webhook answers 500 and Alertmanager retries: an alert is never
+   * acknowledged without being recorded.
    */
-  receive(payload: WebhookPayload): void {
+  receive(payload: WebhookPayload): Promise<void> {
     if (payload.truncatedAlerts > 0) {
       this.truncated.inc(payload.truncatedAlerts);
       this.o.logger.warn({ truncatedAlerts: payload.truncatedAlerts, groupKey: payload.groupKey }, 'Alertmanager truncated alerts from this notification (max_alerts)');
     }
-    for (const alert of payload.alerts) {
-      this.alertsReceived.inc({ status: alert.status });
-      const info = toInfo(alert);
-      const work = alert.status === 'firing' ? this.admitFiring(info) : () => this.onResolved(info);
-      this.track<unknown>(work());
+    return new Promise<void>((resolve, reject) => {
+      this.pending.push({ payload, resolve, reject });
+      if (this.pending.length === 1) this.track(new Promise<void>((done) => setImmediate(() => done(this.admitPending()))));
+    });
+  }
+
+  private admitPending(): void {
+    const batch = this.pending.splice(0);
+    const work: (() => Promise<unknown>)[] = [];
+    try {
+      this.o.store.transaction(() => {
+        for (const { payload } of batch) {
+          for (const alert of payload.alerts) {
+            const info = toInfo(alert);
+            work.push(alert.status === 'firing' ? this.admitFiring(info) : () => this.onResolved(info));
+          }
+        }
+      });
+    } catch (err) {
+      for (const b of batch) b.reject(err);
+      return;
     }
+    for (const { payload } of batch) for (const alert of payload.alerts) this.alertsReceived.inc({ status: alert.status });
+    for (const b of batch) b.resolve();
+    for (const w of work) this.track<unknown>(w());
   }
 
   private track<T>(p: Promise<T>): Promise<T> {

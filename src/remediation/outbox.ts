@@ -15,6 +15,8 @@ import { backoffMs, sendEvent, type PagerDutyLink, type Severity } from '../inte
 import { escalationEvent, routeFor, type EscalationDetails, type Team } from './escalation.js';
 
 const POLL_MS = 5000;
+/** How long stop() lets a delivery under way finish before aborting it. */
+const STOP_GRACE_MS = 3000;
 
 export interface EscalationRequest {
   team: Team;
@@ -74,7 +76,8 @@ export class Outbox {
     const { routing_key: _omit, ...stored } = event;
     const id = this.store.enqueue({ team: req.team, dedupKey: req.dedupKey, action: 'trigger', event: stored as Record<string, unknown> });
     this.logger.info({ team: req.team, dedupKey: req.dedupKey, summary: req.summary }, 'escalation queued');
-    this.kick();
+    // After the caller's transaction (a group commit of webhooks) has committed, never inside it.
+    setImmediate(() => this.kick());
     return id;
   }
 
@@ -84,7 +87,7 @@ export class Outbox {
     if (!open) return false;
     this.store.enqueue({ team: open.team, dedupKey, action: 'resolve', event: { event_action: 'resolve', dedup_key: dedupKey } });
     this.logger.info({ team: open.team, dedupKey }, 'resolve queued');
-    this.kick();
+    setImmediate(() => this.kick());
     return true;
   }
 
@@ -93,10 +96,18 @@ export class Outbox {
     this.kick();
   }
 
+  /**
+   * Stops dispatching. A delivery already under way may finish (for a few seconds): cutting it off
+   * after PagerDuty received it would only make the next process send it again.
+   */
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    if (this.running) {
+      const grace = new Promise<void>((resolve) => setTimeout(resolve, STOP_GRACE_MS).unref());
+      await Promise.race([this.running, grace]);
+    }
     this.abort.abort();
     await this.running;
   }
@@ -143,21 +154,23 @@ export class Outbox {
       const due = this.store.dueOutbox(Date.now());
       if (due.length === 0) return;
       // Different incidents in parallel; within one dedup key dueOutbox hands out one at a time.
-      await Promise.all(due.map((row) => this.deliver(row)));
+      // Each delivery returns its bookkeeping, written for the whole batch in one transaction.
+      const outcomes = await Promise.all(due.map((row) => this.deliver(row)));
+      this.store.transaction(() => outcomes.forEach((write) => write()));
     }
   }
 
-  private async deliver(row: OutboxRow): Promise<void> {
+  /** Sends one event; returns the store update that records the outcome. */
+  private async deliver(row: OutboxRow): Promise<() => void> {
     const team = row.team as Team;
     let routingKey: string;
     try {
       routingKey = routeFor(team, this.config.routes);
     } catch (err) {
       // A configuration problem; retrying cannot fix it, and the page must not vanish silently.
-      this.store.outboxDead(row.id, (err as Error).message);
       this.escalations.inc({ team, outcome: 'dead_letter' });
       this.logger.error({ team, dedupKey: row.dedupKey, err: (err as Error).message }, 'escalation cannot be delivered: dead letter');
-      return;
+      return () => this.store.outboxDead(row.id, (err as Error).message);
     }
     const result = await sendEvent({ ...(row.event as object), routing_key: routingKey } as never, {
       url: this.config.url,
@@ -165,20 +178,20 @@ export class Outbox {
       signal: this.abort.signal,
     });
     if (result.outcome === 'accepted') {
-      this.store.outboxDelivered(row.id);
       this.escalations.inc({ team, outcome: 'delivered' });
       this.logger.info({ team, dedupKey: row.dedupKey, action: row.action, attempts: row.attempts + 1 }, 'escalation delivered');
+      return () => this.store.outboxDelivered(row.id);
     } else if (result.outcome === 'retry') {
       const wait = Math.max(result.retryAfterMs ?? 0, backoffMs(row.attempts + 1, { baseMs: this.opts.baseBackoffMs ?? 1000, maxMs: this.opts.maxBackoffMs ?? 300_000 }));
-      this.store.outboxRetry(row.id, Date.now() + wait, result.message);
       this.escalations.inc({ team, outcome: 'retried' });
       if (row.attempts === 0 || row.attempts % 10 === 0) {
         this.logger.warn({ team, dedupKey: row.dedupKey, status: result.httpStatus, err: result.message, retryInMs: wait }, 'PagerDuty unavailable, will retry');
       }
+      return () => this.store.outboxRetry(row.id, Date.now() + wait, result.message);
     } else {
-      this.store.outboxDead(row.id, result.message);
       this.escalations.inc({ team, outcome: 'dead_letter' });
       this.logger.error({ team, dedupKey: row.dedupKey, status: result.httpStatus, err: result.message }, 'PagerDuty rejected the event: dead letter');
+      return () => this.store.outboxDead(row.id, result.message);
     }
   }
 }

@@ -64,7 +64,7 @@ export function remediationRoutes(engine: Engine, config: Config, metrics: Metri
           return reply.code(503).header('retry-after', '1').send({ error: 'not the leader: another dbpilot replica acts', code: 'DBPILOT_NOT_LEADER' });
         }
         try {
-          engine.receive(parsed.data);
+          await engine.receive(parsed.data);
         } catch (err) {
           // Not acknowledged unless recorded: a 5xx makes Alertmanager send it again.
           req.log.error({ err: safeMessage(err) }, 'could not record the alerts; Alertmanager will retry');

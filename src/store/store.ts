@@ -137,6 +137,10 @@ const MIGRATIONS: string[] = [
    CREATE INDEX outbox_due ON outbox(status, next_attempt_at);`,
   // Who holds a lock: a run id alone let a second process "re-enter" a run the first was still executing.
   `ALTER TABLE locks ADD COLUMN owner TEXT;`,
+  // The outbox is read per dedup key (the head of each key's queue, the open incident of an alert) and
+  // runs per fingerprint (a resolved alert): without these, every new alert scanned the whole history.
+  `CREATE INDEX outbox_key ON outbox(dedup_key, status, id);
+   CREATE INDEX runs_fingerprint ON runs(fingerprint, status);`,
 ];
 
 const now = () => new Date().toISOString();
@@ -239,6 +243,24 @@ export class Store {
     }
   }
 
+  private readonly statements = new Map<string, Database.Statement>();
+
+  /** Prepared once per SQL text: preparing on every call cost as much as the statements themselves. */
+  private stmt(sql: string): Database.Statement {
+    let st = this.statements.get(sql);
+    if (!st) this.statements.set(sql, (st = this.db.prepare(sql)));
+    return st;
+  }
+
+  /** Runs `fn` in one transaction (nested calls become savepoints): one commit, one fsync. */
+  transaction<T>(fn: () => T): T {
+    // One transaction function for all calls: better-sqlite3 prepares BEGIN/COMMIT per transaction() made.
+    this.runInTransaction ??= this.db.transaction((f: () => unknown) => f());
+    return this.runInTransaction(fn) as T;
+  }
+
+  private runInTransaction: ((f: () => unknown) => unknown) | undefined;
+
   private migrate(): void {
     this.db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)');
     const row = this.db.prepare('SELECT max(version) AS v FROM schema_migrations').get() as { v: number | null };
@@ -255,7 +277,7 @@ export class Store {
   }
 
   get schemaVersion(): number {
-    return (this.db.prepare('SELECT max(version) AS v FROM schema_migrations').get() as { v: number }).v;
+    return (this.stmt('SELECT max(version) AS v FROM schema_migrations').get() as { v: number }).v;
   }
 
   // ---- runs ----
@@ -291,7 +313,7 @@ export class Store {
   }
 
   getRun(id: string): RunRow | null {
-    const r = this.db.prepare('SELECT * FROM runs WHERE id = ?').get(id) as Record<string, unknown> | undefined;
+    const r = this.stmt('SELECT * FROM runs WHERE id = ?').get(id) as Record<string, unknown> | undefined;
     return r ? toRun(r) : null;
   }
 
@@ -315,7 +337,7 @@ export class Store {
       owner: opts.owner ?? null,
     };
     opts.from?.forEach((s, i) => (params[`from${i}`] = s));
-    return this.db.prepare(`UPDATE runs SET ${sets.join(', ')} WHERE id = @id${where}`).run(params).changes === 1;
+    return this.stmt(`UPDATE runs SET ${sets.join(', ')} WHERE id = @id${where}`).run(params).changes === 1;
   }
 
   listRuns(filter: { alertname?: string; fingerprint?: string; status?: string; handler?: string; limit?: number } = {}): RunRow[] {
@@ -328,19 +350,19 @@ export class Store {
       }
     }
     const sql = `SELECT * FROM runs ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, rowid DESC LIMIT @limit`;
-    return (this.db.prepare(sql).all(params) as Record<string, unknown>[]).map(toRun);
+    return (this.stmt(sql).all(params) as Record<string, unknown>[]).map(toRun);
   }
 
   /** Runs of this alert occurrence still waiting or running (a resolved alert cancels those waiting). */
   openRunsFor(fingerprint: string): RunRow[] {
     return (
-      this.db.prepare(`SELECT * FROM runs WHERE fingerprint = ? AND status IN ('planning', 'awaiting_approval', 'running')`).all(fingerprint) as Record<string, unknown>[]
+      this.stmt(`SELECT * FROM runs WHERE fingerprint = ? AND status IN ('planning', 'awaiting_approval', 'running')`).all(fingerprint) as Record<string, unknown>[]
     ).map(toRun);
   }
 
   /** Runs that were planning or executing when the process stopped. */
   inFlightRuns(): RunRow[] {
-    return (this.db.prepare(`SELECT * FROM runs WHERE status IN ('planning', 'running') ORDER BY created_at`).all() as Record<string, unknown>[]).map(toRun);
+    return (this.stmt(`SELECT * FROM runs WHERE status IN ('planning', 'running') ORDER BY created_at`).all() as Record<string, unknown>[]).map(toRun);
   }
 
   /** Runs that acted — started at least one step — on a target since a time: for cooldown and the attempt limit. */
@@ -360,21 +382,21 @@ export class Store {
   // ---- steps ----
 
   putSteps(runId: string, steps: { name: string; command: string }[]): void {
-    const ins = this.db.prepare(`INSERT OR IGNORE INTO steps (run_id, idx, name, command, status) VALUES (?, ?, ?, ?, 'planned')`);
+    const ins = this.stmt(`INSERT OR IGNORE INTO steps (run_id, idx, name, command, status) VALUES (?, ?, ?, ?, 'planned')`);
     this.db.transaction(() => steps.forEach((s, i) => ins.run(runId, i, s.name, s.command)))();
   }
 
   steps(runId: string): StepRow[] {
-    return (this.db.prepare('SELECT * FROM steps WHERE run_id = ? ORDER BY idx').all(runId) as Record<string, unknown>[]).map(toStep);
+    return (this.stmt('SELECT * FROM steps WHERE run_id = ? ORDER BY idx').all(runId) as Record<string, unknown>[]).map(toStep);
   }
 
   /** Written before the step's action runs: a crash after this line leaves the step visibly in flight. */
   stepStarted(runId: string, idx: number): void {
-    this.db.prepare(`UPDATE steps SET status = 'running', started_at = ?, attempts = attempts + 1 WHERE run_id = ? AND idx = ?`).run(now(), runId, idx);
+    this.stmt(`UPDATE steps SET status = 'running', started_at = ?, attempts = attempts + 1 WHERE run_id = ? AND idx = ?`).run(now(), runId, idx);
   }
 
   stepOutput(runId: string, idx: number, output: unknown): void {
-    this.db.prepare(`UPDATE steps SET output = ? WHERE run_id = ? AND idx = ?`).run(json(output), runId, idx);
+    this.stmt(`UPDATE steps SET output = ? WHERE run_id = ? AND idx = ?`).run(json(output), runId, idx);
   }
 
   stepFinished(runId: string, idx: number, status: StepStatus, fields: { output?: unknown; check?: unknown; error?: string | null } = {}): void {
@@ -396,31 +418,31 @@ export class Store {
    */
   acquireLock(target: string, runId: string, owner: string, alive: (owner: string) => boolean): 'acquired' | 'same-run-elsewhere' | 'other-run' {
     return this.db.transaction(() => {
-      const cur = this.db.prepare('SELECT run_id, owner FROM locks WHERE target = ?').get(target) as { run_id: string; owner: string | null } | undefined;
+      const cur = this.stmt('SELECT run_id, owner FROM locks WHERE target = ?').get(target) as { run_id: string; owner: string | null } | undefined;
       if (!cur) {
-        this.db.prepare('INSERT INTO locks (target, run_id, acquired_at, owner) VALUES (?, ?, ?, ?)').run(target, runId, now(), owner);
+        this.stmt('INSERT INTO locks (target, run_id, acquired_at, owner) VALUES (?, ?, ?, ?)').run(target, runId, now(), owner);
         return 'acquired' as const;
       }
       if (cur.run_id !== runId) return 'other-run' as const;
       if (cur.owner === owner) return 'acquired' as const;
       if (cur.owner !== null && alive(cur.owner)) return 'same-run-elsewhere' as const;
-      this.db.prepare('UPDATE locks SET owner = ?, acquired_at = ? WHERE target = ? AND run_id = ?').run(owner, now(), target, runId);
+      this.stmt('UPDATE locks SET owner = ?, acquired_at = ? WHERE target = ? AND run_id = ?').run(owner, now(), target, runId);
       return 'acquired' as const;
     }).immediate();
   }
 
   lockOwner(target: string): { runId: string; owner: string | null } | null {
-    const cur = this.db.prepare('SELECT run_id, owner FROM locks WHERE target = ?').get(target) as { run_id: string; owner: string | null } | undefined;
+    const cur = this.stmt('SELECT run_id, owner FROM locks WHERE target = ?').get(target) as { run_id: string; owner: string | null } | undefined;
     return cur ? { runId: cur.run_id, owner: cur.owner } : null;
   }
 
   lockHolder(target: string): string | null {
-    const cur = this.db.prepare('SELECT run_id FROM locks WHERE target = ?').get(target) as { run_id: string } | undefined;
+    const cur = this.stmt('SELECT run_id FROM locks WHERE target = ?').get(target) as { run_id: string } | undefined;
     return cur?.run_id ?? null;
   }
 
   releaseLock(target: string, runId: string): void {
-    this.db.prepare('DELETE FROM locks WHERE target = ? AND run_id = ?').run(target, runId);
+    this.stmt('DELETE FROM locks WHERE target = ? AND run_id = ?').run(target, runId);
   }
 
   // ---- escalation outbox ----
@@ -451,19 +473,19 @@ export class Store {
   }
 
   outboxDelivered(id: number): void {
-    this.db.prepare(`UPDATE outbox SET status = 'delivered', attempts = attempts + 1, delivered_at = ?, last_error = NULL WHERE id = ?`).run(now(), id);
+    this.stmt(`UPDATE outbox SET status = 'delivered', attempts = attempts + 1, delivered_at = ?, last_error = NULL WHERE id = ?`).run(now(), id);
   }
 
   outboxRetry(id: number, nextAttemptAt: number, error: string): void {
-    this.db.prepare(`UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?`).run(nextAttemptAt, error, id);
+    this.stmt(`UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?`).run(nextAttemptAt, error, id);
   }
 
   outboxDead(id: number, error: string): void {
-    this.db.prepare(`UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ? WHERE id = ?`).run(error, id);
+    this.stmt(`UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ? WHERE id = ?`).run(error, id);
   }
 
   outboxPending(): number {
-    return (this.db.prepare(`SELECT count(*) AS n FROM outbox WHERE status = 'pending'`).get() as { n: number }).n;
+    return (this.stmt(`SELECT count(*) AS n FROM outbox WHERE status = 'pending'`).get() as { n: number }).n;
   }
 
   /** The earliest time a pending event is due, or null. */
@@ -480,8 +502,8 @@ export class Store {
 
   outbox(filter: { status?: OutboxRow['status'] } = {}): OutboxRow[] {
     const rows = filter.status
-      ? this.db.prepare('SELECT * FROM outbox WHERE status = ? ORDER BY id').all(filter.status)
-      : this.db.prepare('SELECT * FROM outbox ORDER BY id').all();
+      ? this.stmt('SELECT * FROM outbox WHERE status = ? ORDER BY id').all(filter.status)
+      : this.stmt('SELECT * FROM outbox ORDER BY id').all();
     return (rows as Record<string, unknown>[]).map(toOutbox);
   }
 
