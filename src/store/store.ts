@@ -287,8 +287,7 @@ export class Store {
     const id = randomUUID();
     const t = now();
     const final = FINAL_STATUSES.includes(r.status);
-    const res = this.db
-      .prepare(
+    const res = this.stmt(
         `INSERT OR IGNORE INTO runs (id, handler, alertname, fingerprint, starts_at, target, mode, status, reason, plan, labels, origin, created_at, updated_at, finished_at, owner)
          VALUES (@id, @handler, @alertname, @fingerprint, @startsAt, @target, @mode, @status, @reason, @plan, @labels, @origin, @t, @t, @finished, @owner)`,
       )
@@ -368,8 +367,7 @@ export class Store {
   /** Runs that acted — started at least one step — on a target since a time: for cooldown and the attempt limit. */
   actedRunsOnTarget(handler: string, target: string, sinceIso: string): RunRow[] {
     return (
-      this.db
-        .prepare(
+      this.stmt(
           `SELECT * FROM runs WHERE handler = ? AND target = ? AND created_at >= ?
              AND status IN ('running', 'succeeded', 'failed', 'escalated') AND mode IN ('auto', 'approve', 'manual')
              AND EXISTS (SELECT 1 FROM steps s WHERE s.run_id = runs.id AND s.attempts > 0)
@@ -404,8 +402,7 @@ export class Store {
     if (fields.output !== undefined) sets.push('output = @output');
     if (fields.check !== undefined) sets.push('"check" = @check');
     if (fields.error !== undefined) sets.push('error = @error');
-    this.db
-      .prepare(`UPDATE steps SET ${sets.join(', ')} WHERE run_id = @runId AND idx = @idx`)
+    this.stmt(`UPDATE steps SET ${sets.join(', ')} WHERE run_id = @runId AND idx = @idx`)
       .run({ status, t: now(), output: json(fields.output), check: json(fields.check), error: fields.error ?? null, runId, idx });
   }
 
@@ -449,8 +446,7 @@ export class Store {
 
   enqueue(e: { team: string; dedupKey: string; action: 'trigger' | 'resolve'; event: Record<string, unknown> }): number {
     if ('routing_key' in e.event) throw new DbpilotError('DBPILOT_STORE_SECRET', 'outbox events must not carry the routing key');
-    const res = this.db
-      .prepare(`INSERT INTO outbox (team, dedup_key, action, event, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?)`)
+    const res = this.stmt(`INSERT INTO outbox (team, dedup_key, action, event, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?)`)
       .run(e.team, e.dedupKey, e.action, JSON.stringify(e.event), Date.now(), now());
     return Number(res.lastInsertRowid);
   }
@@ -461,8 +457,7 @@ export class Store {
    */
   dueOutbox(nowMs: number, limit = 50): OutboxRow[] {
     return (
-      this.db
-        .prepare(
+      this.stmt(
           `SELECT o.* FROM outbox o
            WHERE o.status = 'pending' AND o.next_attempt_at <= ?
              AND o.id = (SELECT min(id) FROM outbox p WHERE p.dedup_key = o.dedup_key AND p.status = 'pending')
@@ -491,8 +486,7 @@ export class Store {
   /** The earliest time a pending event is due, or null. */
   nextOutboxDue(): number | null {
     // Only the head of each dedup key's queue can be sent; a resolve waiting behind a trigger in backoff is not due.
-    const r = this.db
-      .prepare(
+    const r = this.stmt(
         `SELECT min(o.next_attempt_at) AS t FROM outbox o
          WHERE o.status = 'pending' AND o.id = (SELECT min(id) FROM outbox p WHERE p.dedup_key = o.dedup_key AND p.status = 'pending')`,
       )
@@ -509,8 +503,7 @@ export class Store {
 
   /** Whether an incident was paged (a trigger enqueued) and not yet resolved, by dedup key. */
   openIncident(dedupKey: string): { team: string } | null {
-    const r = this.db
-      .prepare(`SELECT team, action FROM outbox WHERE dedup_key = ? AND status <> 'dead' ORDER BY id DESC LIMIT 1`)
+    const r = this.stmt(`SELECT team, action FROM outbox WHERE dedup_key = ? AND status <> 'dead' ORDER BY id DESC LIMIT 1`)
       .get(dedupKey) as { team: string; action: string } | undefined;
     return r && r.action === 'trigger' ? { team: r.team } : null;
   }
