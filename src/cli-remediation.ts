@@ -16,7 +16,7 @@ async function withRemediation<T>(program: Command, fn: (r: Remediation, config:
   const { config } = loadConfig({ file: program.opts<{ config?: string }>().config });
   const logger = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel, process.stderr as never);
   const runtime = new Runtime(config, logger, { processMetrics: false });
-  const remediation = await createRemediation(runtime, { instance: `cli:${userInfo().username}/${process.pid}`, requireLease: false });
+  const remediation = await createRemediation(runtime, { label: `cli:${userInfo().username}`, requireLease: false });
   remediation.outbox.start();
   try {
     return await fn(remediation, config);

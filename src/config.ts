@@ -7,7 +7,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
-import { ConfigError, redactUrl } from './errors.js';
+import { ConfigError, redactUrl, safeMessage } from './errors.js';
 import { TEAMS } from './remediation/escalation.js';
 
 export const MODES = ['off', 'dry-run', 'approve', 'auto'] as const;
@@ -310,7 +310,7 @@ export function parseConfig(document: unknown, env: NodeJS.ProcessEnv = process.
     for (const [p, envName] of origin) {
       if (path === p || path.startsWith(`${p}.`) || path.startsWith(`${p}[`)) path = `${path} (from ${envName})`;
     }
-    throw new ConfigError(path, redactReason(issue.message));
+    throw new ConfigError(path, safeMessage(issue.message));
   }
   const cfg = result.data;
   const lease = cfg.kubernetes?.lease;
@@ -328,10 +328,6 @@ export function parseConfig(document: unknown, env: NodeJS.ProcessEnv = process.
     throw new ConfigError(`pagerduty.routes.${missing[0]}`, `missing: every team needs a routing key once one has (missing: ${missing.join(', ')})`);
   }
   return deepFreeze(cfg);
-}
-
-function redactReason(msg: string): string {
-  return msg.replace(/[a-z][a-z0-9+.-]*:\/\/[^\s'"]+/gi, (m) => redactUrl(m));
 }
 
 /** Reads the configuration the way the CLI and the service do. */

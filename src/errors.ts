@@ -37,13 +37,6 @@ export class DependencyError extends DbpilotError {
   }
 }
 
-/** A remediation step's check did not confirm the step worked. */
-export class CheckFailedError extends DbpilotError {
-  constructor(step: string, reason: string) {
-    super('DBPILOT_CHECK_FAILED', `check after step ${step} failed: ${reason}`);
-  }
-}
-
 /** A handler refused to act because a precondition of the runbook is not met (e.g. replica lag above the bound). */
 export class UnsafeToActError extends DbpilotError {
   constructor(reason: string) {

@@ -17,9 +17,6 @@ SELECT CASE WHEN to_regclass('public._prisma_migrations') IS NULL THEN 0
                     false, true, '')))[1]::text::int
        END AS failed`;
 
-export const FAILED_MIGRATIONS_SQL = `SELECT migration_name, started_at, logs FROM public._prisma_migrations
-WHERE finished_at IS NULL AND rolled_back_at IS NULL ORDER BY started_at`;
-
 export function prismaMigrationsCollector(metrics: Metrics, cluster: PgCluster, databases: DatabaseList): Collector {
   const failed = metrics.gauge(
     'prisma_migrations_failed',

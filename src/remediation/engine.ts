@@ -5,8 +5,6 @@
  * escalation when a check fails or dbpilot must not act, and an audit row before and after each
  * step. Handlers only say what to do; everything here decides whether and how.
  */
-import { randomUUID } from 'node:crypto';
-import { hostname } from 'node:os';
 import type { Counter } from 'prom-client';
 import { modeFor, HANDLER_NAMES, type Config, type HandlerName, type Mode } from '../config.js';
 import { DbpilotError, UnsafeToActError, safeMessage } from '../errors.js';
@@ -17,6 +15,7 @@ import type { Alert, WebhookPayload } from './alertmanager.js';
 import { dedupKeyFor, isTeam, teamForAlert, type Team } from './escalation.js';
 import type { AlertInfo, Handler, HandlerContext, Plan, PriorStep, Step } from './handler.js';
 import type { Outbox } from './outbox.js';
+import { ownerAlive } from './owner.js';
 import type { HandlerRegistry } from './registry.js';
 import type { Severity } from '../integrations/pagerduty.js';
 
@@ -34,14 +33,8 @@ export interface EngineOptions {
   isLeader: () => boolean;
   /** False for the CLI: a human running `dbpilot remediate` or `approve` acts without the Lease. */
   requireLease: boolean;
-  /** Identifies this process in run rows (pod name + pid). */
+  /** Identifies this process in run rows and locks (see owner.ts). */
   instance: string;
-}
-
-export class NotLeaderError extends DbpilotError {
-  constructor() {
-    super('DBPILOT_NOT_LEADER', 'this dbpilot instance is not the leader; another replica acts');
-  }
 }
 
 /** How long a page waits for the handler's diagnostics before it goes without them. */
@@ -49,38 +42,6 @@ const DIAGNOSTICS_BUDGET_MS = 5000;
 
 /** A run left in flight longer than this is escalated on restart instead of resumed. */
 const RESUME_MAX_AGE_SECONDS = 600;
-
-/**
- * Lock owners are `host/pid/token`: a process of this host whose pid is alive and whose token is not
- * ours (the CLI next to the service) holds its locks; a dead pid, or our own pid with another token (a
- * previous incarnation that was also PID 1 of its container), does not.
- */
-function ownerAlive(owner: string): boolean {
-  const [host, pidText, token] = owner.split('/');
-  if (host !== hostname()) return true; // cannot tell: assume it is alive
-  const pid = Number(pidText);
-  if (pid === process.pid) return token === PROCESS_TOKEN;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-const PROCESS_TOKEN = randomUUID().slice(0, 8);
-
-/** Run owners are `<pod or host>/<pid>` (the CLI's `cli:<user>/<pid>`): alive when that pid is. */
-function ownerAliveByInstance(instance: string): boolean {
-  const pid = Number(instance.slice(instance.lastIndexOf('/') + 1));
-  if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 const SEVERITIES: Record<string, Severity> = { critical: 'critical', page: 'critical', error: 'error', warning: 'warning', info: 'info' };
 
@@ -98,7 +59,6 @@ export class Engine {
   private readonly alertsReceived: Counter<'status'>;
   private readonly truncated: Counter;
   private closed = false;
-  private readonly lockOwner = `${hostname()}/${process.pid}/${PROCESS_TOKEN}`;
 
   constructor(private readonly o: EngineOptions) {
     this.remediations = o.metrics.counter('dbpilot_remediations_total', 'Remediation runs by handler and final outcome.', ['handler', 'outcome']);
@@ -319,7 +279,7 @@ export class Engine {
   private async execute(run: RunRow, handler: Handler, a: AlertInfo): Promise<RunRow | null> {
     const store = this.o.store;
     if (this.executing.has(run.id)) return store.getRun(run.id);
-    const lock = store.acquireLock(run.target, run.id, this.lockOwner, ownerAlive);
+    const lock = store.acquireLock(run.target, run.id, this.o.instance, ownerAlive);
     if (lock === 'same-run-elsewhere') {
       // Another live process (the service, or an on-call's CLI in the same pod) is executing this very run.
       this.o.logger.info({ run: run.id }, 'run is being executed by another dbpilot process; leaving it there');
@@ -591,9 +551,9 @@ export class Engine {
       if (!this.o.handlers.has(run.handler)) continue;
       const handler = this.o.handlers.get(run.handler);
       const holder = this.o.store.lockOwner(run.target);
-      if (holder && holder.runId === run.id && holder.owner && holder.owner !== this.lockOwner && ownerAlive(holder.owner)) continue; // another live process has it
+      if (holder && holder.runId === run.id && holder.owner && holder.owner !== this.o.instance && ownerAlive(holder.owner)) continue; // another live process has it
       if (run.status === 'planning') {
-        if (run.owner && ownerAliveByInstance(run.owner)) continue;
+        if (run.owner && ownerAlive(run.owner)) continue;
         // Nothing was executed yet, but the situation may have changed: a human decides.
         await this.finish(run, handler, a, 'escalated', 'dbpilot stopped while planning this run; nothing was executed', null, {
           seen: a.alertname,
@@ -616,10 +576,6 @@ export class Engine {
       this.o.logger.warn({ run: run.id, handler: run.handler }, 'resuming a run left in flight by a previous dbpilot process');
       await this.track(this.execute(run, handler, a));
     }
-  }
-
-  get handlerNames(): readonly string[] {
-    return HANDLER_NAMES.filter((n) => this.o.handlers.has(n));
   }
 
   async close(): Promise<void> {

@@ -11,6 +11,7 @@ import { HandlerRegistry } from './registry.js';
 import { Outbox } from './outbox.js';
 import { LeaderElector } from './leader.js';
 import { slowQueriesHandler } from './handlers/slow-queries.js';
+import { processOwner } from './owner.js';
 
 export interface Remediation {
   store: Store;
@@ -28,7 +29,7 @@ export function defaultHandlers(): HandlerRegistry {
   return new HandlerRegistry().register(slowQueriesHandler());
 }
 
-export async function createRemediation(runtime: Runtime, opts: { instance?: string; requireLease?: boolean } = {}): Promise<Remediation> {
+export async function createRemediation(runtime: Runtime, opts: { label?: string; requireLease?: boolean } = {}): Promise<Remediation> {
   const { config, logger, metrics } = runtime;
   const log = logger.child({ component: 'remediation' });
   const handlers = defaultHandlers();
@@ -42,7 +43,7 @@ export async function createRemediation(runtime: Runtime, opts: { instance?: str
     log.warn('pagerduty.routes is empty: escalations are recorded in the outbox but cannot be delivered (dead letters)');
   }
   const store = new Store(config.store.path);
-  const instance = opts.instance ?? `${process.env.POD_NAME ?? hostname()}/${process.pid}`;
+  const instance = processOwner(opts.label ?? process.env.POD_NAME ?? hostname());
   const outbox = new Outbox(store, config.pagerduty, metrics, log.child({ component: 'outbox' }), {
     baseBackoffMs: config.pagerduty.retry.baseMs,
     maxBackoffMs: config.pagerduty.retry.maxMs,

@@ -22,7 +22,7 @@ import { PagerDutyStandin } from '../support/pagerduty-standin.js';
 import { startPgCluster, type PgCluster } from '../support/pg-cluster.js';
 import { startRedis, type RedisNode } from '../support/redis-server.js';
 import { find, scrape, type Exposition } from '../support/scrape.js';
-import { pgQuery, serverOf, withDatabase } from '../support/service.js';
+import { PRISMA_DDL, pgQuery, serverOf, withDatabase } from '../support/service.js';
 import { PROMETHEUS_GENERATED_SERIES, dashboardAndRuleExpressions, metricNamesIn } from './promql.js';
 
 const TOKEN = 'live-metrics-webhook-token-0123456789';
@@ -57,17 +57,6 @@ const EXTERNAL: { test: (name: string) => boolean; why: string }[] = [
     why: 'exported only when AWS RDS is configured (scheduled snapshots); this test has no RDS',
   },
 ];
-
-const PRISMA_DDL = `CREATE TABLE "_prisma_migrations" (
-    "id"                    VARCHAR(36) PRIMARY KEY NOT NULL,
-    "checksum"              VARCHAR(64) NOT NULL,
-    "finished_at"           TIMESTAMPTZ,
-    "migration_name"        VARCHAR(255) NOT NULL,
-    "logs"                  TEXT,
-    "rolled_back_at"        TIMESTAMPTZ,
-    "started_at"            TIMESTAMPTZ NOT NULL DEFAULT now(),
-    "applied_steps_count"   INTEGER NOT NULL DEFAULT 0
-)`;
 
 const DB = 'lomash_orders';
 

@@ -170,7 +170,7 @@ describe('dbpilot remediate', () => {
     expect(await s.running()).toBe(true);
     const [run] = readStore((st) => st.listRuns());
     expect(run).toMatchObject({ handler: 'slow-queries', mode: 'dry-run', status: 'dry_run', origin: 'cli', target: target() });
-    expect(run!.owner).toMatch(new RegExp(`^cli:${userInfo().username}/\\d+$`));
+    expect(run!.owner).toMatch(new RegExp(`^cli:${userInfo().username}/\\d+/[0-9a-f]{8}$`));
     await s.end();
   });
 

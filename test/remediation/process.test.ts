@@ -314,11 +314,11 @@ describe('dbpilot serve as a process', () => {
       const leader = both[settled.indexOf(1)]!;
       const follower = both[settled.indexOf(0)]!;
       const holder = () => (k8s.lease(leaseName, namespace)?.spec as { holderIdentity?: string; leaseTransitions?: number } | undefined) ?? {};
-      expect(holder().holderIdentity).toBe(`${leader.name}-${leader.pid}`);
+      expect(holder().holderIdentity).toMatch(new RegExp(`^${leader.name}-${leader.pid}-[0-9a-f]{8}$`));
       // And it stays so over several retry periods: no flapping.
       await new Promise((r) => setTimeout(r, 1000));
       expect(await leaderValues()).toEqual(settled);
-      expect(holder().holderIdentity).toBe(`${leader.name}-${leader.pid}`);
+      expect(holder().holderIdentity).toMatch(new RegExp(`^${leader.name}-${leader.pid}-[0-9a-f]{8}$`));
 
       const alert = (datname: string) => ({
         labels: {
@@ -361,7 +361,7 @@ describe('dbpilot serve as a process', () => {
       const takeoverMs = Date.now() - stoppedAt;
       expect(takeoverMs).toBeLessThan(lease.durationSeconds * 1000 + 1500);
       expect(await follower.metric('dbpilot_leader')).toBe(1);
-      expect(holder().holderIdentity).toBe(`${follower.name}-${follower.pid}`);
+      expect(holder().holderIdentity).toMatch(new RegExp(`^${follower.name}-${follower.pid}-[0-9a-f]{8}$`));
       expect(holder().leaseTransitions).toBe(transitions + 1);
 
       // …and now accepts and acts.

@@ -90,7 +90,7 @@ async function makeRemediation(mode: 'auto' | 'dry-run' | 'approve', extra: Reco
   );
   const logger = createLogger('debug', { write: (s: string) => void lines.push(s) } as never);
   const runtime = new Runtime(config, logger, { processMetrics: false });
-  const r = await createRemediation(runtime, { instance: 'test' });
+  const r = await createRemediation(runtime, { label: 'test' });
   r.outbox.start();
   return { r, runtime, lines };
 }

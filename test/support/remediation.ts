@@ -224,7 +224,7 @@ export async function startRemediation(opts: RemediationHarnessOptions = {}): Pr
   const runtime = new Runtime(config, logger, { processMetrics: false });
   let remediation: Remediation;
   try {
-    remediation = await createRemediation(runtime, { instance: `test/${process.pid}` });
+    remediation = await createRemediation(runtime, { label: 'test' });
   } catch (err) {
     await runtime.close();
     if (ownDir) rmSync(ownDir, { recursive: true, force: true });

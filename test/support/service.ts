@@ -155,6 +155,18 @@ export async function createTempDatabase(tag: string, serverUrl: string = inject
 }
 
 /** host:port of a URL: dbpilot's `server` label. */
+/** `_prisma_migrations` as `prisma migrate` creates it (prisma-engines, migration-engine postgres connector). */
+export const PRISMA_DDL = `CREATE TABLE "_prisma_migrations" (
+    "id"                    VARCHAR(36) PRIMARY KEY NOT NULL,
+    "checksum"              VARCHAR(64) NOT NULL,
+    "finished_at"           TIMESTAMPTZ,
+    "migration_name"        VARCHAR(255) NOT NULL,
+    "logs"                  TEXT,
+    "rolled_back_at"        TIMESTAMPTZ,
+    "started_at"            TIMESTAMPTZ NOT NULL DEFAULT now(),
+    "applied_steps_count"   INTEGER NOT NULL DEFAULT 0
+)`;
+
 export function serverOf(url: string): string {
   const u = new URL(url);
   return `${u.hostname}:${u.port || '5432'}`;
