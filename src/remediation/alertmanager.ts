@@ -1,5 +1,5 @@
 /**
- * The Alertmanager webhook payload, version 4 (see shared/fixtures/alertmanager/). Validated at
+ * The Alertmanager webhook payload, version 4 (see test/fixtures/alertmanager/). Validated at
  * the edge so the engine only ever sees well-formed alerts. Unknown top-level fields are tolerated
  * (Alertmanager adds fields over time); what the engine relies on is required and typed.
  */

@@ -1,7 +1,7 @@
 /**
  * POST /alertmanager/webhook and the audit / approval API, through the real Fastify app (the
  * service's buildFastify: real body limit, real error handler) with inject() and over real HTTP.
- * Payloads are the Alertmanager fixtures in shared/fixtures/alertmanager/, as they are or mutated.
+ * Payloads are the Alertmanager fixtures in test/fixtures/alertmanager/, as they are or mutated.
  */
 import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';

@@ -63,9 +63,9 @@ export function merge(base: Plain, over: Plain): Plain {
 // ---------------------------------------------------------------------------------------------------
 // Fixtures
 
-/** /work/shared/fixtures/alertmanager/<name>, i.e. `shared/` beside the repository. */
+/** test/fixtures/alertmanager/<name>: webhooks captured from a real Alertmanager, stored as they came. */
 export function fixtureUrl(name: string): URL {
-  return new URL(`../../../shared/fixtures/alertmanager/${name}`, import.meta.url);
+  return new URL(`../fixtures/alertmanager/${name}`, import.meta.url);
 }
 
 /** The raw bytes of a fixture, exactly as stored. */
