@@ -44,6 +44,13 @@ export class UnsafeToActError extends DbpilotError {
   }
 }
 
+/** An alert names a target dbpilot does not manage (a `server` label that is no configured server): refused, never guessed. */
+export class UnknownTargetError extends DbpilotError {
+  constructor(message: string) {
+    super('DBPILOT_UNKNOWN_TARGET', message);
+  }
+}
+
 /** Unknown handler, unknown collector, duplicate names: a programming or configuration error found at start. */
 export class RegistryError extends DbpilotError {
   constructor(message: string) {

@@ -10,7 +10,7 @@ import { modeFor, HANDLER_NAMES, type Config, type HandlerName, type Mode } from
 import { DbpilotError, UnsafeToActError, safeMessage } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
-import type { RunRow, Store } from '../store/store.js';
+import { isStoreError, type RunRow, type Store } from '../store/store.js';
 import type { Alert, WebhookPayload } from './alertmanager.js';
 import { dedupKeyFor, isTeam, teamForAlert, type Team } from './escalation.js';
 import type { AlertInfo, Handler, HandlerContext, Plan, PriorStep, Step } from './handler.js';
@@ -97,7 +97,7 @@ export class Engine {
         for (const { payload } of batch) {
           for (const alert of payload.alerts) {
             const info = toInfo(alert);
-            work.push(alert.status === 'firing' ? this.admitFiring(info) : () => this.onResolved(info));
+            work.push(alert.status === 'firing' ? this.admitOne(info) : () => this.onResolved(info));
           }
         }
       });
@@ -148,7 +148,54 @@ export class Engine {
   // ---- firing ----
 
   async onFiring(a: AlertInfo, opts: { modeOverride?: Mode } = {}): Promise<RunRow | null> {
-    return this.admitFiring(a, opts)();
+    return (await this.admitOne(a, opts)()) as RunRow | null;
+  }
+
+  /**
+   * Admits one alert of a group commit inside a savepoint of its own. An alert whose admission throws
+   * (a handler that cannot name its target, a label naming no configured server) costs only itself:
+   * its savepoint is rolled back, it is recorded as refused and escalated with the reason, and the
+   * other alerts of the batch are admitted. Only a failure of the store itself fails the batch
+   * (the webhook answers 500 and Alertmanager retries: nothing is acknowledged unrecorded).
+   */
+  private admitOne(a: AlertInfo, opts: { modeOverride?: Mode } = {}): () => Promise<unknown> {
+    try {
+      return this.o.store.transaction(() => this.admitFiring(a, opts));
+    } catch (err) {
+      if (isStoreError(err)) throw err;
+      return this.refuse(a, err);
+    }
+  }
+
+  /** Records an alert dbpilot will not act on because admitting it failed, and pages its team with why. */
+  private refuse(a: AlertInfo, err: unknown): () => Promise<RunRow | null> {
+    let handler: Handler | null = null;
+    let requested = '';
+    try {
+      ({ handler, requested } = this.handlerFor(a));
+    } catch {
+      // the lookup itself is what failed: record the alert under its label
+    }
+    const name = handler?.name ?? requested;
+    const reason = `refused: ${safeMessage(err)}`;
+    const run = this.o.store.createRun({
+      handler: name || '-',
+      alertname: a.alertname,
+      fingerprint: a.fingerprint,
+      startsAt: a.startsAt,
+      target: '-',
+      mode: handler ? modeFor(this.o.config, handler.name) : 'off',
+      status: 'escalated',
+      reason,
+      labels: a.labels,
+      owner: this.o.instance,
+    });
+    const label = (HANDLER_NAMES as readonly string[]).includes(name) ? name : 'unknown';
+    if (!run) return this.dedupe(label);
+    this.o.logger.warn({ run: run.id, alertname: a.alertname, handler: name || undefined, reason }, 'alert refused');
+    this.escalate(run, a, handler, { seen: a.annotations.summary ?? a.alertname, tried: 'nothing: the alert was refused', verified: reason }, reason, 'escalated');
+    this.count(label, 'escalated');
+    return async () => this.o.store.getRun(run.id);
   }
 
   /** The synchronous part of a firing alert: decide, record (dedupe), and return the rest of the work. */
@@ -542,11 +589,15 @@ export class Engine {
     return this.track(this.planAndAct(run, handler, a, mode));
   }
 
-  /** On start (or on becoming leader): finish what a previous process left in flight. */
+  /**
+   * On start, and on (re)gaining the Lease: finish what a previous process left in flight, and what
+   * this process paused between steps (shutting down is final, but a lost Lease is not).
+   */
   async resume(): Promise<void> {
     for (const run of this.o.store.inFlightRuns()) {
-      // This process's own runs (planning or executing right now) are not "left in flight".
-      if (run.owner === this.o.instance || this.executing.has(run.id)) continue;
+      // Executing here now, or being planned here now: not left in flight. A run of this process that
+      // is `running` but not executing was paused when the Lease was lost, and is resumed below.
+      if (this.executing.has(run.id) || (run.status === 'planning' && run.owner === this.o.instance)) continue;
       const a: AlertInfo = { alertname: run.alertname, labels: run.labels, annotations: {}, fingerprint: run.fingerprint, startsAt: run.startsAt };
       if (!this.o.handlers.has(run.handler)) continue;
       const handler = this.o.handlers.get(run.handler);
@@ -562,7 +613,8 @@ export class Engine {
         });
         continue;
       }
-      const ageSeconds = (Date.now() - Date.parse(run.updatedAt)) / 1000;
+      // Measured from the last recorded progress (a step started or checked), not from when the run began.
+      const ageSeconds = (Date.now() - Date.parse(this.o.store.lastProgress(run.id) ?? run.updatedAt)) / 1000;
       if (ageSeconds > RESUME_MAX_AGE_SECONDS) {
         // A plan this old describes a system that has moved on (pids reused, failover done by hand…): do not act on it.
         this.o.store.releaseLock(run.target, run.id);

@@ -7,7 +7,8 @@
  */
 import type { Config, HandlerName } from '../config.js';
 import type { Logger } from '../logger.js';
-import type { PgCluster } from '../integrations/postgres.js';
+import { UnknownTargetError } from '../errors.js';
+import type { PgCluster, PgServer } from '../integrations/postgres.js';
 import type { RedisClient } from '../integrations/redis.js';
 import type { Team } from './escalation.js';
 
@@ -75,4 +76,23 @@ export interface Handler<D = unknown> {
   steps(data: D, ctx: HandlerContext): Step[];
   /** Facts attached to an escalation (e.g. the runbook's missing-index diagnostics). Must not throw. */
   diagnostics?(data: D | null, alert: AlertInfo, ctx: HandlerContext): Promise<Record<string, unknown>>;
+}
+
+/** Shows an untrusted label value in a message without letting it flood or rewrite the line. */
+export function showLabel(value: string): string {
+  return JSON.stringify(value.length > 80 ? `${value.slice(0, 79)}…` : value);
+}
+
+/**
+ * The server an alert's `server` label names (host:port, as the exporter labels it), or the primary
+ * when the alert has no such label. A label naming no configured server is refused: acting on the
+ * primary instead would act on a server the alert is not about.
+ */
+export function serverForAlert(ctx: Pick<HandlerContext, 'cluster'>, label: string | undefined): PgServer {
+  if (label === undefined || label === '') return ctx.cluster.primary;
+  const found = ctx.cluster.all.find((s) => s.server === label);
+  if (found) return found;
+  throw new UnknownTargetError(
+    `server label ${showLabel(label)} names no configured PostgreSQL server (configured: ${ctx.cluster.all.map((s) => s.server).join(', ')})`,
+  );
 }

@@ -221,6 +221,11 @@ export interface NewRun {
   owner?: string;
 }
 
+/** Whether an error came from SQLite itself (disk full, locked, I/O, constraint): the store could not record. */
+export function isStoreError(err: unknown): boolean {
+  return err instanceof Database.SqliteError || (err instanceof DbpilotError && err.code.startsWith('DBPILOT_STORE'));
+}
+
 export class Store {
   private readonly db: Database.Database;
 
@@ -375,6 +380,17 @@ export class Store {
         )
         .all(handler, target, sinceIso) as Record<string, unknown>[]
     ).map(toRun);
+  }
+
+  /** The newest recorded progress of a run: its own last update, or the last step started or finished. */
+  lastProgress(runId: string): string | null {
+    const r = this.stmt(
+      `SELECT max(t) AS t FROM (
+         SELECT updated_at AS t FROM runs WHERE id = @id
+         UNION ALL SELECT max(started_at) FROM steps WHERE run_id = @id
+         UNION ALL SELECT max(finished_at) FROM steps WHERE run_id = @id)`,
+    ).get({ id: runId }) as { t: string | null };
+    return r.t;
   }
 
   // ---- steps ----

@@ -12,13 +12,18 @@ import { createLogger } from '../../src/logger.js';
 import { Runtime } from '../../src/runtime.js';
 import { createRemediation, type Remediation } from '../../src/remediation/index.js';
 import type { AlertInfo } from '../../src/remediation/handler.js';
-import { classifySessions, redactQuery } from '../../src/remediation/handlers/slow-queries.js';
+import { classifySessions, redactQuery, slowQueriesHandler } from '../../src/remediation/handlers/slow-queries.js';
+import { createPgCluster } from '../../src/integrations/postgres.js';
+import { until } from '../support/remediation.js';
 import { PagerDutyStandin } from '../support/pagerduty-standin.js';
 
 const suffix = Math.random().toString(36).slice(2, 8);
 const DB = `sq_test_${suffix}`;
 const APP = `sq_app_${suffix}`;
 const PROTECTED = `sq_protected_${suffix}`;
+/** A superuser without the replication attribute, and a replication role that is no superuser: each rule must spare on its own. */
+const SUPER_ONLY = `sq_super_${suffix}`;
+const REPL_ONLY = `sq_repl_${suffix}`;
 const KEY = 'k'.repeat(32);
 
 let admin: pg.Client;
@@ -118,6 +123,9 @@ beforeAll(async () => {
   await admin.query(`CREATE DATABASE ${DB}`);
   await admin.query(`CREATE ROLE ${APP} LOGIN`);
   await admin.query(`CREATE ROLE ${PROTECTED} LOGIN`);
+  await admin.query(`CREATE ROLE ${SUPER_ONLY} LOGIN SUPERUSER NOREPLICATION`);
+  await admin.query(`CREATE ROLE ${REPL_ONLY} LOGIN NOSUPERUSER REPLICATION`);
+  await admin.query(`GRANT CONNECT ON DATABASE ${DB} TO ${REPL_ONLY}`);
   const db = new pg.Client({ connectionString: url('postgres') });
   await db.connect();
   await db.query(`GRANT ALL ON SCHEMA public TO ${APP}`);
@@ -151,6 +159,9 @@ afterAll(async () => {
     await admin.query(`DROP DATABASE IF EXISTS ${DB}`).catch(() => undefined);
     await admin.query(`DROP ROLE IF EXISTS ${APP}`).catch(() => undefined);
     await admin.query(`DROP ROLE IF EXISTS ${PROTECTED}`).catch(() => undefined);
+    await admin.query(`DROP ROLE IF EXISTS ${SUPER_ONLY}`).catch(() => undefined);
+    await admin.query(`REVOKE CONNECT ON DATABASE ${DB} FROM ${REPL_ONLY}`).catch(() => undefined);
+    await admin.query(`DROP ROLE IF EXISTS ${REPL_ONLY}`).catch(() => undefined);
     await admin.end();
   }
   await pd?.close();
@@ -355,6 +366,135 @@ describe('slow-queries (runbook scenario 2) on a real PostgreSQL', () => {
       expect(run?.reason).toMatch(/nothing to do/);
       expect(await isRunning(q.pid)).toBe(true);
     } finally {
+      await r.close();
+      await runtime.close();
+    }
+  });
+});
+
+describe('slow-queries safety rails on a real PostgreSQL', () => {
+  it('spares a superuser that has no replication attribute, and a replication role that is no superuser', async () => {
+    const { r, runtime } = await makeRemediation('auto');
+    try {
+      const su = await startQuery(SUPER_ONLY, 'SELECT pg_sleep(60)');
+      const repl = await startQuery(REPL_ONLY, 'SELECT pg_sleep(60)');
+      await waitLongRunning([su.pid, repl.pid]);
+      const run = await r.engine.onFiring(alert());
+      expect(run?.status).toBe('escalated');
+      const plan = r.store.getRun(run!.id)!.plan;
+      expect(plan).toBeNull(); // refused before a plan was recorded: nothing was planned to act on
+      expect(run?.reason).toContain(`superuser ${SUPER_ONLY}`);
+      expect(run?.reason).toContain(`replication role ${REPL_ONLY}`);
+      expect(await isRunning(su.pid)).toBe(true);
+      expect(await isRunning(repl.pid)).toBe(true);
+    } finally {
+      await r.close();
+      await runtime.close();
+    }
+  });
+
+  it('refuses an alert whose server label names no configured server, instead of acting on the primary', async () => {
+    const { r, runtime } = await makeRemediation('auto');
+    try {
+      const q = await startQuery(APP, 'SELECT pg_sleep(60)');
+      await waitLongRunning([q.pid]);
+      const a = alert({ server: '10.255.0.9:5432' });
+      const run = await r.engine.onFiring(a);
+      expect(run).toMatchObject({ status: 'escalated', target: '-', handler: 'slow-queries' });
+      expect(run?.reason).toBe(`refused: server label "10.255.0.9:5432" names no configured PostgreSQL server (configured: ${primaryServer})`);
+      expect(r.store.steps(run!.id)).toEqual([]);
+      expect(await isRunning(q.pid)).toBe(true);
+      await r.engine.idle();
+      await r.outbox.flush();
+      const event = pd.accepted.find((e) => e.dedupKey === `dbpilot/PostgresLongRunningQueries/${a.fingerprint}`);
+      expect(event, 'the refusal is paged').toBeDefined();
+      expect(JSON.stringify(event!.event)).toContain('names no configured PostgreSQL server');
+    } finally {
+      await r.close();
+      await runtime.close();
+    }
+  });
+
+  /** The handler itself, with a context of our own: plan on one connection, act on another. */
+  function handlerContext(urlOptions: string, runtime: Runtime) {
+    const u = new URL(inject('pgPrimaryUrl'));
+    u.searchParams.set('options', urlOptions);
+    const cluster = createPgCluster(
+      { primary: { url: u.toString() }, replicas: [], connectTimeoutMs: 2000, queryTimeoutMs: 5000, actionTimeoutMs: 5000, poolMax: 2 },
+      runtime.logger,
+    );
+    return { config: runtime.config, cluster, redis: runtime.redis, logger: runtime.logger };
+  }
+
+  it('identifies its sessions across connections whose TimeZone and DateStyle differ', async () => {
+    const { r, runtime } = await makeRemediation('auto');
+    const planCtx = handlerContext('-c TimeZone=Pacific/Chatham -c DateStyle=SQL,DMY', runtime);
+    const actCtx = handlerContext('-c TimeZone=America/Los_Angeles -c DateStyle=German', runtime);
+    try {
+      const q = await startQuery(APP, 'SELECT pg_sleep(60)');
+      await waitLongRunning([q.pid]);
+      const h = slowQueriesHandler();
+      const plan = await h.plan(alert(), planCtx);
+      expect(plan.data.targets.map((t) => t.pid)).toEqual([q.pid]);
+      const [cancel] = h.steps(plan.data, actCtx);
+      const out = (await cancel!.run(new Map())) as { cancelled: { pid: number; signalled: boolean }[] };
+      expect(out.cancelled).toEqual([{ pid: q.pid, signalled: true }]);
+      expect(await q.done).toMatchObject({ ok: false, code: '57014' });
+      expect(await cancel!.check(out, new Map())).toMatchObject({ ok: true, detail: 'all 1 cancelled queries stopped' });
+    } finally {
+      await Promise.all([planCtx.cluster.close(), actCtx.cluster.close()]);
+      await r.close();
+      await runtime.close();
+    }
+  });
+
+  it('never signals a session that moved on to another query, nor one whose pid or connection does not match the plan', async () => {
+    const { r, runtime } = await makeRemediation('auto');
+    const ctx = handlerContext('-c TimeZone=UTC', runtime);
+    try {
+      const client = new pg.Client({ connectionString: url(APP), application_name: `test-${APP}` });
+      client.on('error', () => undefined);
+      await client.connect();
+      open.push(client);
+      const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+      const first = client.query('SELECT pg_sleep(60)').catch((err: { code?: string }) => err.code);
+      await waitLongRunning([pid]);
+      const h = slowQueriesHandler();
+      const plan = await h.plan(alert(), ctx);
+      const [target] = plan.data.targets;
+      expect(target?.pid).toBe(pid);
+
+      // A plan whose connection or query start does not match the live session signals nothing.
+      const shifted = (iso: string) => new Date(Date.parse(iso) - 1000).toISOString();
+      for (const forged of [
+        { ...target!, backendStart: shifted(target!.backendStart) },
+        { ...target!, queryStart: shifted(target!.queryStart) },
+        { ...target!, pid: pid + 100_000 },
+      ]) {
+        const [cancel] = h.steps({ ...plan.data, targets: [forged] }, ctx);
+        const out = (await cancel!.run(new Map())) as { cancelled: { pid: number; signalled: boolean }[] };
+        expect(out.cancelled, JSON.stringify(forged)).toEqual([{ pid: forged.pid, signalled: false }]);
+        expect(await isRunning(pid)).toBe(true);
+      }
+
+      // The planned query ends and the same connection starts another one: the plan no longer matches it.
+      await admin.query('SELECT pg_cancel_backend($1)', [pid]);
+      expect(await first).toBe('57014');
+      const second = client.query('SELECT pg_sleep(60)').catch((err: { code?: string }) => err.code);
+      await until(() => isRunning(pid), 'the second query to run');
+      const [cancel, terminate] = h.steps(plan.data, ctx);
+      const out = (await cancel!.run(new Map())) as { cancelled: { pid: number; signalled: boolean }[] };
+      expect(out.cancelled).toEqual([{ pid, signalled: false }]);
+      const check = await cancel!.check(out, new Map());
+      expect(check).toMatchObject({ ok: true, data: { survivors: [] } });
+      const prior = new Map([['cancelBackends', { output: out, check }]]);
+      const t = (await terminate!.run(prior)) as { terminated: unknown[] };
+      expect(t.terminated).toEqual([]);
+      expect(await isRunning(pid)).toBe(true);
+      await admin.query('SELECT pg_cancel_backend($1)', [pid]);
+      expect(await second).toBe('57014');
+    } finally {
+      await ctx.cluster.close();
       await r.close();
       await runtime.close();
     }

@@ -15,8 +15,8 @@
  */
 import type { SlowQueriesConfig } from '../../config.js';
 import { UnsafeToActError, safeMessage } from '../../errors.js';
-import { APPLICATION_NAME, type PgServer } from '../../integrations/postgres.js';
-import type { AlertInfo, Handler, HandlerContext, PriorStep, Step } from '../handler.js';
+import { APPLICATION_NAME } from '../../integrations/postgres.js';
+import { serverForAlert, type AlertInfo, type Handler, type HandlerContext, type PriorStep, type Step } from '../handler.js';
 import { psqlCommand } from '../runbook.js';
 
 export interface Session {
@@ -53,8 +53,16 @@ const VACUUM_LOCK_TIMEOUT = '5s';
 /** Sessions listed in a page; the rest are counted (PagerDuty refuses events over 512 KB). */
 const SESSIONS_IN_PAGE = 20;
 
+/**
+ * Session timestamps leave PostgreSQL as ISO 8601 in UTC with microseconds, whatever the session's
+ * TimeZone and DateStyle, and go back in as timestamptz: a plan made on one connection identifies its
+ * sessions exactly on another (a pool connection opened later, under other settings).
+ */
+const ISO_UTC = `'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'`;
+const iso = (col: string) => `to_char(${col} AT TIME ZONE 'UTC', ${ISO_UTC})`;
+
 const LIST_SQL = `
-SELECT a.pid, a.backend_start::text AS backend_start, a.query_start::text AS query_start,
+SELECT a.pid, ${iso('a.backend_start')} AS backend_start, ${iso('a.query_start')} AS query_start,
        coalesce(a.usename, '') AS usename, coalesce(a.application_name, '') AS application_name,
        a.datname, a.state, EXTRACT(EPOCH FROM now() - a.query_start)::float8 AS seconds,
        left(a.query, ${QUERY_TEXT_MAX * 2}) AS query,
@@ -72,20 +80,20 @@ ORDER BY a.query_start`;
  */
 const STILL_RUNNING_SQL = `
 SELECT s.pid FROM pg_stat_activity s
-JOIN unnest($1::int[], $2::text[], $3::text[]) AS t(pid, backend_start, query_start)
-  ON s.pid = t.pid AND s.backend_start::text = t.backend_start AND s.query_start::text = t.query_start
+JOIN unnest($1::int[], $2::timestamptz[], $3::timestamptz[]) AS t(pid, backend_start, query_start)
+  ON s.pid = t.pid AND s.backend_start = t.backend_start AND s.query_start = t.query_start
 WHERE s.state NOT IN ('idle', 'idle in transaction (aborted)')`;
 
 /** Which of these connections still exist at all (after pg_terminate_backend). */
 const STILL_CONNECTED_SQL = `
 SELECT s.pid FROM pg_stat_activity s
-JOIN unnest($1::int[], $2::text[]) AS t(pid, backend_start) ON s.pid = t.pid AND s.backend_start::text = t.backend_start`;
+JOIN unnest($1::int[], $2::timestamptz[]) AS t(pid, backend_start) ON s.pid = t.pid AND s.backend_start = t.backend_start`;
 
 const SIGNAL_SQL = (fn: 'pg_cancel_backend' | 'pg_terminate_backend') => `
 SELECT t.pid, coalesce(bool_or(${fn}(s.pid)), false) AS signalled
-FROM unnest($1::int[], $2::text[], $3::text[]) AS t(pid, backend_start, query_start)
-LEFT JOIN pg_stat_activity s ON s.pid = t.pid AND s.backend_start::text = t.backend_start
-     AND s.query_start::text = t.query_start AND s.state NOT IN ('idle', 'idle in transaction (aborted)')
+FROM unnest($1::int[], $2::timestamptz[], $3::timestamptz[]) AS t(pid, backend_start, query_start)
+LEFT JOIN pg_stat_activity s ON s.pid = t.pid AND s.backend_start = t.backend_start
+     AND s.query_start = t.query_start AND s.state NOT IN ('idle', 'idle in transaction (aborted)')
 GROUP BY t.pid`;
 
 const DIAGNOSTICS_SQL = `
@@ -128,9 +136,6 @@ export function classifySessions(
   return { targets: eligible.slice(0, cfg.maxPerRun), spared, overCap: eligible.slice(cfg.maxPerRun) };
 }
 
-function serverFor(ctx: HandlerContext, label: string | undefined): PgServer {
-  return (label && ctx.cluster.all.find((s) => s.server === label)) || ctx.cluster.primary;
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -153,12 +158,12 @@ export function slowQueriesHandler(): Handler<SlowQueriesPlan> {
     team: 'oncall-backend',
 
     target(alert: AlertInfo, ctx: HandlerContext) {
-      return `postgres/${serverFor(ctx, alert.labels.server).server}/${alert.labels.datname ?? '*'}`;
+      return `postgres/${serverForAlert(ctx, alert.labels.server).server}/${alert.labels.datname ?? '*'}`;
     },
 
     async plan(alert, ctx) {
       const cfg = settings(ctx);
-      const server = serverFor(ctx, alert.labels.server);
+      const server = serverForAlert(ctx, alert.labels.server);
       const database = alert.labels.datname ?? '*';
       const thresholdSeconds = cfg.thresholdSeconds ?? ctx.config.postgres.longRunningQuerySeconds;
       const rows = await server.act<Record<string, unknown>>(LIST_SQL, [thresholdSeconds, database === '*' ? null : database]);
@@ -198,7 +203,7 @@ export function slowQueriesHandler(): Handler<SlowQueriesPlan> {
     },
 
     steps(plan, ctx) {
-      const server = ctx.cluster.all.find((s) => s.server === plan.server) ?? ctx.cluster.primary;
+      const server = serverForAlert(ctx, plan.server);
       const cmd = (sql: string, database?: string) => psqlCommand(ctx.config, sql, { server: plan.server, ...(database ? { database } : {}) });
       const ids = (list: Session[]) => [list.map((s) => s.pid), list.map((s) => s.backendStart), list.map((s) => s.queryStart)];
 
@@ -266,7 +271,7 @@ export function slowQueriesHandler(): Handler<SlowQueriesPlan> {
           command: cmd(byDb.map((v) => `VACUUM ANALYZE ${v.schema === 'public' ? v.table : `${v.schema}.${v.table}`};`).join(' '), database),
           idempotent: true,
           run: async () => {
-            const startedAt = (await server.act<{ now: string }>('SELECT now()::text AS now', [], database))[0]!.now;
+            const startedAt = (await server.act<{ now: string }>(`SELECT ${iso('now()')} AS now`, [], database))[0]!.now;
             // VACUUM cannot run inside a transaction block nor under the collectors' statement timeout; a lock
             // it cannot get quickly (a long transaction on the table) fails the step instead of hanging the run.
             const client = await server.connect(database, { statementTimeoutMs: VACUUM_TIMEOUT_MS });
@@ -299,7 +304,7 @@ export function slowQueriesHandler(): Handler<SlowQueriesPlan> {
 
     async diagnostics(plan, alert, ctx) {
       const cfg = settings(ctx);
-      const server = serverFor(ctx, plan?.server ?? alert.labels.server);
+      const server = serverForAlert(ctx, plan?.server ?? alert.labels.server);
       const database = plan?.database ?? alert.labels.datname ?? '*';
       const out: Record<string, unknown> = {};
       if (plan) {

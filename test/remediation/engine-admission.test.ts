@@ -1,0 +1,203 @@
+/**
+ * The engine's admission of a group commit and its resume, on the defects a review found:
+ * - one alert whose admission throws costs only itself, not every webhook of its batch;
+ * - the age limit for resuming counts from the last recorded progress, not from the run's start;
+ * - a run paused because the Lease was lost resumes when this process wins the Lease back.
+ *
+ * A scripted handler (under the runbook name `redis-failure`) stands in where timing must be exact;
+ * the Lease lives in the strict Kubernetes stand-in.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { K8sStandIn } from '../support/k8s-standin.js';
+import { PagerDutyStandin } from '../support/pagerduty-standin.js';
+import { freshFingerprint, gate, payload, scriptedHandler, startRemediation, until, type RemediationHarness } from '../support/remediation.js';
+
+const pd = new PagerDutyStandin();
+const k8s = new K8sStandIn({ namespaces: ['dbpilot-admission'] });
+let dir: string;
+
+beforeAll(async () => {
+  dir = mkdtempSync(path.join(tmpdir(), 'dbpilot-admission-'));
+  await pd.start();
+  await k8s.start();
+});
+afterAll(async () => {
+  await pd.close();
+  await k8s.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const harnesses: RemediationHarness[] = [];
+afterEach(async () => {
+  await Promise.all(harnesses.splice(0).map((h) => h.close()));
+  k8s.clearFaults();
+  pd.reset();
+});
+
+async function harness(opts: Parameters<typeof startRemediation>[0] = {}): Promise<RemediationHarness> {
+  const h = await startRemediation({ pagerduty: pd, ...opts });
+  harnesses.push(h);
+  return h;
+}
+
+const AUTO = { handlers: { 'redis-failure': { mode: 'auto', cooldownSeconds: 0 } } };
+const redisAlert = (instance: string, fingerprint = freshFingerprint()) => ({
+  labels: { alertname: 'RedisDown', remediation: 'redis-failure', team: 'devops', severity: 'critical', instance },
+  fingerprint,
+});
+
+describe('admission of a group commit', () => {
+  it('an alert whose admission throws is refused and paged with the reason; the rest of its webhook and of its batch are admitted', async () => {
+    const h = await harness({ config: AUTO });
+    const handler = scriptedHandler('redis-failure');
+    const target = handler.target;
+    handler.target = (alert, ctx) => {
+      if (alert.labels.instance === 'bad') throw new Error('cannot name the target of this alert');
+      return target(alert, ctx);
+    };
+    h.remediation.handlers.register(handler);
+    const [good1, bad, good2, other] = [redisAlert('r1'), redisAlert('bad'), redisAlert('r2'), redisAlert('r3')];
+    // Two webhooks in flight together: both land in one group commit.
+    const [res1, res2] = await Promise.all([h.webhook(payload([good1, bad, good2])), h.webhook(payload([other]))]);
+    expect([res1.statusCode, res2.statusCode], `${res1.body} ${res2.body}`).toEqual([202, 202]);
+    await h.settle();
+
+    for (const a of [good1, good2, other]) {
+      const [run] = h.store.listRuns({ fingerprint: a.fingerprint });
+      expect(run?.status, a.labels.instance).toBe('succeeded');
+    }
+    const [refused, ...more] = h.store.listRuns({ fingerprint: bad.fingerprint });
+    expect(more).toEqual([]);
+    expect(refused).toMatchObject({ status: 'escalated', handler: 'redis-failure', target: '-', reason: 'refused: cannot name the target of this alert' });
+    expect(handler.executed.filter((e) => e.startsWith(bad.fingerprint))).toEqual([]);
+    await until(() => pd.acceptedCount(`dbpilot/RedisDown/${bad.fingerprint}`, 'trigger') === 1, 'the refusal to be paged');
+    const page = pd.accepted.find((e) => e.dedupKey === `dbpilot/RedisDown/${bad.fingerprint}`)!;
+    expect(JSON.stringify(page.event)).toContain('cannot name the target of this alert');
+    expect(await h.metric('dbpilot_remediations_total', { handler: 'redis-failure', outcome: 'escalated' })).toBe(1);
+
+    // Alertmanager re-sends the same notification: the refusal is not recorded (nor paged) twice.
+    expect((await h.webhook(payload([bad]))).statusCode).toBe(202);
+    await h.settle();
+    expect(h.store.listRuns({ fingerprint: bad.fingerprint })).toHaveLength(1);
+  });
+});
+
+/** Rewrites a run's and its steps' timestamps in the store file, as if they had been written `agoMs` earlier. */
+function backdate(storePath: string, runId: string, fields: { runAgoMs: number; stepStartedAgoMs?: number }): void {
+  const db = new Database(storePath);
+  try {
+    const at = (ago: number) => new Date(Date.now() - ago).toISOString();
+    db.prepare('UPDATE runs SET created_at = ?, updated_at = ? WHERE id = ?').run(at(fields.runAgoMs), at(fields.runAgoMs), runId);
+    const stepAt = at(fields.stepStartedAgoMs ?? fields.runAgoMs);
+    db.prepare('UPDATE steps SET started_at = ? WHERE run_id = ? AND started_at IS NOT NULL').run(stepAt, runId);
+  } finally {
+    db.close();
+  }
+}
+
+/** A run left `running` by a dead process, its first step started and its output recorded. */
+function leftInFlight(h: RemediationHarness, fingerprint: string) {
+  const run = h.store.createRun({
+    handler: 'redis-failure',
+    alertname: 'RedisDown',
+    fingerprint,
+    startsAt: new Date().toISOString(),
+    target: 'fake/crashed',
+    mode: 'auto',
+    status: 'running',
+    plan: { summary: 'scripted', data: { fingerprint, steps: ['restartThing', 'verifyThing'] }, escalateAfter: null },
+    labels: { alertname: 'RedisDown', remediation: 'redis-failure', instance: 'crashed' },
+    // pid 4194000 is above any pid this machine hands out: the owner is dead.
+    owner: 'dbpilot-0/4194000/deadbeef',
+  })!;
+  h.store.putSteps(run.id, [
+    { name: 'restartThing', command: 'kubectl do restartThing' },
+    { name: 'verifyThing', command: 'kubectl do verifyThing' },
+  ]);
+  h.store.stepStarted(run.id, 0);
+  h.store.stepOutput(run.id, 0, { did: 'restartThing' });
+  expect(h.store.acquireLock(run.target, run.id, 'dbpilot-0/4194000/deadbeef', () => false)).toBe('acquired');
+  return run;
+}
+
+describe('resume', () => {
+  it('a run started 11 minutes ago that crashed 2 seconds ago is resumed, not escalated as stale', async () => {
+    const h = await harness({ config: AUTO, start: false });
+    const handler = scriptedHandler('redis-failure');
+    h.remediation.handlers.register(handler);
+    const fp = freshFingerprint();
+    const run = leftInFlight(h, fp);
+    backdate(h.storePath, run.id, { runAgoMs: 11 * 60_000, stepStartedAgoMs: 2_000 });
+
+    await h.engine.resume();
+    await h.engine.idle();
+    const after = h.store.getRun(run.id)!;
+    expect(after.status, String(after.reason)).toBe('succeeded');
+    const steps = h.store.steps(run.id);
+    expect(steps.map((s) => [s.name, s.status, s.attempts])).toEqual([
+      ['restartThing', 'done', 1],
+      ['verifyThing', 'done', 1],
+    ]);
+    expect((steps[0]!.check as { detail: string }).detail).toMatch(/verified after restart/);
+    // The in-flight step was verified, not repeated.
+    expect(handler.executed).toEqual([`${fp}:verifyThing`]);
+  });
+
+  it('a run whose last recorded progress is 11 minutes old is escalated instead of resumed', async () => {
+    const h = await harness({ config: AUTO, start: false });
+    const handler = scriptedHandler('redis-failure');
+    h.remediation.handlers.register(handler);
+    const run = leftInFlight(h, freshFingerprint());
+    backdate(h.storePath, run.id, { runAgoMs: 11 * 60_000 });
+
+    await h.engine.resume();
+    await h.engine.idle();
+    const after = h.store.getRun(run.id)!;
+    expect(after.status).toBe('escalated');
+    expect(after.reason).toMatch(/^left in flight 6\d\d s ago; too old to resume safely$/);
+    expect(handler.executed).toEqual([]);
+    expect(h.store.lockHolder(run.target)).toBeNull();
+  });
+
+  it('a run paused because the Lease was lost resumes when this process wins the Lease back, and releases its target', async () => {
+    const kubeconfig = await k8s.writeKubeconfig(dir, { namespace: 'dbpilot-admission', fileName: 'kubeconfig-resume' });
+    const lease = { name: 'dbpilot-admission-leader', durationSeconds: 2, renewDeadlineSeconds: 1, retryPeriodSeconds: 0.25 };
+    const h = await harness({ config: { ...AUTO, kubernetes: { kubeconfig, namespace: 'dbpilot-admission', lease } } });
+    const stepGate = gate();
+    const handler = scriptedHandler('redis-failure', { duringStep: (step) => (step === 'restartThing' ? stepGate.wait() : undefined) });
+    h.remediation.handlers.register(handler);
+    await until(() => h.remediation.leader.isLeader(), 'leadership');
+
+    const a = redisAlert('leased');
+    expect((await h.webhook(payload([a]))).statusCode).toBe(202);
+    await stepGate.reached;
+    const [run] = h.store.listRuns({ fingerprint: a.fingerprint });
+    // The API server stops answering the Lease: this replica steps down while restartThing runs.
+    k8s.failNext(1_000_000, 503, { path: '/leases/' });
+    await until(() => !h.remediation.leader.isLeader(), 'stepping down');
+    stepGate.open();
+    await h.engine.idle();
+    expect(h.store.getRun(run!.id)?.status).toBe('running');
+    expect(h.store.steps(run!.id).map((s) => [s.name, s.status, s.attempts])).toEqual([
+      ['restartThing', 'done', 1],
+      ['verifyThing', 'planned', 0],
+    ]);
+    expect(h.store.lockHolder(run!.target)).toBe(run!.id);
+
+    // The API server answers again: the Lease is won back, and the paused run continues from its next step.
+    k8s.clearFaults();
+    await until(() => h.store.getRun(run!.id)?.status === 'succeeded', 'the paused run to be resumed and to succeed');
+    expect(handler.executed).toEqual([`${a.fingerprint}:restartThing`, `${a.fingerprint}:verifyThing`]);
+    expect(h.store.lockHolder(run!.target)).toBeNull();
+
+    // The target is free again: the next occurrence on it acts.
+    const next = redisAlert('leased');
+    expect((await h.webhook(payload([next]))).statusCode).toBe(202);
+    await h.engine.idle();
+    expect(h.store.listRuns({ fingerprint: next.fingerprint })[0]?.status).toBe('succeeded');
+  });
+});
