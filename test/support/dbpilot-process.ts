@@ -19,6 +19,7 @@ import pg from 'pg';
 import { parse as parseYaml, stringify } from 'yaml';
 import { onExitCleanup, waitForPortClosed } from './ports.js';
 import { parseExposition, find, type Exposition, type Labels } from './scrape.js';
+import { refuseSharedServers } from './no-shared-servers.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const BIN = path.join(ROOT, 'bin', 'dbpilot.js');
@@ -45,6 +46,7 @@ export interface HttpResult<T = unknown> {
 
 /** Writes a configuration document as YAML into `dir` and returns its path. */
 export async function writeConfig(dir: string, name: string, doc: Record<string, unknown>): Promise<string> {
+  refuseSharedServers(doc, `writeConfig(${name})`);
   const file = path.join(dir, `${name}.yaml`);
   await writeFile(file, `# dbpilot process test: ${name}\n${stringify(doc)}`, { mode: 0o600 });
   return file;
@@ -356,7 +358,7 @@ export function mergeDoc(base: Doc, over: Doc): Doc {
  * slow-queries in auto mode (threshold 1 s, grace 5 s, no cooldown). `over` is merged in.
  */
 export function processConfig(opts: { port: number; store: string; pagerdutyUrl: string; pgPrimaryUrl: string; redisUrl: string }, over: Doc = {}): Doc {
-  return mergeDoc(
+  const doc = mergeDoc(
     {
       listen: `127.0.0.1:${opts.port}`,
       mode: 'dry-run',
@@ -389,6 +391,8 @@ export function processConfig(opts: { port: number; store: string; pagerdutyUrl:
     },
     over,
   );
+  refuseSharedServers(doc, 'processConfig');
+  return doc;
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import type { Team } from '../../src/remediation/escalation.js';
 import type { AlertInfo, Handler, Step } from '../../src/remediation/handler.js';
 import type { Store } from '../../src/store/store.js';
 import type { PagerDutyStandin } from './pagerduty-standin.js';
+import { refuseSharedServers } from './no-shared-servers.js';
 
 type Plain = Record<string, unknown>;
 
@@ -218,6 +219,7 @@ export async function startRemediation(opts: RemediationHarnessOptions = {}): Pr
   const storePath = opts.storePath ?? path.join(ownDir!, 'dbpilot.sqlite');
   const pagerdutyUrl = opts.pagerduty === undefined ? NOWHERE : typeof opts.pagerduty === 'string' ? opts.pagerduty : opts.pagerduty.url;
   const doc = merge(harnessDocument({ mode: opts.mode, token: opts.token, pagerdutyUrl, storePath }), opts.config ?? {});
+  refuseSharedServers(doc, 'startRemediation');
   // The environment is not consulted: DBPILOT_* of the shell running the tests cannot change what is tested.
   const config = parseConfig(doc, {});
   const { logger, log } = captureLogger(opts.logLevel ?? 'info');

@@ -9,6 +9,7 @@ import { parseConfig, type Config } from '../../src/config.js';
 import { createLogger, type Logger } from '../../src/logger.js';
 import { startService, type Service } from '../../src/server.js';
 import type { Runtime } from '../../src/runtime.js';
+import { refuseSharedServers } from './no-shared-servers.js';
 
 type Plain = Record<string, unknown>;
 
@@ -42,7 +43,9 @@ export function harnessDocument(): Plain {
  * consulted, so DBPILOT_* variables of the shell running the tests cannot change what is tested.
  */
 export function makeConfig(overrides: Plain = {}): Config {
-  return parseConfig(merge(harnessDocument(), overrides), {});
+  const doc = merge(harnessDocument(), overrides);
+  refuseSharedServers(doc, 'makeConfig');
+  return parseConfig(doc, {});
 }
 
 export interface CapturedLog {
@@ -79,6 +82,7 @@ export interface TestService {
 
 /** startService on 127.0.0.1:0 (whatever `listen` says) with a capturing logger at the config's level. */
 export async function startTestService(config: Config): Promise<TestService> {
+  refuseSharedServers(config, 'startTestService');
   const cfg: Config = config.listen === '127.0.0.1:0' ? config : parseConfig({ ...structuredClone(config), listen: '127.0.0.1:0' }, {});
   const { logger, log } = captureLogger(cfg.logLevel);
   const service = await startService(cfg, logger);
