@@ -1,13 +1,25 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { loadConfig, modeFor, parseConfig, redactConfig } from '../src/config.js';
 import { ConfigError } from '../src/errors.js';
 
-function fileWith(text: string): string {
+/** Temp dirs made by the current test; removed after it. */
+const dirs: string[] = [];
+
+function tempDir(): string {
   const dir = mkdtempSync(join(tmpdir(), 'dbpilot-config-'));
-  const f = join(dir, 'dbpilot.yaml');
+  dirs.push(dir);
+  return dir;
+}
+
+afterEach(() => {
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
+function fileWith(text: string): string {
+  const f = join(tempDir(), 'dbpilot.yaml');
   writeFileSync(f, text);
   return f;
 }
@@ -24,7 +36,8 @@ function errorOf(fn: () => unknown): ConfigError {
 
 describe('configuration', () => {
   it('runs on local defaults without a file', () => {
-    const { config, source } = loadConfig({ env: {}, cwd: tmpdir() });
+    // An empty directory of its own: a dbpilot.yaml somebody left in the shared temp dir must not count.
+    const { config, source } = loadConfig({ env: {}, cwd: tempDir() });
     expect(source).toBeNull();
     expect(config.listen).toBe('127.0.0.1:9630');
     expect(config.mode).toBe('dry-run');
