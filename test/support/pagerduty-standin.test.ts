@@ -168,22 +168,32 @@ describe('PagerDuty stand-in', () => {
   });
 
   it('delays a scripted answer; the event still counts when the sender gave up, unless reset first', async () => {
+    // The stand-in runs in this process: a request it holds is seen here (polled every millisecond)
+    // before its 150 ms delay can end, so the sender gives up while the answer is still pending.
+    const received = async (): Promise<void> => {
+      while (pd.requests.length === 0) await new Promise((r) => setTimeout(r, 1));
+    };
+
     pd.respondWith(202, 1, { delayMs: 150 });
-    await expect(
-      fetch(url, { method: 'POST', body: JSON.stringify(trigger()), signal: AbortSignal.timeout(30) }),
-    ).rejects.toThrow();
+    const ac = new AbortController();
+    const gaveUp = fetch(url, { method: 'POST', body: JSON.stringify(trigger()), signal: ac.signal });
+    await received();
+    expect(pd.requests[0]!.status).toBe(0); // held, not answered
+    ac.abort();
+    await expect(gaveUp).rejects.toThrow();
     expect(pd.accepted).toHaveLength(0);
-    await new Promise((r) => setTimeout(r, 300));
-    expect(pd.acceptedCount('dbpilot/Test/1', 'trigger')).toBe(1); // at-least-once, like the real service
+    // The delay ends and the event is accepted although nobody waits for the answer.
+    await expect.poll(() => pd.acceptedCount('dbpilot/Test/1', 'trigger'), { timeout: 10_000, interval: 10 }).toBe(1); // at-least-once, like the real service
 
     pd.reset();
     pd.respondWith(202, 1, { delayMs: 150 });
     const late = fetch(url, { method: 'POST', body: JSON.stringify(trigger()) });
-    await new Promise((r) => setTimeout(r, 30));
-    pd.reset();
+    await received();
+    expect(pd.requests[0]!.status).toBe(0);
+    pd.reset(); // cancels the held answer: the connection is cut and the handler ends without accepting
     await expect(late).rejects.toThrow(); // connection cut
-    await new Promise((r) => setTimeout(r, 200));
     expect(pd.accepted).toHaveLength(0);
+    expect(pd.requests).toHaveLength(0);
   });
 
   it('answers 404 on other paths and 405 on other methods', async () => {
