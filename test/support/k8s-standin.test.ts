@@ -40,6 +40,17 @@ async function failure(p: Promise<unknown>): Promise<Failure> {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** Polls `read` until it returns a value other than undefined; throws naming `what` after 10 s. */
+async function until<T>(read: () => Promise<T | undefined> | T | undefined, what: string): Promise<T> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const v = await read();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
 describe('Kubernetes stand-in', () => {
   const k8s = new K8sStandIn({ defaultNamespace: NS, rolloutDelayMs: 80 });
   let dir = '';
@@ -363,9 +374,12 @@ describe('Kubernetes stand-in', () => {
       const p = (await resize('pvc-grow', '20Gi')) as { spec: { resources: { requests: { storage: string } } }; status: { capacity: { storage: string } } };
       expect(p.spec.resources.requests.storage).toBe('20Gi');
       expect(p.status.capacity.storage).toBe('10Gi');
-      await sleep(200);
-      const later = await core.readNamespacedPersistentVolumeClaim({ name: 'pvc-grow', namespace: NS });
+      const later = await until(async () => {
+        const c = await core.readNamespacedPersistentVolumeClaim({ name: 'pvc-grow', namespace: NS });
+        return c.status?.capacity?.storage === '10Gi' ? undefined : c;
+      }, 'the new capacity');
       expect(later.status?.capacity?.storage).toBe('20Gi');
+      expect(later.spec?.resources?.requests?.storage).toBe('20Gi');
     });
 
     it('refuses a storage value that is not a quantity', async () => {
@@ -387,33 +401,50 @@ describe('Kubernetes stand-in', () => {
 
     it('bumps generation on a template change; the status lags, then reports the rollout done', async () => {
       k8s.seedDeployment({ name: 'wl-dep', replicas: 2 });
-      k8s.setRolloutDelay(400); // observed after 200 ms, done after 400 ms
-      const patched = await restart('deployment', 'wl-dep', '2026-11-27T17:00:00Z');
+      // The controller observes the change and then holds the rollout half done: the intermediate
+      // state stays put for as long as the test looks at it.
+      k8s.setRolloutDelay(null);
+      const patched = (await restart('deployment', 'wl-dep', '2026-11-27T17:00:00Z')) as { metadata?: { generation?: number }; status?: { observedGeneration?: number } };
       expect(patched.metadata?.generation).toBe(2);
-      const now = await apps.readNamespacedDeployment({ name: 'wl-dep', namespace: NS });
-      expect(now.status?.observedGeneration).toBe(1);
-      await sleep(300);
-      const mid = await apps.readNamespacedDeployment({ name: 'wl-dep', namespace: NS });
-      expect(mid.status?.observedGeneration).toBe(2);
+      // The answer to the write: the controller has not observed it yet.
+      expect(patched.status?.observedGeneration).toBe(1);
+      const read = () => apps.readNamespacedDeployment({ name: 'wl-dep', namespace: NS });
+      const mid = await until(async () => {
+        const d = await read();
+        return d.status?.observedGeneration === 2 ? d : undefined;
+      }, 'the controller to observe generation 2');
       expect(mid.status?.updatedReplicas).toBe(1); // observed, but not rolled out: a naive check would stop here
-      await sleep(250);
-      const done = await apps.readNamespacedDeployment({ name: 'wl-dep', namespace: NS });
-      expect(done.status).toMatchObject({ observedGeneration: 2, replicas: 2, updatedReplicas: 2, readyReplicas: 2, availableReplicas: 2 });
-      expect(done.spec?.template.metadata?.annotations?.['kubectl.kubernetes.io/restartedAt']).toBe('2026-11-27T17:00:00Z');
+      expect(mid.status?.replicas).toBe(3); // the surge pod next to the old one
+
+      // Now a controller that finishes: the next change is observed and rolled out.
+      k8s.setRolloutDelay(20);
+      await restart('deployment', 'wl-dep', '2026-11-27T17:00:01Z');
+      const done = await until(async () => {
+        const d = await read();
+        return d.status?.observedGeneration === 3 && d.status.updatedReplicas === 2 ? d : undefined;
+      }, 'the rollout of generation 3 to be done');
+      expect(done.status).toMatchObject({ observedGeneration: 3, replicas: 2, updatedReplicas: 2, readyReplicas: 2, availableReplicas: 2 });
+      expect(done.spec?.template.metadata?.annotations?.['kubectl.kubernetes.io/restartedAt']).toBe('2026-11-27T17:00:01Z');
     });
 
     it('does the same for StatefulSets, with revisions', async () => {
+      type StsStatus = { observedGeneration: number; currentRevision: string; updateRevision: string; readyReplicas: number };
+      const status = () => k8s.statefulSet('wl-sts')?.status as StsStatus;
       k8s.seedStatefulSet({ name: 'wl-sts', replicas: 1 });
-      const before = k8s.statefulSet('wl-sts')?.status as { currentRevision: string };
-      k8s.setRolloutDelay(400);
+      const before = status();
+      k8s.setRolloutDelay(null);
       await restart('statefulset', 'wl-sts', '2026-11-27T17:00:00Z');
-      await sleep(300);
-      const mid = k8s.statefulSet('wl-sts')?.status as { currentRevision: string; updateRevision: string };
+      const mid = await until(() => (status().observedGeneration === 2 ? status() : undefined), 'the controller to observe generation 2');
       expect(mid.currentRevision).toBe(before.currentRevision);
       expect(mid.updateRevision).not.toBe(before.currentRevision);
-      await sleep(250);
-      const done = k8s.statefulSet('wl-sts')?.status as { currentRevision: string; updateRevision: string; readyReplicas: number };
-      expect(done.currentRevision).toBe(done.updateRevision);
+
+      k8s.setRolloutDelay(20);
+      await restart('statefulset', 'wl-sts', '2026-11-27T17:00:01Z');
+      const done = await until(() => {
+        const st = status();
+        return st.observedGeneration === 3 && st.currentRevision === st.updateRevision ? st : undefined;
+      }, 'the rollout of generation 3 to be done');
+      expect(done.updateRevision).not.toBe(mid.updateRevision);
       expect(done.readyReplicas).toBe(1);
     });
 
@@ -432,10 +463,11 @@ describe('Kubernetes stand-in', () => {
       k8s.seedDeployment({ name: 'wl-stuck', replicas: 1 });
       k8s.setRolloutDelay(null);
       await restart('deployment', 'wl-stuck', '2026-11-27T17:00:00Z');
-      await sleep(150);
-      const s = (await apps.readNamespacedDeployment({ name: 'wl-stuck', namespace: NS })).status;
-      expect(s?.observedGeneration).toBe(2);
-      expect(s?.updatedReplicas ?? 0).toBeLessThan(1);
+      const s = await until(async () => {
+        const st = (await apps.readNamespacedDeployment({ name: 'wl-stuck', namespace: NS })).status;
+        return st?.observedGeneration === 2 ? st : undefined;
+      }, 'the controller to observe generation 2');
+      expect(s.updatedReplicas ?? 0).toBeLessThan(1);
     });
 
     it('lists with label selectors, and refuses a malformed one with 400', async () => {
@@ -493,10 +525,18 @@ describe('Kubernetes stand-in', () => {
       k8s.failNext(1, 500, { method: 'POST', when: (r) => (r.body as { spec?: { holderIdentity?: string } }).spec?.holderIdentity === 'victim' });
       expect((await failure(coord.createNamespacedLease({ namespace: NS, body: { metadata: { name: 'fb-1' }, spec: { holderIdentity: 'victim', renewTime: t } } }))).code).toBe(500);
       await coord.createNamespacedLease({ namespace: NS, body: { metadata: { name: 'fb-2' }, spec: { holderIdentity: 'other', renewTime: t } } });
+      k8s.clearRequests();
       k8s.delayNext(1, 120, { method: 'GET' });
-      const started = Date.now();
-      await coord.readNamespacedLease({ name: 'fb-2', namespace: NS });
-      expect(Date.now() - started).toBeGreaterThanOrEqual(110);
+      let answered = false;
+      const read = coord.readNamespacedLease({ name: 'fb-2', namespace: NS }).finally(() => (answered = true));
+      // The stand-in runs in this process: polled every millisecond, the held request is seen before
+      // its 120 ms delay can end.
+      while (k8s.requests.length === 0) await sleep(1);
+      expect(k8s.requests[0]).toMatchObject({ method: 'GET', status: 0 }); // received, held
+      expect(answered).toBe(false);
+      // Then served normally.
+      expect((await read).spec?.holderIdentity).toBe('other');
+      expect(k8s.requests.map((r) => [r.method, r.status, r.injected])).toEqual([['GET', 200, false]]);
     });
   });
 });
