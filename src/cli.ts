@@ -7,7 +7,7 @@ import closeWithGrace from 'close-with-grace';
 import Table from 'cli-table3';
 import { loadConfig, redactConfig, type Config } from './config.js';
 import { DbpilotError } from './errors.js';
-import { createLogger, type Logger } from './logger.js';
+import { createCliLogger, createLogger, type Logger } from './logger.js';
 import { Runtime, VERSION } from './runtime.js';
 import { startService } from './server.js';
 import { gatherStatus, type ClusterStatus } from './status.js';
@@ -22,8 +22,7 @@ function load(opts: GlobalOpts): Config {
 
 /** CLI tools log to stderr, and only warnings, so stdout stays clean for tables and JSON. */
 function quietLogger(config: Config): Logger {
-  const level = config.logLevel === 'info' ? 'warn' : config.logLevel;
-  return createLogger(level, process.stderr as never);
+  return createCliLogger(config.logLevel);
 }
 
 async function serve(opts: GlobalOpts): Promise<void> {
@@ -33,8 +32,10 @@ async function serve(opts: GlobalOpts): Promise<void> {
   if (!config.webhook.token && !config.webhook.basicAuth) {
     logger.warn('webhook.token is not set: the Alertmanager webhook refuses every request');
   }
-  const { extendService } = await import('./service.js');
-  const service = await startService(config, logger, (runtime) => extendService(runtime));
+  const { checkStartup } = await import('./startup.js');
+  await checkStartup(config);
+  const { prepareService } = await import('./service.js');
+  const service = await startService(config, logger, (runtime) => prepareService(runtime));
   closeWithGrace({ delay: 15_000, logger: { error: (m: unknown) => logger.error(m) } }, async ({ signal, err }) => {
     if (err) logger.error({ err: (err as Error).message }, 'fatal error, shutting down');
     else logger.info({ signal }, 'shutting down');
@@ -86,6 +87,9 @@ export function buildProgram(): Command {
     .option('--json', 'print JSON instead of YAML')
     .action(async (o: { json?: boolean }) => {
       const { config, source } = loadConfig({ file: program.opts<GlobalOpts>().config });
+      // Every check serve makes before it starts: what passes here starts.
+      const { checkStartup } = await import('./startup.js');
+      await checkStartup(config);
       const { stringify } = await import('yaml');
       const red = redactConfig(config);
       process.stdout.write(o.json ? `${JSON.stringify(red, null, 2)}\n` : `# ${source ?? 'defaults (no configuration file)'}: valid\n${stringify(red)}`);

@@ -186,10 +186,25 @@ const configSchema = z.strictObject({
         .url()
         .default('https://github.com/lomash-wood/dbpilot/blob/main/docs/operator-guide.md'),
       timeoutMs: z.number().int().min(100).default(10_000),
-      /** Outbox backoff for 429 / 5xx / network errors: full jitter between 0 and min(maxMs, baseMs · 2^attempt). */
+      /**
+       * Backoff per routing key after a 429 / 5xx / network error: full jitter between 0 and
+       * min(maxMs, baseMs · 2^failures), then one probe at a time; the first success sends the rest.
+       * maxMs bounds how late pages go out after PagerDuty is back. summarySeconds: how often a
+       * continuing outage is summarised in the log.
+       */
       retry: z
-        .strictObject({ baseMs: z.number().int().min(10).default(1000), maxMs: z.number().int().min(100).default(300_000) })
+        .strictObject({
+          baseMs: z.number().int().min(10).default(1000),
+          maxMs: z.number().int().min(100).default(30_000),
+          summarySeconds: z.number().min(1).default(60),
+        })
         .prefault({}),
+      /** PagerDuty accepts about 120 events a minute per routing key and answers 429 beyond: stay under it. */
+      rateLimit: z
+        .strictObject({ perMinute: z.number().positive().max(100_000).default(100), burst: z.number().int().min(1).default(10) })
+        .prefault({}),
+      /** Requests to PagerDuty in flight at once, over all teams. */
+      concurrency: z.number().int().min(1).max(64).default(8),
     })
     .prefault({}),
   aws: z

@@ -7,6 +7,7 @@ import type { Config } from './config.js';
 import type { Logger } from './logger.js';
 import { app, type AppOptions } from './app.js';
 import { Runtime } from './runtime.js';
+import { DbpilotError } from './errors.js';
 
 export interface Service {
   fastify: FastifyInstance;
@@ -40,27 +41,56 @@ export async function buildFastify(
   return fastify;
 }
 
+/** Why a port could not be bound, in words (the errno codes Node gives). */
+function listenReason(code: string | undefined): string {
+  if (code === 'EADDRINUSE') return 'the address is already in use (another dbpilot, or another program, listens there)';
+  if (code === 'EACCES') return 'permission denied (ports below 1024 need privileges)';
+  if (code === 'EADDRNOTAVAIL') return 'the address is not one of this host';
+  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return 'the host name does not resolve';
+  return code ?? 'unknown error';
+}
+
+/**
+ * Starts the service in the order that keeps a process that cannot serve from acting: the runtime
+ * and the store first (prepare), then the port, and only once the port is bound, start() — leader
+ * election, the outbox, resuming runs. A taken port is a one-line DBPILOT_LISTEN_FAILED error and
+ * nothing has acted.
+ */
 export async function startService(
   config: Config,
   logger: Logger,
-  extra: (runtime: Runtime) => Promise<Omit<AppOptions, 'runtime'>> | Omit<AppOptions, 'runtime'> = () => ({}),
+  prepare: (runtime: Runtime) => Promise<{ options: Omit<AppOptions, 'runtime'>; start(): Promise<void> }> = async () => ({ options: {}, start: async () => undefined }),
 ): Promise<Service> {
   const runtime = new Runtime(config, logger);
-  const fastify = await buildFastify(config, logger, runtime, await extra(runtime));
-  const { host, port } = splitListen(config.listen);
-  await fastify.listen({ host, port });
-  const addr = fastify.server.address();
-  const bound = typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : { host, port };
-  logger.info({ listen: `${bound.host}:${bound.port}`, mode: config.mode }, 'dbpilot listening');
-  let closing: Promise<void> | null = null;
-  return {
-    fastify,
-    runtime,
-    address: bound,
-    close: () =>
-      (closing ??= (async () => {
-        await fastify.close();
-        await runtime.close();
-      })()),
-  };
+  let fastify: FastifyInstance | undefined;
+  try {
+    const prepared = await prepare(runtime);
+    fastify = await buildFastify(config, logger, runtime, prepared.options);
+    const { host, port } = splitListen(config.listen);
+    try {
+      await fastify.listen({ host, port });
+    } catch (err) {
+      throw new DbpilotError('DBPILOT_LISTEN_FAILED', `cannot listen on ${config.listen}: ${listenReason((err as NodeJS.ErrnoException).code)}`);
+    }
+    const addr = fastify.server.address();
+    const bound = typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : { host, port };
+    await prepared.start();
+    logger.info({ listen: `${bound.host}:${bound.port}`, mode: config.mode }, 'dbpilot listening');
+    let closing: Promise<void> | null = null;
+    const f = fastify;
+    return {
+      fastify: f,
+      runtime,
+      address: bound,
+      close: () =>
+        (closing ??= (async () => {
+          await f.close();
+          await runtime.close();
+        })()),
+    };
+  } catch (err) {
+    await fastify?.close().catch(() => undefined);
+    await runtime.close();
+    throw err;
+  }
 }

@@ -4,12 +4,20 @@ import type { Runtime } from './runtime.js';
 import { createRemediation } from './remediation/index.js';
 import { remediationRoutes } from './remediation/routes.js';
 
-export async function extendService(runtime: Runtime): Promise<Omit<AppOptions, 'runtime'>> {
+export interface PreparedService {
+  options: Omit<AppOptions, 'runtime'>;
+  /** Begins acting (outbox, leader election, resume): called only once the port is bound. */
+  start(): Promise<void>;
+}
+
+export async function prepareService(runtime: Runtime): Promise<PreparedService> {
   const remediation = await createRemediation(runtime);
   runtime.onClose(() => remediation.close());
-  await remediation.start();
   return {
-    ready: () => true,
-    extraRoutes: remediationRoutes(remediation.engine, runtime.config, runtime.metrics, () => remediation.leader.isLeader()),
+    options: {
+      ready: () => true,
+      extraRoutes: remediationRoutes(remediation.engine, runtime.config, runtime.metrics, () => remediation.leader.isLeader()),
+    },
+    start: () => remediation.start(),
   };
 }

@@ -15,6 +15,7 @@ import type { Alert, WebhookPayload } from './alertmanager.js';
 import { dedupKeyFor, isTeam, teamForAlert, type Team } from './escalation.js';
 import type { AlertInfo, Handler, HandlerContext, Plan, PriorStep, Step } from './handler.js';
 import type { Outbox } from './outbox.js';
+import { groupDedupKey, groupPage } from './pages.js';
 import { ownerAlive } from './owner.js';
 import type { HandlerRegistry } from './registry.js';
 import type { Severity } from '../integrations/pagerduty.js';
@@ -45,8 +46,16 @@ const RESUME_MAX_AGE_SECONDS = 600;
 
 const SEVERITIES: Record<string, Severity> = { critical: 'critical', page: 'critical', error: 'error', warning: 'warning', info: 'info' };
 
-function toInfo(a: Alert): AlertInfo {
-  return { alertname: a.labels.alertname!, labels: a.labels, annotations: a.annotations, fingerprint: a.fingerprint, startsAt: a.startsAt };
+function toInfo(a: Alert, groupKey: string): AlertInfo {
+  return { alertname: a.labels.alertname!, labels: a.labels, annotations: a.annotations, fingerprint: a.fingerprint, startsAt: a.startsAt, ...(groupKey ? { groupKey } : {}) };
+}
+
+/** An alert dbpilot only escalates, waiting for its batch's grouped page. */
+interface GroupedEscalation {
+  run: RunRow;
+  alert: AlertInfo;
+  team: Team;
+  reason: string;
 }
 
 export class Engine {
@@ -59,6 +68,8 @@ export class Engine {
   private readonly alertsReceived: Counter<'status'>;
   private readonly truncated: Counter;
   private closed = false;
+  /** While a group commit admits its alerts: the escalate-only ones, paged per group and team at its end. */
+  private grouped: GroupedEscalation[] | null = null;
 
   constructor(private readonly o: EngineOptions) {
     this.remediations = o.metrics.counter('dbpilot_remediations_total', 'Remediation runs by handler and final outcome.', ['handler', 'outcome']);
@@ -94,16 +105,20 @@ export class Engine {
     const work: (() => Promise<unknown>)[] = [];
     try {
       this.o.store.transaction(() => {
+        this.grouped = [];
         for (const { payload } of batch) {
           for (const alert of payload.alerts) {
-            const info = toInfo(alert);
+            const info = toInfo(alert, payload.groupKey);
             work.push(alert.status === 'firing' ? this.admitOne(info) : () => this.onResolved(info));
           }
         }
+        this.pageGroups(this.grouped);
       });
     } catch (err) {
       for (const b of batch) b.reject(err);
       return;
+    } finally {
+      this.grouped = null;
     }
     for (const { payload } of batch) for (const alert of payload.alerts) this.alertsReceived.inc({ status: alert.status });
     for (const b of batch) b.resolve();
@@ -140,8 +155,8 @@ export class Engine {
     return handler?.team ?? teamForAlert(a.alertname) ?? 'oncall-backend';
   }
 
-  private severityOf(a: AlertInfo): Severity {
-    const s = a.labels.severity ?? '';
+  private severityOf(labels: Record<string, string>): Severity {
+    const s = labels.severity ?? '';
     return Object.hasOwn(SEVERITIES, s) ? SEVERITIES[s]! : 'error';
   }
 
@@ -159,11 +174,43 @@ export class Engine {
    * (the webhook answers 500 and Alertmanager retries: nothing is acknowledged unrecorded).
    */
   private admitOne(a: AlertInfo, opts: { modeOverride?: Mode } = {}): () => Promise<unknown> {
+    const mark = this.grouped?.length ?? 0;
     try {
       return this.o.store.transaction(() => this.admitFiring(a, opts));
     } catch (err) {
+      if (this.grouped) this.grouped.length = mark; // what the rolled-back savepoint recorded is gone
       if (isStoreError(err)) throw err;
       return this.refuse(a, err);
+    }
+  }
+
+  /**
+   * A page for an alert dbpilot only escalates. Inside a group commit it joins its Alertmanager
+   * group's page (one per group and team, see pages.ts); alone (a test, the CLI) it is paged by itself.
+   */
+  private escalateOnly(run: RunRow, a: AlertInfo, handler: Handler | null, reason: string, tried: string): void {
+    if (this.grouped && a.groupKey) {
+      this.grouped.push({ run, alert: a, team: this.teamOf(a, handler), reason });
+      return;
+    }
+    this.escalate(run, a, handler, { seen: a.annotations.summary ?? a.alertname, tried, verified: 'nothing' }, reason, run.status);
+  }
+
+  private pageGroups(list: GroupedEscalation[]): void {
+    const groups = new Map<string, GroupedEscalation[]>();
+    for (const g of list) {
+      const k = `${g.team}\0${g.alert.groupKey}`;
+      groups.set(k, [...(groups.get(k) ?? []), g]);
+    }
+    for (const members of groups.values()) {
+      const { team, alert } = members[0]!;
+      const groupKey = alert.groupKey!;
+      const dedupKey = groupDedupKey(team, groupKey);
+      this.o.store.addPageMembers(
+        dedupKey,
+        members.map((m) => ({ fingerprint: m.alert.fingerprint, startsAt: m.alert.startsAt, alertname: m.alert.alertname, runId: m.run.id, reason: m.reason, labels: m.alert.labels })),
+      );
+      this.o.outbox.trigger(groupPage(team, groupKey, this.o.store.openPageMembers(dedupKey), (labels) => this.severityOf(labels)));
     }
   }
 
@@ -193,7 +240,7 @@ export class Engine {
     const label = (HANDLER_NAMES as readonly string[]).includes(name) ? name : 'unknown';
     if (!run) return this.dedupe(label);
     this.o.logger.warn({ run: run.id, alertname: a.alertname, handler: name || undefined, reason }, 'alert refused');
-    this.escalate(run, a, handler, { seen: a.annotations.summary ?? a.alertname, tried: 'nothing: the alert was refused', verified: reason }, reason, 'escalated');
+    this.escalateOnly(run, a, handler, reason, 'nothing: the alert was refused');
     this.count(label, 'escalated');
     return async () => this.o.store.getRun(run.id);
   }
@@ -219,13 +266,31 @@ export class Engine {
       // Metrics get a bounded label: a runbook handler's name, else `unknown` (the label is whatever the rule wrote).
       const label = (HANDLER_NAMES as readonly string[]).includes(requested) ? requested : 'unknown';
       if (!run) return this.dedupe(label);
-      this.escalate(run, a, null, { seen: a.annotations.summary ?? a.alertname, tried: 'nothing: no handler for this alert', verified: 'nothing' }, run.reason ?? '', 'escalated');
+      this.escalateOnly(run, a, null, run.reason ?? '', 'nothing: no handler for this alert');
       this.count(label, 'escalated');
       return async () => this.o.store.getRun(run.id);
     }
 
     const mode = opts.modeOverride ?? modeFor(this.o.config, handler.name);
     const target = handler.target(a, this.o.ctx);
+    if (mode === 'off') {
+      const run = this.o.store.createRun({
+        handler: handler.name,
+        alertname: a.alertname,
+        fingerprint: a.fingerprint,
+        startsAt: a.startsAt,
+        target,
+        mode,
+        status: 'skipped',
+        reason: `handler ${handler.name} is off`,
+        labels: a.labels,
+        owner: this.o.instance,
+      });
+      if (!run) return this.dedupe(handler.name);
+      this.escalateOnly(run, a, handler, run.reason!, `nothing: mode is off for ${handler.name}`);
+      this.count(handler.name, 'skipped');
+      return async () => this.o.store.getRun(run.id);
+    }
     // The unique index makes this the dedupe: a repeat of the same occurrence inserts nothing.
     const run = this.createPlanningRun(handler, a, target, mode, 'alertmanager');
     if (!run) return this.dedupe(handler.name);
@@ -234,13 +299,6 @@ export class Engine {
   }
 
   private async continueFiring(run: RunRow, handler: Handler, a: AlertInfo, mode: Mode): Promise<RunRow | null> {
-    if (mode === 'off') {
-      return this.finish(run, handler, a, 'skipped', `handler ${handler.name} is off`, null, {
-        seen: a.annotations.summary ?? a.alertname,
-        tried: `nothing: mode is off for ${handler.name}`,
-        verified: 'nothing',
-      });
-    }
     if (mode === 'auto' || mode === 'approve') {
       const blocked = this.policyBlock(handler, run.target);
       if (blocked) return this.finish(run, handler, a, 'skipped', blocked, null, { seen: a.annotations.summary ?? a.alertname, tried: `nothing: ${blocked}`, verified: 'nothing' });
@@ -301,6 +359,8 @@ export class Engine {
       return this.o.store.getRun(run.id); // cancelled while planning: the alert resolved
     }
     if (plan.nothingToDo) {
+      // A dry-run that found nothing to do is still a dry-run: it did not act, so it did not succeed at acting.
+      if (mode === 'dry-run') return this.finish(run, handler, a, 'dry_run', `dry-run: nothing to do: ${plan.summary}`, plan.data, null);
       return this.finish(run, handler, a, 'succeeded', `nothing to do: ${plan.summary}`, plan.data, null);
     }
     const steps = handler.steps(plan.data, this.o.ctx);
@@ -517,7 +577,7 @@ export class Engine {
       team: this.teamOf(a, handler),
       dedupKey: dedupKeyFor(a.alertname, a.fingerprint),
       summary: `[dbpilot] ${a.alertname}${run.target !== '-' ? ` on ${run.target}` : ''}: ${reason || status}`,
-      severity: this.severityOf(a),
+      severity: this.severityOf(a.labels),
       component: handler?.name ?? 'dbpilot',
       class: a.alertname,
       details: {
@@ -552,6 +612,8 @@ export class Engine {
       }
     }
     this.o.outbox.resolve(dedupKeyFor(a.alertname, a.fingerprint));
+    // A grouped page resolves with the last of its alerts.
+    for (const key of this.o.store.resolvePageMember(a.fingerprint)) this.o.outbox.resolve(key);
   }
 
   // ---- approve, manual runs, resume ----
@@ -571,14 +633,6 @@ export class Engine {
     this.o.logger.info({ run: id, by }, 'run approved');
     const a: AlertInfo = { alertname: run.alertname, labels: run.labels, annotations: {}, fingerprint: run.fingerprint, startsAt: run.startsAt };
     return (await this.track(this.execute(this.o.store.getRun(id)!, handler, a))) ?? this.o.store.getRun(id)!;
-  }
-
-  /** The plan a handler would carry out now, without recording anything (`dbpilot plan`). */
-  async planOnly(handlerName: string, labels: Record<string, string>): Promise<{ target: string; plan: Plan; steps: { name: string; command: string }[] }> {
-    const handler = this.o.handlers.get(handlerName);
-    const a = manualAlert(handlerName, labels);
-    const plan = await handler.plan(a, this.o.ctx);
-    return { target: handler.target(a, this.o.ctx), plan, steps: handler.steps(plan.data as never, this.o.ctx).map((s) => ({ name: s.name, command: s.command })) };
   }
 
   /** `dbpilot remediate`: a run started by a human, through the same policy, lock, audit and checks. */
@@ -636,7 +690,7 @@ export class Engine {
   }
 }
 
-function manualAlert(handler: string, labels: Record<string, string>): AlertInfo {
+export function manualAlert(handler: string, labels: Record<string, string>): AlertInfo {
   const startsAt = new Date().toISOString();
   return {
     alertname: labels.alertname ?? `manual:${handler}`,

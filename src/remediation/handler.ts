@@ -18,6 +18,8 @@ export interface AlertInfo {
   annotations: Record<string, string>;
   fingerprint: string;
   startsAt: string;
+  /** The Alertmanager group the alert came in (its notification's groupKey), when it came by webhook. */
+  groupKey?: string;
 }
 
 export interface HandlerContext {

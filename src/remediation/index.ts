@@ -1,17 +1,23 @@
 /**
  * Assembles the remediation side of a runtime: store, outbox, handlers, engine and leader
- * election. Shared by `serve` and the CLI commands, so both act through the same policy.
+ * election. Shared by `serve` and the acting CLI commands, so both act through the same policy.
+ * Constructing it acts on nothing: the store is opened and the parts are wired, and only start()
+ * begins delivering pages, electing a leader and resuming runs — the service calls it once its
+ * port is bound, so a process that cannot serve never acts.
  */
 import { hostname } from 'node:os';
 import type { Runtime } from '../runtime.js';
+import type { Config } from '../config.js';
+import type { Logger } from '../logger.js';
 import { Store } from '../store/store.js';
 import type { KubernetesClient } from '../integrations/kubernetes.js';
-import { Engine } from './engine.js';
+import { Engine, manualAlert } from './engine.js';
 import { HandlerRegistry } from './registry.js';
 import { Outbox } from './outbox.js';
 import { LeaderElector } from './leader.js';
 import { slowQueriesHandler } from './handlers/slow-queries.js';
 import { processOwner } from './owner.js';
+import type { AlertInfo, HandlerContext, Plan } from './handler.js';
 
 export interface Remediation {
   store: Store;
@@ -20,17 +26,67 @@ export interface Remediation {
   leader: LeaderElector;
   handlers: HandlerRegistry;
   kube: KubernetesClient | null;
-  /** Starts the outbox, leader election and resumes runs left in flight (service only). */
+  /** This process as it owns runs, locks and outbox claims. */
+  instance: string;
+  /** Service: delivers pages, elects a leader and resumes runs. CLI: delivers pages only (see cli-remediation). */
   start(): Promise<void>;
   close(): Promise<void>;
+}
+
+export interface RemediationOptions {
+  /** Pod or host name in owners; `cli:<user>` for the CLI. */
+  label?: string;
+  /** False for the CLI: a human running `dbpilot remediate` or `approve` acts without the Lease. */
+  requireLease?: boolean;
+  /** The service's outbox announces itself so the CLI leaves delivery to it (default true). */
+  announce?: boolean;
 }
 
 export function defaultHandlers(): HandlerRegistry {
   return new HandlerRegistry().register(slowQueriesHandler());
 }
 
-export async function createRemediation(runtime: Runtime, opts: { label?: string; requireLease?: boolean } = {}): Promise<Remediation> {
+/**
+ * Every check start-up makes before it acts, also run by `check-config`: the alert → handler mapping
+ * against this build, and the Kubernetes configuration (loaded, not contacted).
+ */
+export async function validateRemediation(config: Config): Promise<void> {
+  defaultHandlers().validate(config);
+  if (config.kubernetes) await loadKubernetes(config);
+}
+
+async function loadKubernetes(config: Config): Promise<KubernetesClient | null> {
+  if (!config.kubernetes) return null;
+  // Loaded only when configured: the client library is most of dbpilot's memory otherwise.
+  const { KubernetesClient } = await import('../integrations/kubernetes.js');
+  return new KubernetesClient({ namespace: config.kubernetes.namespace, ...(config.kubernetes.kubeconfig ? { kubeconfigPath: config.kubernetes.kubeconfig } : {}) });
+}
+
+function handlerContext(runtime: Runtime, logger: Logger): HandlerContext {
+  return { config: runtime.config, cluster: runtime.cluster, redis: runtime.redis, logger };
+}
+
+/**
+ * The plan a handler would carry out now, without a store and without recording anything
+ * (`dbpilot plan`): read-only, so it opens no outbox and warns about nothing it does not do.
+ */
+export async function planOnly(
+  runtime: Runtime,
+  handlerName: string,
+  labels: Record<string, string>,
+): Promise<{ target: string; plan: Plan; steps: { name: string; command: string }[] }> {
+  const handlers = defaultHandlers();
+  const handler = handlers.get(handlerName);
+  const ctx = handlerContext(runtime, runtime.logger.child({ component: 'remediation' }));
+  const a: AlertInfo = manualAlert(handlerName, labels);
+  const target = handler.target(a, ctx);
+  const plan = await handler.plan(a, ctx);
+  return { target, plan, steps: handler.steps(plan.data as never, ctx).map((s) => ({ name: s.name, command: s.command })) };
+}
+
+export async function createRemediation(runtime: Runtime, opts: RemediationOptions = {}): Promise<Remediation> {
   const { config, logger, metrics } = runtime;
+  // Each part's logger is a child of the root, so a line carries one `component`.
   const log = logger.child({ component: 'remediation' });
   const handlers = defaultHandlers();
   handlers.validate(config);
@@ -42,16 +98,10 @@ export async function createRemediation(runtime: Runtime, opts: { label?: string
   if (Object.keys(config.pagerduty.routes).length === 0) {
     log.warn('pagerduty.routes is empty: escalations are recorded in the outbox but cannot be delivered (dead letters)');
   }
+  const kube = await loadKubernetes(config);
   const store = new Store(config.store.path);
   const instance = processOwner(opts.label ?? process.env.POD_NAME ?? hostname());
-  const outbox = new Outbox(store, config.pagerduty, metrics, log.child({ component: 'outbox' }), {
-    baseBackoffMs: config.pagerduty.retry.baseMs,
-    maxBackoffMs: config.pagerduty.retry.maxMs,
-  });
-  // Loaded only when configured: the client library is most of dbpilot's memory otherwise.
-  const kube = config.kubernetes
-    ? new (await import('../integrations/kubernetes.js')).KubernetesClient({ namespace: config.kubernetes.namespace, ...(config.kubernetes.kubeconfig ? { kubeconfigPath: config.kubernetes.kubeconfig } : {}) })
-    : null;
+  const outbox = new Outbox(store, config.pagerduty, metrics, logger.child({ component: 'outbox' }), { owner: instance, announce: opts.announce ?? true });
   let engine: Engine | null = null;
   let resumed = false;
   const leader = new LeaderElector({
@@ -61,15 +111,15 @@ export async function createRemediation(runtime: Runtime, opts: { label?: string
     leaseDurationSeconds: config.kubernetes?.lease.durationSeconds ?? 15,
     renewDeadlineSeconds: config.kubernetes?.lease.renewDeadlineSeconds ?? 10,
     retryPeriodSeconds: config.kubernetes?.lease.retryPeriodSeconds ?? 2,
-    logger: log,
+    logger,
     onChange: (leading) => {
       log.info({ leader: leading }, leading ? 'became leader: this replica acts' : 'not leader: this replica only exports metrics');
-      // A new leader picks up what the previous process of this store left in flight.
+      // A new leader picks up what the previous process of this store left in flight; on winning the
+      // Lease back, what this process paused when it lost it.
       if (leading && engine && !resumed) {
         resumed = true;
         void engine.resume().catch((err: Error) => log.error({ err: err.message }, 'resume failed'));
       }
-      // Runs paused by losing the Lease are resumed when it is won back.
       if (!leading) resumed = false;
     },
   });
@@ -80,7 +130,7 @@ export async function createRemediation(runtime: Runtime, opts: { label?: string
     config,
     store,
     handlers,
-    ctx: { config, cluster: runtime.cluster, redis: runtime.redis, logger: log },
+    ctx: handlerContext(runtime, log),
     outbox,
     metrics,
     logger: log,
@@ -96,6 +146,7 @@ export async function createRemediation(runtime: Runtime, opts: { label?: string
     leader,
     handlers,
     kube,
+    instance,
     async start() {
       outbox.start();
       leader.start();

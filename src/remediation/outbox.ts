@@ -1,9 +1,24 @@
 /**
- * The escalation outbox: every page and every resolve is first written to the store, then
- * delivered to PagerDuty by one dispatcher. 429 / 5xx / network errors are retried with jittered
- * backoff (honouring Retry-After) for as long as it takes, across restarts; a 400 is a dead letter,
- * logged loudly and counted, never retried forever. Per dedup key, events go out in order, so a
- * resolve never overtakes its trigger.
+ * The escalation outbox: every page and every resolve is first written to the store, then delivered
+ * to PagerDuty by a dispatcher. The rules it keeps, and why:
+ *
+ * - Exactly one process sends a row. A dispatcher claims rows in the store (owner and expiry, in one
+ *   IMMEDIATE transaction) before it sends them and clears the claim with the outcome, so the service
+ *   and an on-call's CLI sharing a store never page twice. A claim left by a dead process expires.
+ * - In order per dedup key: only the oldest pending row of a key can be claimed, so a resolve never
+ *   reaches PagerDuty before its trigger, whoever sends them.
+ * - Within PagerDuty's rate: the Events API takes about 120 events a minute per routing key and
+ *   answers 429 beyond that. Each team (routing key) has a token bucket (`pagerduty.rateLimit`), and a
+ *   429 empties it.
+ * - Backoff per routing key, not per row: after a 429, 5xx or network error the team pauses (full
+ *   jitter, Retry-After honoured) and then sends one probe at a time. The first success ends the
+ *   pause for every row of the team, which go out at once within the rate limit — a row does not keep
+ *   its own grown backoff after PagerDuty is back.
+ * - Each outcome is written as its request completes: a slow answer holds back nothing else, and a
+ *   crash re-sends only what was in flight.
+ * - A 400 is a dead letter (logged loudly, counted), never retried forever.
+ * - An on-call can follow an outage: the first failure is logged, then a summary at most every
+ *   `pagerduty.retry.summarySeconds` (attempts, pages waiting, oldest, last error), then the recovery.
  */
 import { hostname } from 'node:os';
 import type { Counter } from 'prom-client';
@@ -12,8 +27,11 @@ import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import type { Store, OutboxRow } from '../store/store.js';
 import { backoffMs, sendEvent, type PagerDutyLink, type Severity } from '../integrations/pagerduty.js';
+import { safeMessage } from '../errors.js';
 import { escalationEvent, routeFor, type EscalationDetails, type Team } from './escalation.js';
+import { ownerAlive } from './owner.js';
 
+/** How often a dispatcher looks for rows queued by another process, and renews its heartbeat. */
 const POLL_MS = 5000;
 /** How long stop() lets a delivery under way finish before aborting it. */
 const STOP_GRACE_MS = 3000;
@@ -29,26 +47,57 @@ export interface EscalationRequest {
   class?: string;
 }
 
+export interface OutboxOptions {
+  /** This process, as it claims rows (see owner.ts). */
+  owner: string;
+  /** The service's dispatcher announces itself, so the CLI leaves delivery to it. */
+  announce?: boolean;
+}
+
+/** Per routing key: its token bucket, its pause after failures, and what the logs have said about it. */
+interface TeamState {
+  tokens: number;
+  refilledAt: number;
+  pausedUntil: number;
+  /** Consecutive failed attempts: the backoff exponent. */
+  failures: number;
+  failingSince: number | null;
+  failedAttempts: number;
+  lastError: string;
+  lastSummaryAt: number;
+  inFlight: number;
+}
+
 export class Outbox {
   private timer: NodeJS.Timeout | null = null;
-  private running: Promise<void> | null = null;
-  private again = false;
+  private heartbeatTimer: NodeJS.Timeout | null = null;
   private stopped = true;
-  private readonly abort = new AbortController();
+  private filling = false;
+  private again = false;
+  private abort = new AbortController();
+  private readonly inFlight = new Set<Promise<void>>();
+  private readonly teams = new Map<string, TeamState>();
   private readonly escalations: Counter<'team' | 'outcome'>;
+  private readonly ratePerMs: number;
+  private readonly burst: number;
+  private readonly claimMs: number;
 
   constructor(
     private readonly store: Store,
     private readonly config: Config['pagerduty'],
     metrics: Metrics,
     private readonly logger: Logger,
-    private readonly opts: { baseBackoffMs?: number; maxBackoffMs?: number } = {},
+    private readonly opts: OutboxOptions,
   ) {
     this.escalations = metrics.counter('dbpilot_escalations_total', 'PagerDuty delivery attempts by team and outcome (delivered, retried, dead_letter).', ['team', 'outcome']);
     const self = this;
     metrics.gauge('dbpilot_escalation_outbox_pending', 'Escalation events written to the outbox and not yet delivered to PagerDuty.', [], function () {
       this.set(self.store.outboxPending());
     });
+    this.ratePerMs = config.rateLimit.perMinute / 60_000;
+    this.burst = config.rateLimit.burst;
+    // Longer than any request may take: a claim must not expire while its request is still running.
+    this.claimMs = config.timeoutMs + 30_000;
   }
 
   private links(): PagerDutyLink[] {
@@ -58,7 +107,10 @@ export class Outbox {
     return links;
   }
 
-  /** Writes a page to the outbox and wakes the dispatcher. The routing key is never stored. */
+  /**
+   * Writes a page to the outbox and wakes the dispatcher. The routing key is never stored. A trigger
+   * still waiting for its dedup key is replaced rather than followed by a second one.
+   */
   trigger(req: EscalationRequest): number {
     const event = escalationEvent({
       team: req.team,
@@ -74,7 +126,7 @@ export class Outbox {
       timestamp: new Date().toISOString(),
     });
     const { routing_key: _omit, ...stored } = event;
-    const id = this.store.enqueue({ team: req.team, dedupKey: req.dedupKey, action: 'trigger', event: stored as Record<string, unknown> });
+    const id = this.store.enqueueTrigger({ team: req.team, dedupKey: req.dedupKey, event: stored as Record<string, unknown> });
     this.logger.info({ team: req.team, dedupKey: req.dedupKey, summary: req.summary }, 'escalation queued');
     // After the caller's transaction (a group commit of webhooks) has committed, never inside it.
     setImmediate(() => this.kick());
@@ -91,8 +143,26 @@ export class Outbox {
     return true;
   }
 
+  /** The live service dispatcher delivering this store's pages, if one is running (for the CLI). */
+  static liveDispatcher(store: Store, now: number = Date.now()): string | null {
+    return store.dispatchers(now - 3 * POLL_MS).find((d) => ownerAlive(d.owner))?.owner ?? null;
+  }
+
   start(): void {
+    if (!this.stopped) return;
     this.stopped = false;
+    this.abort = new AbortController();
+    if (this.opts.announce) {
+      this.store.heartbeat(this.opts.owner, Date.now());
+      this.heartbeatTimer = setInterval(() => {
+        try {
+          this.store.heartbeat(this.opts.owner, Date.now());
+        } catch (err) {
+          this.logger.warn({ err: safeMessage(err) }, 'outbox heartbeat could not be written');
+        }
+      }, POLL_MS);
+      this.heartbeatTimer.unref();
+    }
     this.kick();
   }
 
@@ -101,67 +171,135 @@ export class Outbox {
    * after PagerDuty received it would only make the next process send it again.
    */
   async stop(): Promise<void> {
+    if (this.stopped) return;
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.timer = null;
-    if (this.running) {
+    this.heartbeatTimer = null;
+    if (this.inFlight.size > 0) {
       const grace = new Promise<void>((resolve) => setTimeout(resolve, STOP_GRACE_MS).unref());
-      await Promise.race([this.running, grace]);
+      await Promise.race([Promise.allSettled([...this.inFlight]), grace]);
     }
     this.abort.abort();
-    await this.running;
+    await Promise.allSettled([...this.inFlight]);
+    try {
+      this.store.releaseClaims(this.opts.owner);
+      if (this.opts.announce) this.store.dispatcherGone(this.opts.owner);
+    } catch (err) {
+      this.logger.warn({ err: safeMessage(err) }, 'outbox claims could not be released; they expire on their own');
+    }
   }
 
-  /** Delivers everything due now; resolves when the pass is over (tests and shutdown use it). */
+  /**
+   * Delivers everything that may be sent now and waits for the answers (tests, the CLI). Waits for
+   * rate-limit tokens; does not wait out a backoff after failures.
+   */
   async flush(): Promise<void> {
-    this.kick();
-    while (this.running) await this.running;
+    for (;;) {
+      this.kick();
+      if (this.inFlight.size > 0) {
+        await Promise.allSettled([...this.inFlight]);
+        continue;
+      }
+      const wait = this.rateLimitedWaitMs();
+      if (wait === null || this.stopped) return;
+      await new Promise((r) => setTimeout(r, Math.max(wait, 5)));
+    }
+  }
+
+  /** How long until a team that has due rows and is only short of tokens may send again; null when none is. */
+  private rateLimitedWaitMs(): number | null {
+    const now = Date.now();
+    let wait: number | null = null;
+    for (const team of this.store.dueTeams(now)) {
+      const st = this.state(team, now);
+      if (st.pausedUntil > now || st.failures > 0) continue;
+      if (st.tokens >= 1) return 0;
+      const ms = Math.ceil((1 - st.tokens) / this.ratePerMs);
+      wait = wait === null ? ms : Math.min(wait, ms);
+    }
+    return wait;
+  }
+
+  private state(team: string, now: number): TeamState {
+    let st = this.teams.get(team);
+    if (!st) {
+      st = { tokens: this.burst, refilledAt: now, pausedUntil: 0, failures: 0, failingSince: null, failedAttempts: 0, lastError: '', lastSummaryAt: 0, inFlight: 0 };
+      this.teams.set(team, st);
+    } else {
+      st.tokens = Math.min(this.burst, st.tokens + (now - st.refilledAt) * this.ratePerMs);
+      st.refilledAt = now;
+    }
+    return st;
   }
 
   private kick(): void {
     if (this.stopped) return;
-    if (this.running) {
+    if (this.filling) {
       this.again = true;
       return;
     }
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = null;
-    this.running = this.pass()
-      .catch((err: unknown) => this.logger.error({ err: (err as Error).message }, 'outbox pass failed'))
-      .finally(() => {
-        this.running = null;
-        if (this.again) {
-          this.again = false;
-          this.kick();
-        } else {
-          this.schedule();
-        }
-      });
-  }
-
-  private schedule(): void {
-    if (this.stopped) return;
-    // Also polls every few seconds: a CLI process sharing the store may have queued events.
-    const due = this.store.nextOutboxDue() ?? Date.now() + POLL_MS;
-    const delay = Math.max(0, Math.min(due - Date.now(), POLL_MS));
-    this.timer = setTimeout(() => this.kick(), delay);
-    this.timer.unref();
-  }
-
-  private async pass(): Promise<void> {
-    for (;;) {
-      if (this.stopped) return;
-      const due = this.store.dueOutbox(Date.now());
-      if (due.length === 0) return;
-      // Different incidents in parallel; within one dedup key dueOutbox hands out one at a time.
-      // Each delivery returns its bookkeeping, written for the whole batch in one transaction.
-      const outcomes = await Promise.all(due.map((row) => this.deliver(row)));
-      this.store.transaction(() => outcomes.forEach((write) => write()));
+    this.filling = true;
+    try {
+      do {
+        this.again = false;
+        this.fill();
+      } while (this.again && !this.stopped);
+    } catch (err) {
+      this.logger.error({ err: safeMessage(err) }, 'outbox pass failed');
+      this.schedule(POLL_MS);
+    } finally {
+      this.filling = false;
     }
   }
 
-  /** Sends one event; returns the store update that records the outcome. */
-  private async deliver(row: OutboxRow): Promise<() => void> {
+  /** Claims and starts what each team may send now, then sleeps until the next thing can happen. */
+  private fill(): void {
+    const now = Date.now();
+    let wake = POLL_MS;
+    const concurrency = this.config.concurrency;
+    for (const team of this.store.dueTeams(now)) {
+      const st = this.state(team, now);
+      if (st.pausedUntil > now) {
+        wake = Math.min(wake, st.pausedUntil - now);
+        continue;
+      }
+      // After a failure, one probe at a time until PagerDuty takes an event again.
+      const room = concurrency - this.inFlight.size;
+      const n = st.failures > 0 ? (st.inFlight === 0 ? 1 : 0) : Math.min(Math.floor(st.tokens), room);
+      if (n <= 0) {
+        if (st.tokens < 1) wake = Math.min(wake, Math.ceil((1 - st.tokens) / this.ratePerMs));
+        continue;
+      }
+      for (const row of this.store.claimOutbox(this.opts.owner, team, now, now + this.claimMs, n)) {
+        st.tokens -= 1;
+        st.inFlight += 1;
+        const p: Promise<void> = this.deliver(row, st).finally(() => {
+          st.inFlight -= 1;
+          this.inFlight.delete(p);
+          this.kick();
+        });
+        this.inFlight.add(p);
+      }
+    }
+    const due = this.store.nextOutboxDue();
+    if (due !== null) wake = Math.min(wake, Math.max(0, due - now));
+    this.schedule(Math.max(wake, 5));
+  }
+
+  private schedule(delayMs: number): void {
+    if (this.stopped) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.kick();
+    }, delayMs);
+    this.timer.unref();
+  }
+
+  /** Sends one claimed row and writes its outcome at once. Never rejects. */
+  private async deliver(row: OutboxRow, st: TeamState): Promise<void> {
     const team = row.team as Team;
     let routingKey: string;
     try {
@@ -170,28 +308,87 @@ export class Outbox {
       // A configuration problem; retrying cannot fix it, and the page must not vanish silently.
       this.escalations.inc({ team, outcome: 'dead_letter' });
       this.logger.error({ team, dedupKey: row.dedupKey, err: (err as Error).message }, 'escalation cannot be delivered: dead letter');
-      return () => this.store.outboxDead(row.id, (err as Error).message);
+      this.write(() => this.store.outboxDead(row.id, (err as Error).message));
+      return;
     }
-    const result = await sendEvent({ ...(row.event as object), routing_key: routingKey } as never, {
-      url: this.config.url,
-      timeoutMs: this.config.timeoutMs,
-      signal: this.abort.signal,
-    });
+    let result: Awaited<ReturnType<typeof sendEvent>>;
+    try {
+      result = await sendEvent({ ...(row.event as object), routing_key: routingKey } as never, {
+        url: this.config.url,
+        timeoutMs: this.config.timeoutMs,
+        signal: this.abort.signal,
+      });
+    } catch (err) {
+      result = { outcome: 'retry', message: safeMessage(err) };
+    }
+    const now = Date.now();
     if (result.outcome === 'accepted') {
       this.escalations.inc({ team, outcome: 'delivered' });
       this.logger.info({ team, dedupKey: row.dedupKey, action: row.action, attempts: row.attempts + 1 }, 'escalation delivered');
-      return () => this.store.outboxDelivered(row.id);
-    } else if (result.outcome === 'retry') {
-      const wait = Math.max(result.retryAfterMs ?? 0, backoffMs(row.attempts + 1, { baseMs: this.opts.baseBackoffMs ?? 1000, maxMs: this.opts.maxBackoffMs ?? 300_000 }));
-      this.escalations.inc({ team, outcome: 'retried' });
-      if (row.attempts === 0 || row.attempts % 10 === 0) {
-        this.logger.warn({ team, dedupKey: row.dedupKey, status: result.httpStatus, err: result.message, retryInMs: wait }, 'PagerDuty unavailable, will retry');
-      }
-      return () => this.store.outboxRetry(row.id, Date.now() + wait, result.message);
-    } else {
-      this.escalations.inc({ team, outcome: 'dead_letter' });
-      this.logger.error({ team, dedupKey: row.dedupKey, status: result.httpStatus, err: result.message }, 'PagerDuty rejected the event: dead letter');
-      return () => this.store.outboxDead(row.id, result.message);
+      this.write(() => this.store.outboxDelivered(row.id));
+      if (st.failures > 0 || st.failingSince !== null) this.recovered(team, st, now);
+      return;
     }
+    if (result.outcome === 'retry') {
+      st.failures += 1;
+      const wait = Math.max(result.retryAfterMs ?? 0, backoffMs(st.failures, { baseMs: this.config.retry.baseMs, maxMs: this.config.retry.maxMs }));
+      st.pausedUntil = Math.max(st.pausedUntil, now + wait);
+      if (result.httpStatus === 429) st.tokens = 0;
+      this.escalations.inc({ team, outcome: 'retried' });
+      this.write(() => this.store.outboxRetry(row.id, st.pausedUntil, result.message));
+      this.failed(team, st, now, result.httpStatus, result.message, wait);
+      return;
+    }
+    this.escalations.inc({ team, outcome: 'dead_letter' });
+    this.logger.error({ team, dedupKey: row.dedupKey, status: result.httpStatus, err: result.message }, 'PagerDuty rejected the event: dead letter');
+    this.write(() => this.store.outboxDead(row.id, result.message));
+  }
+
+  private write(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      // The store is gone (shutdown): the claim expires and the next dispatcher sends the row again.
+      this.logger.error({ err: safeMessage(err) }, 'could not record a delivery outcome');
+    }
+  }
+
+  private failed(team: string, st: TeamState, now: number, status: number | undefined, message: string, retryInMs: number): void {
+    st.failedAttempts += 1;
+    st.lastError = message;
+    if (st.failingSince === null) {
+      st.failingSince = now;
+      st.lastSummaryAt = now;
+      this.logger.warn({ team, status, err: message, retryInMs, pending: this.store.pendingForTeam(team).count }, 'PagerDuty delivery failing: pages wait in the outbox and are retried');
+      return;
+    }
+    if (now - st.lastSummaryAt >= this.config.retry.summarySeconds * 1000) {
+      st.lastSummaryAt = now;
+      const pending = this.store.pendingForTeam(team);
+      this.logger.warn(
+        {
+          team,
+          failedAttempts: st.failedAttempts,
+          failingForSeconds: Math.round((now - st.failingSince) / 1000),
+          pending: pending.count,
+          oldestQueuedAt: pending.oldest,
+          lastError: st.lastError,
+          retryInMs,
+        },
+        'PagerDuty delivery still failing',
+      );
+    }
+  }
+
+  private recovered(team: string, st: TeamState, now: number): void {
+    const released = this.store.releaseBackoff(team, now);
+    this.logger.info(
+      { team, failedAttempts: st.failedAttempts, failedForSeconds: st.failingSince === null ? 0 : Math.round((now - st.failingSince) / 1000), released },
+      'PagerDuty delivery recovered: waiting pages go out now',
+    );
+    st.failures = 0;
+    st.failingSince = null;
+    st.failedAttempts = 0;
+    st.pausedUntil = 0;
   }
 }

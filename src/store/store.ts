@@ -8,7 +8,7 @@
  * Secrets never enter the store: outbox rows hold the team, never the routing key (it is looked up
  * from the configuration at send time).
  */
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
@@ -64,6 +64,18 @@ export interface StepRow {
   attempts: number;
 }
 
+export interface PageMember {
+  dedupKey: string;
+  fingerprint: string;
+  startsAt: string;
+  alertname: string;
+  runId: string | null;
+  reason: string | null;
+  labels: Record<string, string>;
+  addedAt: string;
+  resolvedAt: string | null;
+}
+
 export interface OutboxRow {
   id: number;
   team: string;
@@ -76,6 +88,7 @@ export interface OutboxRow {
   lastError: string | null;
   createdAt: string;
   deliveredAt: string | null;
+  claimedBy: string | null;
 }
 
 const MIGRATIONS: string[] = [
@@ -141,6 +154,27 @@ const MIGRATIONS: string[] = [
   // runs per fingerprint (a resolved alert): without these, every new alert scanned the whole history.
   `CREATE INDEX outbox_key ON outbox(dedup_key, status, id);
    CREATE INDEX runs_fingerprint ON runs(fingerprint, status);`,
+  // Exactly one process delivers each row: a row is claimed (owner, until) before it is sent, and the
+  // claim is cleared with its outcome. A claim left by a process that died expires, and the row is sent
+  // by the next dispatcher. The dispatchers table tells the CLI whether a live service delivers pages.
+  // Page members: the alerts one grouped page lists, so the page resolves when the last of them does.
+  `ALTER TABLE outbox ADD COLUMN claimed_by TEXT;
+   ALTER TABLE outbox ADD COLUMN claim_until INTEGER;
+   CREATE INDEX outbox_team ON outbox(team, status, next_attempt_at);
+   CREATE TABLE dispatchers (owner TEXT PRIMARY KEY, heartbeat_at INTEGER NOT NULL);
+   CREATE TABLE page_members (
+     dedup_key TEXT NOT NULL,
+     fingerprint TEXT NOT NULL,
+     starts_at TEXT NOT NULL,
+     alertname TEXT NOT NULL,
+     run_id TEXT,
+     reason TEXT,
+     labels TEXT NOT NULL DEFAULT '{}',
+     added_at TEXT NOT NULL,
+     resolved_at TEXT,
+     PRIMARY KEY (dedup_key, fingerprint, starts_at)
+   );
+   CREATE INDEX page_members_fingerprint ON page_members(fingerprint, resolved_at);`,
 ];
 
 const now = () => new Date().toISOString();
@@ -203,7 +237,41 @@ function toOutbox(r: Record<string, unknown>): OutboxRow {
     lastError: (r.last_error as string | null) ?? null,
     createdAt: r.created_at as string,
     deliveredAt: (r.delivered_at as string | null) ?? null,
+    claimedBy: (r.claimed_by as string | null) ?? null,
   };
+}
+
+function toMember(r: Record<string, unknown>): PageMember {
+  return {
+    dedupKey: r.dedup_key as string,
+    fingerprint: r.fingerprint as string,
+    startsAt: r.starts_at as string,
+    alertname: r.alertname as string,
+    runId: (r.run_id as string | null) ?? null,
+    reason: (r.reason as string | null) ?? null,
+    labels: (parse(r.labels) as Record<string, string>) ?? {},
+    addedAt: r.added_at as string,
+    resolvedAt: (r.resolved_at as string | null) ?? null,
+  };
+}
+
+export interface RunFilter {
+  alertname?: string;
+  fingerprint?: string;
+  status?: string;
+  handler?: string;
+}
+
+function runWhere(filter: RunFilter): { where: string; params: Record<string, unknown> } {
+  const where: string[] = [];
+  const params: Record<string, unknown> = {};
+  for (const k of ['alertname', 'fingerprint', 'status', 'handler'] as const) {
+    if (filter[k] !== undefined) {
+      where.push(`${k} = @${k}`);
+      params[k] = filter[k];
+    }
+  }
+  return { where: where.length ? `WHERE ${where.join(' AND ')}` : '', params };
 }
 
 export interface NewRun {
@@ -229,9 +297,28 @@ export function isStoreError(err: unknown): boolean {
 export class Store {
   private readonly db: Database.Database;
 
-  constructor(readonly path: string) {
+  /**
+   * Opens (and creates or migrates) the store. `readonly`: for commands that only read (`dbpilot
+   * audit`): the file must exist, nothing is created, migrated or written.
+   */
+  constructor(
+    readonly path: string,
+    opts: { readonly?: boolean } = {},
+  ) {
     let db: Database.Database | undefined;
     try {
+      if (opts.readonly) {
+        if (path === ':memory:' || !existsSync(path)) {
+          throw new DbpilotError('DBPILOT_STORE_NOT_FOUND', `no store at ${path}: nothing has been recorded there (store.path)`);
+        }
+        db = new Database(path, { readonly: true, fileMustExist: true });
+        db.pragma('busy_timeout = 5000');
+        this.db = db;
+        const v = (db.prepare('SELECT max(version) AS v FROM schema_migrations').get() as { v: number | null }).v ?? 0;
+        if (v > MIGRATIONS.length) throw new DbpilotError('DBPILOT_STORE_TOO_NEW', `the store at ${path} has schema version ${v}; this dbpilot knows ${MIGRATIONS.length}`);
+        if (v < MIGRATIONS.length) throw new DbpilotError('DBPILOT_STORE_TOO_OLD', `the store at ${path} has schema version ${v}; start \`dbpilot serve\` once to migrate it`);
+        return;
+      }
       if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
       db = new Database(path);
       db.pragma('journal_mode = WAL');
@@ -344,17 +431,20 @@ export class Store {
     return this.stmt(`UPDATE runs SET ${sets.join(', ')} WHERE id = @id${where}`).run(params).changes === 1;
   }
 
-  listRuns(filter: { alertname?: string; fingerprint?: string; status?: string; handler?: string; limit?: number } = {}): RunRow[] {
-    const where: string[] = [];
-    const params: Record<string, unknown> = { limit: Math.min(Math.max(filter.limit ?? 100, 1), 1000) };
-    for (const k of ['alertname', 'fingerprint', 'status', 'handler'] as const) {
-      if (filter[k] !== undefined) {
-        where.push(`${k} = @${k}`);
-        params[k] = filter[k];
-      }
-    }
-    const sql = `SELECT * FROM runs ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, rowid DESC LIMIT @limit`;
+  /** The most runs one listing returns; more are read page by page (offset). */
+  static readonly MAX_LIST = 1000;
+
+  listRuns(filter: RunFilter & { limit?: number; offset?: number } = {}): RunRow[] {
+    const { where, params } = runWhere(filter);
+    params.limit = Math.min(Math.max(filter.limit ?? 100, 1), Store.MAX_LIST);
+    params.offset = Math.max(filter.offset ?? 0, 0);
+    const sql = `SELECT * FROM runs ${where} ORDER BY created_at DESC, rowid DESC LIMIT @limit OFFSET @offset`;
     return (this.stmt(sql).all(params) as Record<string, unknown>[]).map(toRun);
+  }
+
+  countRuns(filter: RunFilter = {}): number {
+    const { where, params } = runWhere(filter);
+    return (this.stmt(`SELECT count(*) AS n FROM runs ${where}`).get(params) as { n: number }).n;
   }
 
   /** Runs of this alert occurrence still waiting or running (a resolved alert cancels those waiting). */
@@ -468,42 +558,108 @@ export class Store {
   }
 
   /**
+   * A trigger that supersedes the trigger still waiting for the same dedup key (nobody is sending
+   * it): the waiting row takes the new event instead of a second row being queued, so a storm of
+   * updates to one incident reaches PagerDuty as its latest state, once. Returns the row id.
+   */
+  enqueueTrigger(e: { team: string; dedupKey: string; event: Record<string, unknown> }, nowMs: number = Date.now()): number {
+    if ('routing_key' in e.event) throw new DbpilotError('DBPILOT_STORE_SECRET', 'outbox events must not carry the routing key');
+    const last = this.stmt(`SELECT id, action, claim_until FROM outbox WHERE dedup_key = ? AND status = 'pending' ORDER BY id DESC LIMIT 1`)
+      .get(e.dedupKey) as { id: number; action: string; claim_until: number | null } | undefined;
+    if (last && last.action === 'trigger' && (last.claim_until === null || last.claim_until < nowMs)) {
+      this.stmt(`UPDATE outbox SET event = ?, team = ? WHERE id = ?`).run(JSON.stringify(e.event), e.team, last.id);
+      return last.id;
+    }
+    return this.enqueue({ ...e, action: 'trigger' });
+  }
+
+  /** Head-of-queue rows (the oldest pending row of each dedup key) that are due and not claimed by a live claim. */
+  private static readonly CLAIMABLE = `o.status = 'pending' AND o.next_attempt_at <= @now
+      AND (o.claim_until IS NULL OR o.claim_until < @now)
+      AND o.id = (SELECT min(id) FROM outbox p WHERE p.dedup_key = o.dedup_key AND p.status = 'pending')`;
+
+  /**
    * Pending events that are due, at most one per dedup key (the oldest), so a resolve is never
    * delivered before the trigger it resolves.
    */
   dueOutbox(nowMs: number, limit = 50): OutboxRow[] {
-    return (
-      this.stmt(
-          `SELECT o.* FROM outbox o
-           WHERE o.status = 'pending' AND o.next_attempt_at <= ?
-             AND o.id = (SELECT min(id) FROM outbox p WHERE p.dedup_key = o.dedup_key AND p.status = 'pending')
-           ORDER BY o.id LIMIT ?`,
-        )
-        .all(nowMs, limit) as Record<string, unknown>[]
-    ).map(toOutbox);
+    return (this.stmt(`SELECT o.* FROM outbox o WHERE ${Store.CLAIMABLE} ORDER BY o.id LIMIT @limit`).all({ now: nowMs, limit }) as Record<string, unknown>[]).map(
+      toOutbox,
+    );
+  }
+
+  /** Teams that have a due, unclaimed event. */
+  dueTeams(nowMs: number): string[] {
+    return (this.stmt(`SELECT DISTINCT o.team FROM outbox o WHERE ${Store.CLAIMABLE}`).all({ now: nowMs }) as { team: string }[]).map((r) => r.team);
+  }
+
+  /**
+   * Claims up to `limit` due events of one team for `owner` until `untilMs`, oldest first, in one
+   * IMMEDIATE transaction: two processes can never claim the same row. The claim is what makes a
+   * delivery exactly one process's job; it is cleared with the outcome.
+   */
+  claimOutbox(owner: string, team: string, nowMs: number, untilMs: number, limit: number): OutboxRow[] {
+    if (limit <= 0) return [];
+    return this.db.transaction(() => {
+      const rows = (
+        this.stmt(`SELECT o.* FROM outbox o WHERE o.team = @team AND ${Store.CLAIMABLE} ORDER BY o.id LIMIT @limit`).all({ team, now: nowMs, limit }) as Record<
+          string,
+          unknown
+        >[]
+      ).map(toOutbox);
+      const claim = this.stmt(`UPDATE outbox SET claimed_by = ?, claim_until = ? WHERE id = ?`);
+      for (const r of rows) {
+        claim.run(owner, untilMs, r.id);
+        r.claimedBy = owner;
+      }
+      return rows;
+    }).immediate();
   }
 
   outboxDelivered(id: number): void {
-    this.stmt(`UPDATE outbox SET status = 'delivered', attempts = attempts + 1, delivered_at = ?, last_error = NULL WHERE id = ?`).run(now(), id);
+    this.stmt(`UPDATE outbox SET status = 'delivered', attempts = attempts + 1, delivered_at = ?, last_error = NULL, claimed_by = NULL, claim_until = NULL WHERE id = ?`).run(
+      now(),
+      id,
+    );
   }
 
   outboxRetry(id: number, nextAttemptAt: number, error: string): void {
-    this.stmt(`UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?`).run(nextAttemptAt, error, id);
+    this.stmt(`UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, claimed_by = NULL, claim_until = NULL WHERE id = ?`).run(
+      nextAttemptAt,
+      error,
+      id,
+    );
   }
 
   outboxDead(id: number, error: string): void {
-    this.stmt(`UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ? WHERE id = ?`).run(error, id);
+    this.stmt(`UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ?, claimed_by = NULL, claim_until = NULL WHERE id = ?`).run(error, id);
+  }
+
+  /** Gives back the claims of `owner` (a dispatcher stopping with rows it did not send). */
+  releaseClaims(owner: string): void {
+    this.stmt(`UPDATE outbox SET claimed_by = NULL, claim_until = NULL WHERE claimed_by = ? AND status = 'pending'`).run(owner);
+  }
+
+  /** Once PagerDuty takes a team's events again, everything of that team waiting out a backoff is due now. */
+  releaseBackoff(team: string, nowMs: number): number {
+    return this.stmt(`UPDATE outbox SET next_attempt_at = ? WHERE team = ? AND status = 'pending' AND next_attempt_at > ?`).run(nowMs, team, nowMs).changes;
   }
 
   outboxPending(): number {
     return (this.stmt(`SELECT count(*) AS n FROM outbox WHERE status = 'pending'`).get() as { n: number }).n;
   }
 
+  /** Pending events of one team, and when the oldest of them was queued. */
+  pendingForTeam(team: string): { count: number; oldest: string | null } {
+    const r = this.stmt(`SELECT count(*) AS n, min(created_at) AS oldest FROM outbox WHERE team = ? AND status = 'pending'`).get(team) as { n: number; oldest: string | null };
+    return { count: r.n, oldest: r.oldest };
+  }
+
   /** The earliest time a pending event is due, or null. */
   nextOutboxDue(): number | null {
     // Only the head of each dedup key's queue can be sent; a resolve waiting behind a trigger in backoff is not due.
     const r = this.stmt(
-        `SELECT min(o.next_attempt_at) AS t FROM outbox o
+        `SELECT min(max(o.next_attempt_at, coalesce(o.claim_until, 0))) AS t FROM outbox o
          WHERE o.status = 'pending' AND o.id = (SELECT min(id) FROM outbox p WHERE p.dedup_key = o.dedup_key AND p.status = 'pending')`,
       )
       .get() as { t: number | null };
@@ -522,6 +678,54 @@ export class Store {
     const r = this.stmt(`SELECT team, action FROM outbox WHERE dedup_key = ? AND status <> 'dead' ORDER BY id DESC LIMIT 1`)
       .get(dedupKey) as { team: string; action: string } | undefined;
     return r && r.action === 'trigger' ? { team: r.team } : null;
+  }
+
+  // ---- dispatchers ----
+
+  /** A dispatcher (the service's outbox) says it is alive and delivering. */
+  heartbeat(owner: string, nowMs: number): void {
+    this.stmt(`INSERT INTO dispatchers (owner, heartbeat_at) VALUES (?, ?) ON CONFLICT(owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at`).run(owner, nowMs);
+  }
+
+  dispatcherGone(owner: string): void {
+    this.stmt(`DELETE FROM dispatchers WHERE owner = ?`).run(owner);
+  }
+
+  /** Dispatchers that sent a heartbeat since `sinceMs`, newest first. */
+  dispatchers(sinceMs: number): { owner: string; heartbeatAt: number }[] {
+    return (this.stmt(`SELECT owner, heartbeat_at FROM dispatchers WHERE heartbeat_at >= ? ORDER BY heartbeat_at DESC`).all(sinceMs) as { owner: string; heartbeat_at: number }[]).map(
+      (r) => ({ owner: r.owner, heartbeatAt: r.heartbeat_at }),
+    );
+  }
+
+  // ---- grouped pages ----
+
+  /** Adds alerts to the page `dedupKey` lists (a repeat of the same occurrence changes nothing). */
+  addPageMembers(dedupKey: string, members: { fingerprint: string; startsAt: string; alertname: string; runId: string | null; reason: string | null; labels: Record<string, string> }[]): void {
+    const ins = this.stmt(
+      `INSERT INTO page_members (dedup_key, fingerprint, starts_at, alertname, run_id, reason, labels, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT(dedup_key, fingerprint, starts_at) DO UPDATE SET resolved_at = NULL, run_id = coalesce(excluded.run_id, run_id), reason = excluded.reason`,
+    );
+    const t = now();
+    for (const m of members) ins.run(dedupKey, m.fingerprint, m.startsAt, m.alertname, m.runId, m.reason, JSON.stringify(m.labels), t);
+  }
+
+  /** The alerts a grouped page lists that have not resolved, oldest first. */
+  openPageMembers(dedupKey: string): PageMember[] {
+    return (this.stmt(`SELECT * FROM page_members WHERE dedup_key = ? AND resolved_at IS NULL ORDER BY added_at, rowid`).all(dedupKey) as Record<string, unknown>[]).map(toMember);
+  }
+
+  /**
+   * Marks the alert resolved in every grouped page that lists it; returns the pages of which it was
+   * the last open member (those pages can be resolved now).
+   */
+  resolvePageMember(fingerprint: string): string[] {
+    const keys = (
+      this.stmt(`UPDATE page_members SET resolved_at = ? WHERE fingerprint = ? AND resolved_at IS NULL RETURNING dedup_key`).all(now(), fingerprint) as { dedup_key: string }[]
+    ).map((r) => r.dedup_key);
+    return [...new Set(keys)].filter(
+      (k) => (this.stmt(`SELECT count(*) AS n FROM page_members WHERE dedup_key = ? AND resolved_at IS NULL`).get(k) as { n: number }).n === 0,
+    );
   }
 
   close(): void {

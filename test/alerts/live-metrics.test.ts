@@ -17,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
 import { startService, type Service } from '../../src/server.js';
-import { extendService } from '../../src/service.js';
+import { prepareService } from '../../src/service.js';
 import { PagerDutyStandin } from '../support/pagerduty-standin.js';
 import { startPgCluster, type PgCluster } from '../support/pg-cluster.js';
 import { startRedis, type RedisNode } from '../support/redis-server.js';
@@ -114,7 +114,7 @@ describe('every metric the rules and the dashboard query is exposed by a live db
       {},
     );
     const logger = createLogger('info', { write: (s: string) => void logLines.push(s) });
-    service = await startService(config, logger, (runtime) => extendService(runtime));
+    service = await startService(config, logger, (runtime) => prepareService(runtime));
     base = `http://127.0.0.1:${service.address.port}`;
   });
 

@@ -17,7 +17,8 @@ import { PagerDutyStandin } from '../support/pagerduty-standin.js';
 import { TEAM_KEYS, createSlowQueryDb, freshFingerprint, payload, startRemediation, until, type SlowQueryDb, type SlowSession } from '../support/remediation.js';
 
 const BIN = fileURLToPath(new URL('../../bin/dbpilot.js', import.meta.url));
-const SLOW = { thresholdSeconds: 0.2, graceSeconds: 2, diagnosticTables: [] };
+// maxAttempts high: every test acts on the same database, and the attempt limit is not what these tests are about.
+const SLOW = { thresholdSeconds: 0.2, graceSeconds: 2, diagnosticTables: [], maxAttempts: 100 };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Result {
@@ -209,6 +210,22 @@ describe('dbpilot remediate', () => {
 });
 
 describe('dbpilot audit', () => {
+  // Its own runs, so it does not depend on what the other describes ran before it.
+  beforeAll(async () => {
+    const h = await startRemediation({ mode: 'auto', storePath, pagerduty: pd, config: { handlers: { 'slow-queries': { ...SLOW, cooldownSeconds: 0 } } } });
+    try {
+      const s = await slowQuery();
+      expect((await h.engine.runManual('slow-queries', { datname: db.name }, 'manual'))?.status).toBe('succeeded');
+      expect(await s.done).toBe('cancelled');
+      const again = await slowQuery();
+      expect((await h.engine.runManual('slow-queries', { datname: db.name }, 'dry-run'))?.status).toBe('dry_run');
+      await again.end();
+      expect((await h.engine.runManual('slow-queries', { datname: db.name }, 'dry-run'))?.status).toBe('dry_run');
+    } finally {
+      await h.close();
+    }
+  });
+
   it('lists runs newest first, as a table and as JSON with steps, outputs and checks', async () => {
     const runs = readStore((st) => st.listRuns());
     expect(runs.length).toBeGreaterThanOrEqual(3);
@@ -228,7 +245,7 @@ describe('dbpilot audit', () => {
   });
 
   it('filters by status and alert name, limits, and shows one run by id', async () => {
-    const filtered = await dbpilot('audit', '--json', '--status', 'dry_run', '--alertname', 'manual:slow-queries', '-n', '5');
+    const filtered = await dbpilot('audit', '--json', '--status', 'dry_run', '--alertname', 'manual:slow-queries', '-n', '1');
     expect(filtered.code, filtered.stderr).toBe(0);
     expect((JSON.parse(filtered.stdout) as { status: string; alertname: string }[]).map((r) => [r.status, r.alertname])).toEqual([['dry_run', 'manual:slow-queries']]);
 
@@ -241,6 +258,73 @@ describe('dbpilot audit', () => {
     const missing = await dbpilot('audit', '00000000-0000-0000-0000-000000000000');
     expect(missing.code).toBe(2);
     expect(missing.stderr).toContain('dbpilot: no remediation run 00000000-0000-0000-0000-000000000000 [DBPILOT_RUN_NOT_FOUND]');
+  });
+});
+
+describe('dbpilot audit: output and side effects', () => {
+  it('pages through the runs instead of silently stopping at 1,000, and refuses a limit above it', async () => {
+    const total = readStore((st) => st.countRuns());
+    expect(total).toBeGreaterThanOrEqual(3);
+    const page = await dbpilot('audit', '-n', '2');
+    expect(page.code, page.stderr).toBe(0);
+    expect(page.stdout).toContain(`showing 1–2 of ${total} runs; next page: --offset 2`);
+    const next = await dbpilot('audit', '--json', '-n', '2', '--offset', '2');
+    const ids = (JSON.parse(next.stdout) as { id: string }[]).map((r) => r.id);
+    expect(ids).toEqual(readStore((st) => st.listRuns({ limit: 2, offset: 2 })).map((r) => r.id));
+    const tooMany = await dbpilot('audit', '-n', '100000');
+    expect(tooMany.code).toBe(2);
+    expect(tooMany.stderr).toContain('dbpilot: --limit must be a whole number from 0 to 1000 (got "100000"); page with --offset [DBPILOT_BAD_ARGUMENT]');
+    expect(tooMany.stdout).toBe('');
+  });
+
+  it('shows control characters of label values escaped, never raw to the terminal', async () => {
+    const evil = 'Evil\u001b[2J\u001b[1;1H\u0007\rcleared';
+    const h = await startRemediation({ storePath, pagerduty: pd });
+    try {
+      expect((await h.webhook(payload([{ labels: { alertname: evil, remediation: 'not-a-handler' }, fingerprint: freshFingerprint() }]))).statusCode).toBe(202);
+      await h.settle();
+    } finally {
+      await h.close();
+    }
+    const t = await dbpilot('audit', '-n', '1');
+    expect(t.code, t.stderr).toBe(0);
+    expect(t.stdout).not.toMatch(/[\u0000-\u0008\u000b-\u001f\u007f]/);
+    expect(t.stdout).toContain('Evil\\x1b[2J\\x1b[1;1H\\x07\\rcleared');
+  });
+
+  it('reads the store and nothing else: no outbox, no page sent, no paging warning', async () => {
+    // A page waiting in the outbox, PagerDuty up: a dispatcher would send it at once.
+    const key = `dbpilot/AuditReadsOnly/${freshFingerprint()}`;
+    readStore((st) => st.enqueue({ team: 'devops', dedupKey: key, action: 'trigger', event: { event_action: 'trigger', dedup_key: key, payload: { summary: 'x', source: 'x', severity: 'info' } } }));
+    writeFileSync(configPath, stringify({ mode: 'dry-run', handlers: { 'slow-queries': SLOW }, pagerduty: { url: pd.url } })); // no routes
+    try {
+      const before = pd.requests.length;
+      for (const args of [['audit'], ['audit', '--json'], ['plan', 'slow-queries', '--database', db.name]]) {
+        const r = await dbpilot(...args);
+        expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+        expect(r.stderr, args.join(' ')).toBe('');
+      }
+      expect(pd.requests.length - before).toBe(0);
+      expect(readStore((st) => st.outbox().find((o) => o.dedupKey === key)?.status)).toBe('pending');
+    } finally {
+      writeFileSync(
+        configPath,
+        stringify({
+          mode: 'dry-run',
+          handlers: { 'slow-queries': SLOW },
+          pagerduty: { url: pd.url, routes: TEAM_KEYS, source: 'dbpilot-cli-test', timeoutMs: 2000, retry: { baseMs: 20, maxMs: 200 } },
+        }),
+      );
+      readStore((st) => st.outboxDead(st.outbox().find((o) => o.dedupKey === key)!.id, 'test row'));
+    }
+  });
+
+  it('a dry-run that found nothing to do is recorded as a dry-run, not as succeeded', async () => {
+    const r = await dbpilot('remediate', 'slow-queries', '--database', db.name);
+    expect(r.code, r.stderr).toBe(0);
+    const [run] = readStore((st) => st.listRuns({ limit: 1 }));
+    expect(run).toMatchObject({ status: 'dry_run', mode: 'dry-run', origin: 'cli' });
+    expect(run!.reason).toMatch(/^dry-run: nothing to do: no query in /);
   });
 });
 
@@ -281,7 +365,7 @@ describe('dbpilot approve', () => {
     expect(r.stdout).toMatch(new RegExp(`^run ${id}  slow-queries  succeeded  target `));
     expect(r.stdout).toContain('[done] cancelBackends');
     expect(await s.done).toBe('cancelled');
-    expect(readStore((st) => st.getRun(id))).toMatchObject({ status: 'succeeded', approvedBy: userInfo().username });
+    expect(readStore((st) => st.getRun(id))).toMatchObject({ status: 'succeeded', approvedBy: `cli:${userInfo().username}` });
     // The child's own outbox delivered the resolve before it exited.
     expect(pd.acceptedCount(dedupKey, 'resolve')).toBe(1);
     const resolve = pd.accepted.find((e) => e.dedupKey === dedupKey && e.action === 'resolve')!;
@@ -290,5 +374,37 @@ describe('dbpilot approve', () => {
     const twice = await dbpilot('approve', id);
     expect(twice.code).toBe(2);
     expect(twice.stderr).toContain(`dbpilot: run ${id} is succeeded, not awaiting approval [DBPILOT_RUN_NOT_WAITING]`);
+  });
+
+  it('leaves the pages it queued to the running service on the same store: each is delivered once, by the service', async () => {
+    const s = await slowQuery();
+    const fp = freshFingerprint();
+    const dedupKey = `dbpilot/PostgresLongRunningQueries/${fp}`;
+    writeFileSync(
+      configPath,
+      stringify({
+        mode: 'dry-run',
+        handlers: { 'slow-queries': { ...SLOW, cooldownSeconds: 0 } },
+        pagerduty: { url: pd.url, routes: TEAM_KEYS, source: 'dbpilot-cli-test', timeoutMs: 2000, retry: { baseMs: 20, maxMs: 200 } },
+      }),
+    );
+    const h = await startRemediation({ mode: 'approve', storePath, pagerduty: pd, config: { handlers: { 'slow-queries': { ...SLOW, cooldownSeconds: 0 } } } });
+    try {
+      await h.webhook(payload([{ labels: { alertname: 'PostgresLongRunningQueries', remediation: 'slow-queries', team: 'oncall-backend', server: db.server, datname: db.name }, fingerprint: fp }]));
+      await h.engine.idle();
+      const [waiting] = h.store.listRuns({ fingerprint: fp });
+      await until(() => pd.acceptedCount(dedupKey, 'trigger') === 1, 'the approval page');
+      const r = await dbpilot('approve', waiting!.id);
+      expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+      expect(await s.done).toBe('cancelled');
+      expect(r.stderr).toMatch(/^dbpilot: 1 page\(s\) waiting in the outbox are delivered by the running service \(test\/\d+\/[0-9a-f]{8}\)$/m);
+      await until(() => pd.acceptedCount(dedupKey, 'resolve') === 1, 'the service to deliver the resolve the CLI queued', 15_000);
+      // The stand-in counts the event before its answer reaches the service: wait for the service to log it.
+      await until(() => h.log.find('escalation delivered').some((e) => e.dedupKey === dedupKey && e.action === 'resolve'), 'the service to record the delivery');
+      expect(h.log.find('escalation delivered').filter((e) => e.dedupKey === dedupKey && e.action === 'resolve')).toHaveLength(1);
+    } finally {
+      await h.close();
+    }
+    expect(pd.acceptedCount(dedupKey, 'resolve')).toBe(1);
   });
 });

@@ -31,7 +31,8 @@ import { parseConfig } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
 import type { RunRow } from '../../src/store/store.js';
 import { startService, type Service } from '../../src/server.js';
-import { extendService } from '../../src/service.js';
+import { prepareService } from '../../src/service.js';
+import { groupDedupKey } from '../../src/remediation/pages.js';
 import { REPO_ROOT, RULES_FILE } from '../alerts/promql.js';
 import { PagerDutyStandin, type AcceptedEvent } from '../support/pagerduty-standin.js';
 import { startPgCluster, type PgCluster } from '../support/pg-cluster.js';
@@ -251,6 +252,7 @@ function localiseAlertmanagerConfig(
 interface WebhookArrival {
   at: number;
   status: string;
+  groupKey: string;
   alerts: { status: string; labels: Record<string, string>; fingerprint: string }[];
 }
 
@@ -389,11 +391,11 @@ describe('alert path: dbpilot → Prometheus → Alertmanager → dbpilot webhoo
   }
 
   /** The first webhook arrival after `since` that carries an alert named `alertname` with `status`. */
-  function arrival(alertname: string, status: 'firing' | 'resolved', since: number): { at: number; alert: WebhookArrival['alerts'][number] } | undefined {
+  function arrival(alertname: string, status: 'firing' | 'resolved', since: number): { at: number; groupKey: string; alert: WebhookArrival['alerts'][number] } | undefined {
     for (const a of arrivals) {
       if (a.at < since) continue;
       const alert = a.alerts.find((x) => x.labels.alertname === alertname && x.status === status);
-      if (alert) return { at: a.at, alert };
+      if (alert) return { at: a.at, groupKey: a.groupKey, alert };
     }
     return undefined;
   }
@@ -431,16 +433,20 @@ describe('alert path: dbpilot → Prometheus → Alertmanager → dbpilot webhoo
     );
     const logger = createLogger('info', { write: (s: string) => void writeFileSync(path.join(dir, 'dbpilot.log'), s, { flag: 'a' }) });
     service = await startService(config, logger, async (runtime) => {
-      const options = await extendService(runtime);
+      const prepared = await prepareService(runtime);
+      const { options } = prepared;
       return {
-        ...options,
-        extraRoutes: async (app: FastifyInstance) => {
-          app.addHook('preHandler', async (req) => {
-            if (req.method !== 'POST' || req.url !== '/alertmanager/webhook') return;
-            const body = req.body as Partial<WebhookArrival> | undefined;
-            arrivals.push({ at: Date.now(), status: String(body?.status), alerts: Array.isArray(body?.alerts) ? body.alerts : [] });
-          });
-          await options.extraRoutes?.(app);
+        start: prepared.start,
+        options: {
+          ...options,
+          extraRoutes: async (app: FastifyInstance) => {
+            app.addHook('preHandler', async (req) => {
+              if (req.method !== 'POST' || req.url !== '/alertmanager/webhook') return;
+              const body = req.body as Partial<WebhookArrival> | undefined;
+              arrivals.push({ at: Date.now(), status: String(body?.status), groupKey: String(body?.groupKey ?? ''), alerts: Array.isArray(body?.alerts) ? body.alerts : [] });
+            });
+            await options.extraRoutes?.(app);
+          },
         },
       };
     });
@@ -561,7 +567,8 @@ describe('alert path: dbpilot → Prometheus → Alertmanager → dbpilot webhoo
     expect(delay).toBeGreaterThanOrEqual(60_000);
     expect(delay).toBeLessThan(80_000);
     redisFingerprint = got.alert.fingerprint;
-    redisDedupKey = `dbpilot/RedisDown/${redisFingerprint}`;
+    // This build has no redis-failure handler: dbpilot only escalates, in its Alertmanager group's page.
+    redisDedupKey = groupDedupKey('devops', got.groupKey);
 
     // Through dbpilot: one run, escalated because this build has no redis-failure handler.
     const run = await until(async () => (await runs('RedisDown')).find((x) => x.fingerprint === redisFingerprint), 'the RedisDown run in /api/remediations', 10_000);
@@ -569,7 +576,7 @@ describe('alert path: dbpilot → Prometheus → Alertmanager → dbpilot webhoo
     expect(run).toMatchObject({ alertname: 'RedisDown', handler: 'redis-failure', status: 'escalated', origin: 'alertmanager' });
     expect(run.labels).toMatchObject({ alertname: 'RedisDown', team: 'devops', remediation: 'redis-failure', severity: 'critical' });
 
-    // dbpilot's page: the devops routing key, a trigger under the alert's dedup key.
+    // dbpilot's page: the devops routing key, a trigger under the group's dedup key, listing the run.
     const page = await until(
       () => pd.accepted.find((e) => e.dedupKey === redisDedupKey && e.action === 'trigger'),
       `the devops page ${redisDedupKey} at the PagerDuty stand-in`,
@@ -578,7 +585,7 @@ describe('alert path: dbpilot → Prometheus → Alertmanager → dbpilot webhoo
     expect(page.routingKey).toBe(TEAM_KEYS.devops);
     const payload = page.event.payload as { group?: string; severity?: string; custom_details?: Record<string, unknown> };
     expect(payload).toMatchObject({ group: 'devops', severity: 'critical' });
-    expect(payload.custom_details).toMatchObject({ team: 'devops', run: run.id, run_status: 'escalated' });
+    expect(payload.custom_details).toMatchObject({ team: 'devops', alerts: [expect.objectContaining({ fingerprint: redisFingerprint, run: run.id })] });
     expect(pd.accepted.filter((e: AcceptedEvent) => e.dedupKey === redisDedupKey)).toHaveLength(1);
   });
 
@@ -633,7 +640,7 @@ describe('alert path: dbpilot → Prometheus → Alertmanager → dbpilot webhoo
 
     const run = await until(async () => (await runs('PostgresPrimaryDown')).find((x) => x.fingerprint === got.alert.fingerprint), 'the PostgresPrimaryDown run', 10_000);
     expect(run).toMatchObject({ handler: 'primary-failover', status: 'escalated' });
-    const dedupKey = `dbpilot/PostgresPrimaryDown/${got.alert.fingerprint}`;
+    const dedupKey = groupDedupKey('lead-dba', got.groupKey);
     const page = await until(() => pd.accepted.find((e) => e.dedupKey === dedupKey && e.action === 'trigger'), `the lead-dba page ${dedupKey}`, 15_000);
     expect(page.routingKey).toBe(TEAM_KEYS['lead-dba']);
 

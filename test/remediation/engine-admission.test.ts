@@ -14,7 +14,7 @@ import Database from 'better-sqlite3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { K8sStandIn } from '../support/k8s-standin.js';
 import { PagerDutyStandin } from '../support/pagerduty-standin.js';
-import { freshFingerprint, gate, payload, scriptedHandler, startRemediation, until, type RemediationHarness } from '../support/remediation.js';
+import { freshFingerprint, gate, groupPageKey, payload, scriptedHandler, startRemediation, until, type RemediationHarness } from '../support/remediation.js';
 
 const pd = new PagerDutyStandin();
 const k8s = new K8sStandIn({ namespaces: ['dbpilot-admission'] });
@@ -62,7 +62,8 @@ describe('admission of a group commit', () => {
     h.remediation.handlers.register(handler);
     const [good1, bad, good2, other] = [redisAlert('r1'), redisAlert('bad'), redisAlert('r2'), redisAlert('r3')];
     // Two webhooks in flight together: both land in one group commit.
-    const [res1, res2] = await Promise.all([h.webhook(payload([good1, bad, good2])), h.webhook(payload([other]))]);
+    const withBad = payload([good1, bad, good2]);
+    const [res1, res2] = await Promise.all([h.webhook(withBad), h.webhook(payload([other]))]);
     expect([res1.statusCode, res2.statusCode], `${res1.body} ${res2.body}`).toEqual([202, 202]);
     await h.settle();
 
@@ -74,15 +75,73 @@ describe('admission of a group commit', () => {
     expect(more).toEqual([]);
     expect(refused).toMatchObject({ status: 'escalated', handler: 'redis-failure', target: '-', reason: 'refused: cannot name the target of this alert' });
     expect(handler.executed.filter((e) => e.startsWith(bad.fingerprint))).toEqual([]);
-    await until(() => pd.acceptedCount(`dbpilot/RedisDown/${bad.fingerprint}`, 'trigger') === 1, 'the refusal to be paged');
-    const page = pd.accepted.find((e) => e.dedupKey === `dbpilot/RedisDown/${bad.fingerprint}`)!;
-    expect(JSON.stringify(page.event)).toContain('cannot name the target of this alert');
+    // Refused alerts are paged in their Alertmanager group's page, which lists the alert and why.
+    const key = groupPageKey(withBad, 'devops');
+    await until(() => pd.acceptedCount(key, 'trigger') === 1, 'the refusal to be paged');
+    const page = pd.accepted.find((e) => e.dedupKey === key)!;
+    const listed = (page.event.payload as { custom_details: { alerts: { fingerprint: string; reason: string; run: string }[] } }).custom_details.alerts;
+    expect(listed).toEqual([expect.objectContaining({ fingerprint: bad.fingerprint, run: refused!.id, reason: 'refused: cannot name the target of this alert' })]);
     expect(await h.metric('dbpilot_remediations_total', { handler: 'redis-failure', outcome: 'escalated' })).toBe(1);
 
     // Alertmanager re-sends the same notification: the refusal is not recorded (nor paged) twice.
-    expect((await h.webhook(payload([bad]))).statusCode).toBe(202);
+    expect((await h.webhook(withBad)).statusCode).toBe(202);
     await h.settle();
     expect(h.store.listRuns({ fingerprint: bad.fingerprint })).toHaveLength(1);
+    expect(pd.acceptedCount(key, 'trigger')).toBe(1);
+  });
+});
+
+describe('a storm stays readable', () => {
+  it('one webhook of 5,000 alerts dbpilot only escalates: 5,000 runs, one page per team listing them, resolved with the group', async () => {
+    const h = await harness({ config: { webhook: { bodyLimitBytes: 16 * 1024 * 1024 } } });
+    const teams = ['devops', 'oncall-backend'] as const;
+    const alerts = Array.from({ length: 5000 }, (_, i) => ({
+      labels: { alertname: `StormAlert${i % 7}`, remediation: 'restart-it', team: teams[i % 2]!, severity: i === 4998 ? 'critical' : 'warning', instance: `i${i}` },
+      fingerprint: freshFingerprint(),
+    }));
+    const body = payload(alerts, { groupKey: '{}/{remediation!="none"}:{job="storm"}' });
+    expect((await h.webhook(body)).statusCode).toBe(202);
+    await h.settle();
+    expect(h.store.countRuns()).toBe(5000);
+    expect(h.store.countRuns({ status: 'escalated' })).toBe(5000);
+    const keys = teams.map((t) => groupPageKey(body, t));
+    await until(() => keys.every((k) => pd.acceptedCount(k, 'trigger') === 1), 'one page per team');
+    expect(pd.accepted.map((e) => e.action)).toEqual(['trigger', 'trigger']);
+    const page = pd.accepted.find((e) => e.dedupKey === keys[0])!.event.payload as { summary: string; severity: string; custom_details: { alerts: unknown[]; not_listed: number } };
+    expect(page.summary).toMatch(/^\[dbpilot\] 2500 alerts need a human: StormAlert/);
+    expect(page.custom_details.alerts).toHaveLength(50);
+    expect(page.custom_details.not_listed).toBe(2450);
+    expect(page.severity).toBe('critical'); // the worst of its alerts (i = 4998 pages devops)
+
+    // The group resolves: each page is resolved once, after its trigger.
+    const resolved = payload(alerts.map((a) => ({ ...a, status: 'resolved' as const })), { groupKey: body.groupKey });
+    expect((await h.webhook(resolved)).statusCode).toBe(202);
+    await h.settle();
+    await until(() => keys.every((k) => pd.acceptedCount(k, 'resolve') === 1), 'each page resolved');
+    for (const k of keys) expect(pd.accepted.filter((e) => e.dedupKey === k).map((e) => e.action)).toEqual(['trigger', 'resolve']);
+  });
+
+  it('a page still open grows with the alerts that join its group, and resolves only with the last of them', async () => {
+    const h = await harness();
+    const groupKey = '{}:{alertname="Unhandled"}';
+    const first = { labels: { alertname: 'Unhandled', remediation: 'restart-it', team: 'devops' }, fingerprint: freshFingerprint() };
+    const second = { labels: { alertname: 'Unhandled', remediation: 'restart-it', team: 'devops', instance: 'b' }, fingerprint: freshFingerprint() };
+    const b1 = payload([first], { groupKey });
+    const key = groupPageKey(b1, 'devops');
+    await h.webhook(b1);
+    await h.settle();
+    await until(() => pd.acceptedCount(key, 'trigger') === 1, 'the first page');
+    await h.webhook(payload([first, second], { groupKey }));
+    await h.settle();
+    await until(() => pd.acceptedCount(key, 'trigger') === 2, 'the page updated with the second alert');
+    const latest = pd.accepted.filter((e) => e.dedupKey === key).at(-1)!.event.payload as { custom_details: { alerts: { fingerprint: string }[] } };
+    expect(latest.custom_details.alerts.map((a) => a.fingerprint)).toEqual([first.fingerprint, second.fingerprint]);
+    await h.webhook(payload([{ ...first, status: 'resolved' }], { groupKey }));
+    await h.settle();
+    expect(pd.acceptedCount(key, 'resolve')).toBe(0);
+    await h.webhook(payload([{ ...second, status: 'resolved' }], { groupKey }));
+    await h.settle();
+    await until(() => pd.acceptedCount(key, 'resolve') === 1, 'the page resolved with the last alert');
   });
 });
 

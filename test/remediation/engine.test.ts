@@ -18,6 +18,7 @@ import {
   fixtureText,
   freshFingerprint,
   gate,
+  groupPageKey,
   payload,
   scriptedHandler,
   startRemediation,
@@ -30,7 +31,8 @@ import {
 
 const FIRING = 'alertmanager_webhook_firing.json';
 const RESOLVED = 'alertmanager_webhook_resolved.json';
-const FIXTURE_DEDUP_KEY = 'dbpilot/RedisDown/2e9b05394dada12d';
+/** The fixture's alert has no handler (remediation=restart-redis): it is paged in its Alertmanager group's page. */
+const FIXTURE_DEDUP_KEY = groupPageKey(fixtureText(FIRING), 'devops');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const pd = new PagerDutyStandin();
@@ -383,7 +385,8 @@ describe('escalation', () => {
     expect(p.group).toBe('devops');
     expect(p.source).toBe('dbpilot-test');
     expect(p.summary).toContain('RedisDown');
-    expect(p.custom_details).toMatchObject({ run: run.id, team: 'devops', escalate_to: 'DevOps engineer', tried: 'nothing: no handler for this alert' });
+    expect(p.custom_details).toMatchObject({ team: 'devops', escalate_to: 'DevOps engineer', tried: 'nothing: dbpilot does not act on these alerts' });
+    expect(p.custom_details.alerts).toEqual([expect.objectContaining({ alertname: 'RedisDown', fingerprint: '2e9b05394dada12d', run: run.id, reason: 'no handler named restart-redis is available' })]);
     expect(await h.metric('dbpilot_remediations_total', { handler: 'unknown', outcome: 'escalated' })).toBe(1);
     await until(async () => (await h.metric('dbpilot_escalations_total', { team: 'devops', outcome: 'delivered' })) === 1, 'the delivery to be counted');
 
@@ -398,16 +401,17 @@ describe('escalation', () => {
   it('the alert team label decides who is paged; an alert nobody knows goes to on-call backend', async () => {
     const h = await harness();
     const [f1, f2, f3] = [freshFingerprint(), freshFingerprint(), freshFingerprint()];
-    await fire(h, payload([{ labels: { alertname: 'PostgresDataCorruption', team: 'em-dba', severity: 'critical' }, fingerprint: f1 }]));
-    await fire(h, payload([{ labels: { alertname: 'SomethingNew', remediation: 'fix-it' }, fingerprint: f2 }]));
-    await fire(h, payload([{ labels: { alertname: 'PostgresPrimaryDownUnresolved', team: 'not-a-team' }, fingerprint: f3 }]));
-    expect(teamOfKey((await waitForPage(`dbpilot/PostgresDataCorruption/${f1}`)).routingKey)).toBe('em-dba');
-    const unknown = await waitForPage(`dbpilot/SomethingNew/${f2}`);
+    const b1 = payload([{ labels: { alertname: 'PostgresDataCorruption', team: 'em-dba', severity: 'critical' }, fingerprint: f1 }]);
+    const b2 = payload([{ labels: { alertname: 'SomethingNew', remediation: 'fix-it' }, fingerprint: f2 }]);
+    const b3 = payload([{ labels: { alertname: 'PostgresPrimaryDownUnresolved', team: 'not-a-team' }, fingerprint: f3 }]);
+    for (const b of [b1, b2, b3]) await fire(h, b);
+    expect(teamOfKey((await waitForPage(groupPageKey(b1, 'em-dba'))).routingKey)).toBe('em-dba');
+    const unknown = await waitForPage(groupPageKey(b2, 'oncall-backend'));
     expect(teamOfKey(unknown.routingKey)).toBe('oncall-backend');
     expect((unknown.event.payload as { severity: string }).severity).toBe('error');
     expect(onlyRun(h, f2).reason).toBe('no handler named fix-it is available');
     // An invalid team label falls back to the escalation table.
-    expect(teamOfKey((await waitForPage(`dbpilot/PostgresPrimaryDownUnresolved/${f3}`)).routingKey)).toBe('lead-dba');
+    expect(teamOfKey((await waitForPage(groupPageKey(b3, 'lead-dba'))).routingKey)).toBe('lead-dba');
   });
 
   it('remediation="none" is left to Alertmanager: nothing recorded, nobody paged twice', async () => {
@@ -486,10 +490,10 @@ describe('escalation', () => {
     ]);
     // Count the dispatcher's passes over one second of waiting: it has nothing it may send.
     let passes = 0;
-    const dueOutbox = h.store.dueOutbox.bind(h.store);
-    h.store.dueOutbox = (nowMs, limit) => {
+    const dueTeams = h.store.dueTeams.bind(h.store);
+    h.store.dueTeams = (nowMs) => {
       passes += 1;
-      return dueOutbox(nowMs, limit);
+      return dueTeams(nowMs);
     };
     await sleep(1000);
     expect(passes, 'dispatcher passes in 1 s while nothing is due').toBeLessThan(20);
@@ -502,10 +506,11 @@ describe('escalation', () => {
     const h = await harness();
     for (const alertname of ['constructor', 'toString', 'hasOwnProperty']) {
       const fp = freshFingerprint();
-      await fire(h, payload([{ labels: { alertname, remediation: 'restart-it' }, fingerprint: fp }]));
+      const body = payload([{ labels: { alertname, remediation: 'restart-it' }, fingerprint: fp }]);
+      await fire(h, body);
       expect(h.log.find('remediation failed unexpectedly').map((e) => e.err), alertname).toEqual([]);
       expect(h.store.listRuns({ fingerprint: fp }).map((r) => [r.alertname, r.status]), alertname).toEqual([[alertname, 'escalated']]);
-      await waitForPage(`dbpilot/${alertname}/${fp}`);
+      await waitForPage(groupPageKey(body, 'oncall-backend'));
     }
   });
 
@@ -513,8 +518,10 @@ describe('escalation', () => {
     const h = await harness();
     for (const severity of ['page', 'bogus', 'constructor', '__proto__', 'toString']) {
       const fp = freshFingerprint();
-      await fire(h, payload([{ labels: { alertname: 'RedisDown', remediation: 'restart-redis', severity }, fingerprint: fp }]));
-      const page = await waitForPage(`dbpilot/RedisDown/${fp}`, 'trigger', 1, 3000).catch(() => {
+      // Each in an Alertmanager group of its own, so each is a page of its own.
+      const body = payload([{ labels: { alertname: 'RedisDown', remediation: 'restart-redis', severity }, fingerprint: fp }], { groupKey: `{}:{alertname="RedisDown", severity=${JSON.stringify(severity)}}` });
+      await fire(h, body);
+      const page = await waitForPage(groupPageKey(body, 'devops'), 'trigger', 1, 3000).catch(() => {
         throw new Error(`severity label ${JSON.stringify(severity)}: no page reached PagerDuty (${JSON.stringify(h.store.outbox().map((o) => [o.status, o.lastError]))})`);
       });
       expect((page.event.payload as { severity: string }).severity, severity).toBe(severity === 'page' ? 'critical' : 'error');
@@ -532,7 +539,9 @@ describe('escalation', () => {
       expect(h.log.find('remediation failed unexpectedly').map((e) => e.err)).toEqual([]);
       const runs = h.store.listRuns({ fingerprint: fp });
       for (const run of runs.filter((r) => r.status === 'escalated')) {
-        await until(() => pd.accepted.some((e) => (e.event.payload as { custom_details?: { run?: string } } | undefined)?.custom_details?.run === run.id), `a page for run ${run.id}`, 3000);
+        const listed = (e: (typeof pd.accepted)[number]) =>
+          ((e.event.payload as { custom_details?: { alerts?: { run?: string }[]; run?: string } } | undefined)?.custom_details?.alerts ?? []).some((x) => x.run === run.id);
+        await until(() => pd.accepted.some((e) => listed(e) || (e.event.payload as { custom_details?: { run?: string } } | undefined)?.custom_details?.run === run.id), `a page for run ${run.id}`, 3000);
       }
     } else {
       expect(h.store.listRuns()).toEqual([]);

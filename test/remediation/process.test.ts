@@ -10,6 +10,8 @@
  * 3. Two processes on one Lease (Kubernetes stand-in): only the leader acts; the other answers 503
  *    DBPILOT_NOT_LEADER and takes over when the leader stops.
  */
+import { groupDedupKey } from '../../src/remediation/pages.js';
+import type { Team } from '../../src/remediation/escalation.js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -105,9 +107,11 @@ describe('dbpilot serve as a process', () => {
       fingerprint: fingerprint(),
       startsAt: new Date(Date.now() - 60_000).toISOString(),
     }));
-    const keys = alerts.map((a) => `dbpilot/${a.labels.alertname}/${a.fingerprint}`);
+    // Each alert in an Alertmanager group of its own (grouped by instance): each is a page of its own.
+    const groupOf = (a: (typeof alerts)[number]) => `{}:{alertname="RedisDown", instance="${a.labels.instance}"}`;
+    const keys = alerts.map((a) => groupDedupKey(a.labels.team as Team, groupOf(a)));
     for (const a of alerts) {
-      const res = await first.postWebhook(webhookPayload('firing', [a]));
+      const res = await first.postWebhook(webhookPayload('firing', [a], groupOf(a)));
       expect(res.status, JSON.stringify(res.body)).toBe(202);
     }
 
@@ -145,7 +149,7 @@ describe('dbpilot serve as a process', () => {
 
     // The alerts resolve: exactly one resolve each, after its trigger.
     for (const a of alerts) {
-      const res = await second.postWebhook(webhookPayload('resolved', [a]));
+      const res = await second.postWebhook(webhookPayload('resolved', [a], groupOf(a)));
       expect(res.status, JSON.stringify(res.body)).toBe(202);
     }
     await until(() => (keys.every((k) => pd.acceptedCount(k, 'resolve') >= 1) ? true : undefined), 10_000, 'a resolve for every page');

@@ -14,6 +14,7 @@ import {
   fixtureText,
   freshFingerprint,
   gate,
+  groupPageKey,
   payload,
   scriptedHandler,
   startRemediation,
@@ -23,7 +24,8 @@ import {
 
 const FIRING = 'alertmanager_webhook_firing.json';
 const RESOLVED = 'alertmanager_webhook_resolved.json';
-const FIXTURE_DEDUP_KEY = 'dbpilot/RedisDown/2e9b05394dada12d';
+/** The fixture's alert has no handler (remediation=restart-redis): it is paged in its Alertmanager group's page. */
+const FIXTURE_DEDUP_KEY = groupPageKey(fixtureText(FIRING), 'devops');
 
 const pd = new PagerDutyStandin();
 beforeAll(async () => {

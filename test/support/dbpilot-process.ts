@@ -276,8 +276,8 @@ export function fingerprint(): string {
   return randomBytes(8).toString('hex');
 }
 
-/** A webhook payload for `alerts`, all with the same status, as Alertmanager sends it. */
-export function webhookPayload(status: 'firing' | 'resolved', alerts: TestAlert[]): Record<string, unknown> {
+/** A webhook payload for `alerts`, all with the same status, as Alertmanager sends it (one group: `groupKey`). */
+export function webhookPayload(status: 'firing' | 'resolved', alerts: TestAlert[], groupKey?: string): Record<string, unknown> {
   const full = alerts.map((a) => {
     const startsAt = a.startsAt ?? new Date().toISOString();
     return {
@@ -304,7 +304,7 @@ export function webhookPayload(status: 'firing' | 'resolved', alerts: TestAlert[
     commonAnnotations: common('annotations'),
     externalURL: 'http://127.0.0.1:9093',
     version: '4',
-    groupKey: `{}:{alertname="${alertname}"}`,
+    groupKey: groupKey ?? `{}:{alertname="${alertname}"}`,
     truncatedAlerts: 0,
   };
 }

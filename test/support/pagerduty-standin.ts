@@ -9,6 +9,10 @@
  *
  * Like the real service it is at-least-once from the sender's view: an event whose answer arrives
  * after the sender gave up (a `delayMs` longer than the client's timeout) is still accepted.
+ *
+ * Like the real service it rate-limits per routing key: the Events API takes about 120 events a
+ * minute per integration key and answers 429 beyond that (`rateLimit`, a sliding window; tests
+ * shrink the window to see it in seconds). It also counts how many requests were in flight at once.
  */
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -66,6 +70,11 @@ export interface AcceptedEvent {
 }
 
 export type DownMode = 'refuse' | '503';
+
+export interface PagerDutyStandinOptions {
+  /** Events accepted per routing key within `windowMs`; beyond that, 429. Default 120 per 60 s, as PagerDuty. */
+  rateLimit?: { events: number; windowMs: number } | null;
+}
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -166,6 +175,19 @@ export class PagerDutyStandin {
   /** Every event answered with 202, in order. */
   readonly accepted: AcceptedEvent[] = [];
 
+  /** Requests answered 429 because their routing key was over the rate limit. */
+  throttled = 0;
+  /** The most requests that were being handled at the same time, since start or reset(). */
+  maxConcurrent = 0;
+  private concurrent = 0;
+  private readonly rateLimit: { events: number; windowMs: number } | null;
+  /** Acceptance times per routing key, for the sliding window. */
+  private readonly recent = new Map<string, number[]>();
+
+  constructor(opts: PagerDutyStandinOptions = {}) {
+    this.rateLimit = opts.rateLimit === undefined ? { events: 120, windowMs: 60_000 } : opts.rateLimit;
+  }
+
   private server: Server | undefined;
   private port = 0;
   private listening = false;
@@ -238,6 +260,9 @@ export class PagerDutyStandin {
     this.requests.length = 0;
     this.accepted.length = 0;
     this.queue.length = 0;
+    this.recent.clear();
+    this.throttled = 0;
+    this.maxConcurrent = 0;
   }
 
   /** How many events with this dedup key (and action, when given) were accepted. */
@@ -270,6 +295,20 @@ export class PagerDutyStandin {
       // Keep-alive and in-flight connections too: "down" means nothing gets through.
       server.closeAllConnections();
     });
+  }
+
+  /** Whether one more event of this routing key fits in the sliding window (and counts it if so). */
+  private admit(routingKey: string): boolean {
+    const { events, windowMs } = this.rateLimit!;
+    const now = Date.now();
+    const times = (this.recent.get(routingKey) ?? []).filter((t) => t > now - windowMs);
+    if (times.length >= events) {
+      this.recent.set(routingKey, times);
+      return false;
+    }
+    times.push(now);
+    this.recent.set(routingKey, times);
+    return true;
   }
 
   private nextScripted(): ScriptedResponse | undefined {
@@ -312,6 +351,9 @@ export class PagerDutyStandin {
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    this.concurrent += 1;
+    this.maxConcurrent = Math.max(this.maxConcurrent, this.concurrent);
+    res.on('close', () => (this.concurrent -= 1));
     let body = { text: '', tooLarge: false };
     try {
       body = await this.readBody(req);
@@ -384,6 +426,11 @@ export class PagerDutyStandin {
       return;
     }
     const event = json as Record<string, unknown>;
+    if (this.rateLimit && !this.admit(event.routing_key as string)) {
+      this.throttled += 1;
+      send(429, defaultBody(429));
+      return;
+    }
     const dedupKey = typeof event.dedup_key === 'string' ? event.dedup_key : randomUUID().replaceAll('-', '');
     this.accepted.push({
       routingKey: event.routing_key as string,

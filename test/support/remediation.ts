@@ -22,6 +22,7 @@ import { remediationRoutes } from '../../src/remediation/routes.js';
 import type { Engine } from '../../src/remediation/engine.js';
 import type { Outbox } from '../../src/remediation/outbox.js';
 import type { Team } from '../../src/remediation/escalation.js';
+import { groupDedupKey } from '../../src/remediation/pages.js';
 import type { AlertInfo, Handler, Step } from '../../src/remediation/handler.js';
 import type { Store } from '../../src/store/store.js';
 import type { PagerDutyStandin } from './pagerduty-standin.js';
@@ -506,4 +507,13 @@ export function scriptedHandler(name: HandlerName = 'redis-failure', behaviour: 
     },
   };
   return h;
+}
+
+/**
+ * The dedup key of the grouped page for alerts dbpilot only escalates (no handler, handler off,
+ * refused): one per Alertmanager group (the notification's groupKey) and team.
+ */
+export function groupPageKey(body: string | Plain, team: Team): string {
+  const doc = typeof body === 'string' ? (JSON.parse(body) as Plain) : body;
+  return groupDedupKey(team, String(doc.groupKey ?? ''));
 }
