@@ -38,6 +38,10 @@ export interface LeaderElectorOptions {
   logger: Logger;
   /** Called on every change of leadership (true: became leader; false: stopped being leader). */
   onChange?: (leader: boolean) => void;
+  /** The monotonic clock, in milliseconds, for the renew deadline. Default performance.now (tests inject a fake one). */
+  now?: () => number;
+  /** The wall clock written into the Lease and compared with its renewTime. Default the system clock. */
+  date?: () => Date;
 }
 
 /** client-go's JitterFactor: candidates spread their attempts over [retry, retry * 1.2]. */
@@ -52,10 +56,12 @@ export class LeaderElector {
   private readonly retryPeriodMs: number;
   private readonly log: Logger;
   private readonly onChange: ((leader: boolean) => void) | undefined;
+  private readonly now: () => number;
+  private readonly date: () => Date;
 
   private running = false;
   private leading = false;
-  /** performance.now() at the start of the last successful acquire/renew attempt. */
+  /** The monotonic clock (now()) at the start of the last successful acquire/renew attempt. */
   private renewedAt = Number.NEGATIVE_INFINITY;
   /** The Lease as last read or written by this elector. */
   private observed: LeaseRecord | null = null;
@@ -84,12 +90,14 @@ export class LeaderElector {
     this.retryPeriodMs = retry * 1000;
     this.log = options.logger.child({ component: 'leader-election', lease: options.leaseName, identity: options.identity });
     this.onChange = options.onChange;
+    this.now = options.now ?? (() => performance.now());
+    this.date = options.date ?? (() => new Date());
   }
 
   /** True while this replica may act. Judged on the clock at each call, not only when a timer fires. */
   isLeader(): boolean {
     if (this.kube === null) return true;
-    return this.leading && performance.now() - this.renewedAt < this.renewDeadlineMs;
+    return this.leading && this.now() - this.renewedAt < this.renewDeadlineMs;
   }
 
   start(): void {
@@ -120,7 +128,7 @@ export class LeaderElector {
     // Released only if our last write made us the holder; the write is conditional on that
     // resourceVersion, so if anybody wrote the Lease since, it fails with 409 and changes nothing.
     if (this.observed === null || this.observed.holderIdentity !== this.identity) return;
-    const now = new Date();
+    const now = this.date();
     try {
       const released = await this.kube.replaceLease(
         this.observed,
@@ -154,8 +162,8 @@ export class LeaderElector {
   private async tick(): Promise<void> {
     const kube = this.kube;
     if (kube === null || !this.running) return;
-    const attemptStart = performance.now();
-    const now = new Date();
+    const attemptStart = this.now();
+    const now = this.date();
     const timeoutMs = this.renewDeadlineMs;
     try {
       const lease = await kube.readLease(this.leaseName, { timeoutMs });
@@ -219,10 +227,10 @@ export class LeaderElector {
   /** Fires when renewDeadline has passed since the last successful renewal, unless renewed again. */
   private armDeadline(): void {
     this.clearDeadline();
-    const left = this.renewDeadlineMs - (performance.now() - this.renewedAt);
+    const left = this.renewDeadlineMs - (this.now() - this.renewedAt);
     this.deadlineTimer = setTimeout(() => {
       this.deadlineTimer = null;
-      if (this.leading && performance.now() - this.renewedAt >= this.renewDeadlineMs) {
+      if (this.leading && this.now() - this.renewedAt >= this.renewDeadlineMs) {
         this.stepDown(`no successful renewal for ${this.renewDeadlineMs} ms (renew deadline)`);
       } else if (this.leading) {
         this.armDeadline();
