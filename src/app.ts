@@ -28,7 +28,7 @@ export const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
     return reply.code(status).send({ error: err.message, code: err.code ?? 'DBPILOT_BAD_REQUEST' });
   });
 
-  fastify.get('/metrics', { logLevel: 'warn' }, async (req, reply) => {
+  fastify.get('/metrics', async (req, reply) => {
     await runtime.exporter.registry.collect();
     if (wantsOpenMetrics(req.headers.accept)) {
       reply.type(Registry.OPENMETRICS_CONTENT_TYPE);
@@ -38,14 +38,14 @@ export const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
     return runtime.metrics.prometheus.metrics();
   });
 
-  fastify.get('/health', { logLevel: 'warn' }, async (_req, reply) => {
+  fastify.get('/health', async (_req, reply) => {
     const h = await runtime.health();
     const ok = h.database === 'healthy' && h.redis === 'healthy';
     return reply.code(ok ? 200 : 503).send({ database: h.database, redis: h.redis });
   });
 
-  fastify.get('/-/healthy', { logLevel: 'warn' }, async () => ({ status: 'ok' }));
-  fastify.get('/-/ready', { logLevel: 'warn' }, async (_req, reply) => {
+  fastify.get('/-/healthy', async () => ({ status: 'ok' }));
+  fastify.get('/-/ready', async (_req, reply) => {
     const ready = opts.ready ? opts.ready() : true;
     return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not ready' });
   });

@@ -7,8 +7,14 @@ import { z } from 'zod';
 
 const labelSet = z.record(z.string().regex(/^[a-zA-Z_][a-zA-Z0-9_]*$/, 'invalid label name').max(256), z.string().max(16_384));
 
+/** RFC 3339, as Go's time.Time marshals it (fraction of up to nine digits, Z or an offset). */
+const RFC3339 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/;
+
 // Alertmanager writes Go's zero time "0001-01-01T00:00:00Z" as endsAt while an alert fires.
-const timestamp = z.string().max(64).refine((s) => !Number.isNaN(Date.parse(s)), 'not an RFC 3339 timestamp');
+const timestamp = z
+  .string()
+  .max(64)
+  .refine((s) => RFC3339.test(s) && !Number.isNaN(Date.parse(s)), 'not an RFC 3339 timestamp');
 
 export const alertSchema = z.object({
   status: z.enum(['firing', 'resolved']),

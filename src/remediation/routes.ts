@@ -31,6 +31,21 @@ export function authorized(header: string | undefined, webhook: Config['webhook'
   return false;
 }
 
+/**
+ * What Alertmanager sends: `application/json`, in UTF-8 (RFC 8259 allows no other charset for JSON
+ * exchanged between systems). Anything else is 415, before the body is read.
+ */
+export function jsonContentTypeProblem(header: string | undefined): string | null {
+  if (!header) return 'content-type is missing; expected application/json';
+  const [type, ...params] = header.split(';').map((p) => p.trim());
+  if (type?.toLowerCase() !== 'application/json') return `content-type ${JSON.stringify(header.slice(0, 100))} is not application/json`;
+  for (const p of params) {
+    const [k, v] = p.split('=').map((x) => x.trim());
+    if (k?.toLowerCase() === 'charset' && !/^"?utf-8"?$/i.test(v ?? '')) return `charset ${JSON.stringify((v ?? '').slice(0, 40))} is not utf-8: JSON must be UTF-8`;
+  }
+  return null;
+}
+
 const RUN_STATUSES: RunStatus[] = ['planning', 'awaiting_approval', 'running', 'succeeded', 'failed', 'escalated', 'cancelled', 'dry_run', 'skipped'];
 
 export function remediationRoutes(engine: Engine, config: Config, metrics: Metrics, isLeader: () => boolean) {
@@ -39,7 +54,8 @@ export function remediationRoutes(engine: Engine, config: Config, metrics: Metri
   return async (app: FastifyInstance) => {
     const requireAuth = async (req: FastifyRequest, reply: FastifyReply) => {
       if (!authorized(req.headers.authorization, config.webhook)) {
-        req.log.warn({ ip: req.ip, url: req.url }, 'unauthenticated request refused');
+        // The path only: a query string may carry anything, credentials included.
+        req.log.warn({ ip: req.ip, path: req.url.split('?')[0] }, 'unauthenticated request refused');
         return reply
           .code(401)
           .header('www-authenticate', config.webhook.basicAuth && !config.webhook.token ? 'Basic realm="dbpilot"' : 'Bearer realm="dbpilot"')
@@ -50,9 +66,15 @@ export function remediationRoutes(engine: Engine, config: Config, metrics: Metri
     app.post(
       '/alertmanager/webhook',
       {
-        onRequest: requireAuth,
+        onRequest: [
+          requireAuth,
+          async (req, reply) => {
+            const problem = jsonContentTypeProblem(req.headers['content-type']);
+            if (problem) return reply.code(415).send({ error: problem, code: 'DBPILOT_UNSUPPORTED_MEDIA_TYPE' });
+          },
+        ],
         onResponse: async (_req, reply) => void requests.inc({ code: String(reply.statusCode) }),
-        // Bad JSON, wrong content type and oversized bodies are answered by Fastify's own 400/415/413.
+        // Bad JSON and oversized bodies are answered by Fastify's own 400/413.
       },
       async (req, reply) => {
         const parsed = webhookSchema.safeParse(req.body);
