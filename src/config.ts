@@ -153,8 +153,27 @@ const configSchema = z.strictObject({
       token: z.string().min(16, 'the webhook token must be at least 16 characters').optional(),
       basicAuth: z.strictObject({ username: z.string().min(1), password: z.string().min(8) }).optional(),
       bodyLimitBytes: z.number().int().min(1024).max(50 * 1024 * 1024).default(1024 * 1024),
+      /**
+       * Where the other replicas reach this one's webhook, advertised on the Lease while it leads, so a
+       * webhook delivered to a replica that is not the leader is forwarded to it. Default:
+       * http://$POD_IP:<listen port> when POD_IP is set (the chart sets it), else none (no forwarding).
+       */
+      advertiseUrl: z.string().url().optional(),
+      forwardTimeoutMs: z.number().int().min(100).max(60_000).default(5000),
     })
     .prefault({}),
+  /**
+   * People who may approve runs waiting in approve mode, each with a bearer token of their own; the
+   * audit records the name. The webhook's credential cannot approve.
+   */
+  approvers: z
+    .array(
+      z.strictObject({
+        name: z.string().regex(/^[A-Za-z0-9._@-]{1,64}$/, 'a name of letters, digits and . _ @ - (at most 64)'),
+        token: z.string().min(16, 'an approver token must be at least 16 characters'),
+      }),
+    )
+    .default([]),
   failover: z
     .strictObject({
       maxLagBytes: z.number().int().min(0).default(1024 * 1024),
@@ -336,6 +355,14 @@ export function parseConfig(document: unknown, env: NodeJS.ProcessEnv = process.
   if (lease && lease.retryPeriodSeconds * 1.2 >= lease.renewDeadlineSeconds) {
     throw new ConfigError('kubernetes.lease.retryPeriodSeconds', 'must be less than kubernetes.lease.renewDeadlineSeconds / 1.2');
   }
+  const names = new Set<string>();
+  const tokens = new Set<string>(cfg.webhook.token ? [cfg.webhook.token] : []);
+  cfg.approvers.forEach((a, i) => {
+    if (names.has(a.name)) throw new ConfigError(`approvers[${i}].name`, `${a.name} is listed twice`);
+    if (tokens.has(a.token)) throw new ConfigError(`approvers[${i}].token`, 'must differ from the webhook token and from every other approver token');
+    names.add(a.name);
+    tokens.add(a.token);
+  });
   // Some teams routed and others not is a typo or an unset variable: that team's pages would be dead letters.
   const routed = TEAMS.filter((t) => cfg.pagerduty.routes[t] !== undefined);
   if (routed.length > 0 && routed.length < TEAMS.length) {

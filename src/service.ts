@@ -16,7 +16,7 @@ export async function prepareService(runtime: Runtime): Promise<PreparedService>
   return {
     options: {
       ready: () => true,
-      extraRoutes: remediationRoutes(remediation.engine, runtime.config, runtime.metrics, () => remediation.leader.isLeader()),
+      extraRoutes: remediationRoutes(remediation.engine, runtime.config, runtime.metrics, remediation.leadership),
     },
     start: () => remediation.start(),
   };

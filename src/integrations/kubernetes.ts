@@ -478,20 +478,28 @@ export class KubernetesClient {
   }
 
   /** Creates the Lease; a KubernetesApiError with status 409 (AlreadyExists) if someone else was first. */
-  async createLease(name: string, spec: LeaseSpecInput, opts?: CallOptions): Promise<LeaseRecord> {
-    const body: V1Lease = { apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name, namespace: this.namespace }, spec: leaseSpec(spec) };
+  async createLease(name: string, spec: LeaseSpecInput, opts?: CallOptions & { annotations?: Record<string, string> }): Promise<LeaseRecord> {
+    const metadata: V1Lease['metadata'] = { name, namespace: this.namespace };
+    if (opts?.annotations && Object.keys(opts.annotations).length > 0) metadata.annotations = { ...opts.annotations };
+    const body: V1Lease = { apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata, spec: leaseSpec(spec) };
     const lease = await this.call(`create lease ${this.namespace}/${name}`, opts, (o) => this.coordination.createNamespacedLease({ namespace: this.namespace, body }, o));
     return leaseRecord(lease);
   }
 
   /**
    * Replaces the Lease's spec, conditional on `current.resourceVersion`: a KubernetesApiError with
-   * status 409 (Conflict) if it changed since it was read.
+   * status 409 (Conflict) if it changed since it was read. `annotations` are merged over the current
+   * ones (a null value removes one).
    */
-  async replaceLease(current: LeaseRecord, spec: LeaseSpecInput, opts?: CallOptions): Promise<LeaseRecord> {
+  async replaceLease(current: LeaseRecord, spec: LeaseSpecInput, opts?: CallOptions & { annotations?: Record<string, string | null> }): Promise<LeaseRecord> {
     const metadata: V1Lease['metadata'] = { name: current.name, namespace: this.namespace, resourceVersion: current.resourceVersion };
     if (current.labels) metadata.labels = current.labels;
-    if (current.annotations) metadata.annotations = current.annotations;
+    const annotations: Record<string, string> = { ...(current.annotations ?? {}) };
+    for (const [k, v] of Object.entries(opts?.annotations ?? {})) {
+      if (v === null) delete annotations[k];
+      else annotations[k] = v;
+    }
+    if (Object.keys(annotations).length > 0) metadata.annotations = annotations;
     const body: V1Lease = { apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata, spec: leaseSpec(spec) };
     const lease = await this.call(`replace lease ${this.namespace}/${current.name}`, opts, (o) =>
       this.coordination.replaceNamespacedLease({ name: current.name, namespace: this.namespace, body }, o),

@@ -17,6 +17,7 @@ import { Outbox } from './outbox.js';
 import { LeaderElector } from './leader.js';
 import { slowQueriesHandler } from './handlers/slow-queries.js';
 import { processOwner } from './owner.js';
+import { LEADER_URL_ANNOTATION, type Leadership } from './routes.js';
 import type { AlertInfo, HandlerContext, Plan } from './handler.js';
 
 export interface Remediation {
@@ -28,6 +29,8 @@ export interface Remediation {
   kube: KubernetesClient | null;
   /** This process as it owns runs, locks and outbox claims. */
   instance: string;
+  /** Who acts, and where to forward what only the leader may do. */
+  leadership: Leadership;
   /** Service: delivers pages, elects a leader and resumes runs. CLI: delivers pages only (see cli-remediation). */
   start(): Promise<void>;
   close(): Promise<void>;
@@ -84,6 +87,15 @@ export async function planOnly(
   return { target, plan, steps: handler.steps(plan.data as never, ctx).map((s) => ({ name: s.name, command: s.command })) };
 }
 
+/** Where the other replicas reach this one: `webhook.advertiseUrl`, else http://$POD_IP:<listen port> in a pod. */
+export function advertisedUrl(config: Config, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (config.webhook.advertiseUrl) return config.webhook.advertiseUrl;
+  const ip = env.POD_IP;
+  const port = Number(config.listen.slice(config.listen.lastIndexOf(':') + 1));
+  if (!ip || !port) return undefined;
+  return `http://${ip.includes(':') ? `[${ip}]` : ip}:${port}`;
+}
+
 export async function createRemediation(runtime: Runtime, opts: RemediationOptions = {}): Promise<Remediation> {
   const { config, logger, metrics } = runtime;
   // Each part's logger is a child of the root, so a line carries one `component`.
@@ -99,6 +111,7 @@ export async function createRemediation(runtime: Runtime, opts: RemediationOptio
     log.warn('pagerduty.routes is empty: escalations are recorded in the outbox but cannot be delivered (dead letters)');
   }
   const kube = await loadKubernetes(config);
+  const advertiseUrl = advertisedUrl(config);
   const store = new Store(config.store.path);
   const instance = processOwner(opts.label ?? process.env.POD_NAME ?? hostname());
   const outbox = new Outbox(store, config.pagerduty, metrics, logger.child({ component: 'outbox' }), { owner: instance, announce: opts.announce ?? true });
@@ -111,6 +124,7 @@ export async function createRemediation(runtime: Runtime, opts: RemediationOptio
     leaseDurationSeconds: config.kubernetes?.lease.durationSeconds ?? 15,
     renewDeadlineSeconds: config.kubernetes?.lease.renewDeadlineSeconds ?? 10,
     retryPeriodSeconds: config.kubernetes?.lease.retryPeriodSeconds ?? 2,
+    ...(advertiseUrl ? { advertise: { [LEADER_URL_ANNOTATION]: advertiseUrl } } : {}),
     logger,
     onChange: (leading) => {
       log.info({ leader: leading }, leading ? 'became leader: this replica acts' : 'not leader: this replica only exports metrics');
@@ -147,6 +161,7 @@ export async function createRemediation(runtime: Runtime, opts: RemediationOptio
     handlers,
     kube,
     instance,
+    leadership: { isLeader: () => leader.isLeader(), leaderUrl: () => leader.holderAnnotation(LEADER_URL_ANNOTATION) },
     async start() {
       outbox.start();
       leader.start();

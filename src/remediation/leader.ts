@@ -42,6 +42,11 @@ export interface LeaderElectorOptions {
   now?: () => number;
   /** The wall clock written into the Lease and compared with its renewTime. Default the system clock. */
   date?: () => Date;
+  /**
+   * Annotations the holder writes on the Lease while it holds it (e.g. where its webhook is reachable,
+   * so a replica that is not the leader can forward to it), and removes when it releases it.
+   */
+  advertise?: Record<string, string>;
 }
 
 /** client-go's JitterFactor: candidates spread their attempts over [retry, retry * 1.2]. */
@@ -58,6 +63,7 @@ export class LeaderElector {
   private readonly onChange: ((leader: boolean) => void) | undefined;
   private readonly now: () => number;
   private readonly date: () => Date;
+  private readonly advertise: Record<string, string>;
 
   private running = false;
   private leading = false;
@@ -92,6 +98,18 @@ export class LeaderElector {
     this.onChange = options.onChange;
     this.now = options.now ?? (() => performance.now());
     this.date = options.date ?? (() => new Date());
+    this.advertise = { ...(options.advertise ?? {}) };
+  }
+
+  /**
+   * An annotation the current holder advertised, when another replica holds a Lease that has not
+   * expired (as last read: at most a retry period old); null when this replica leads or nobody does.
+   */
+  holderAnnotation(key: string): string | null {
+    const lease = this.observed;
+    if (this.kube === null || lease === null || this.leading) return null;
+    if (!lease.holderIdentity || lease.holderIdentity === this.identity || this.expired(lease, this.date())) return null;
+    return lease.annotations?.[key] ?? null;
   }
 
   /** True while this replica may act. Judged on the clock at each call, not only when a timer fires. */
@@ -133,7 +151,7 @@ export class LeaderElector {
       const released = await this.kube.replaceLease(
         this.observed,
         { holderIdentity: '', leaseDurationSeconds: 1, acquireTime: now, renewTime: now, leaseTransitions: this.observed.leaseTransitions },
-        { timeoutMs: this.renewDeadlineMs },
+        { timeoutMs: this.renewDeadlineMs, annotations: Object.fromEntries(Object.keys(this.advertise).map((k) => [k, null])) },
       );
       this.observed = released;
       this.log.info('lease released');
@@ -169,7 +187,7 @@ export class LeaderElector {
       const lease = await kube.readLease(this.leaseName, { timeoutMs });
       if (!this.running) return;
       if (lease === null) {
-        const created = await kube.createLease(this.leaseName, this.spec(now, now, 0), { timeoutMs });
+        const created = await kube.createLease(this.leaseName, this.spec(now, now, 0), { timeoutMs, annotations: this.advertise });
         this.observed = created;
         this.renewed(attemptStart, 'created the lease');
         return;
@@ -177,13 +195,13 @@ export class LeaderElector {
       this.observed = lease;
       const holder = lease.holderIdentity ?? '';
       if (holder === this.identity) {
-        const renewed = await kube.replaceLease(lease, this.spec(lease.acquireTime ?? now, now, lease.leaseTransitions), { timeoutMs });
+        const renewed = await kube.replaceLease(lease, this.spec(lease.acquireTime ?? now, now, lease.leaseTransitions), { timeoutMs, annotations: this.advertise });
         this.observed = renewed;
         this.renewed(attemptStart, 'renewed');
         return;
       }
       if (holder === '' || this.expired(lease, now)) {
-        const taken = await kube.replaceLease(lease, this.spec(now, now, lease.leaseTransitions + 1), { timeoutMs });
+        const taken = await kube.replaceLease(lease, this.spec(now, now, lease.leaseTransitions + 1), { timeoutMs, annotations: this.advertise });
         this.observed = taken;
         this.renewed(attemptStart, holder === '' ? 'acquired the released lease' : `took over the expired lease from ${holder}`);
         return;

@@ -48,19 +48,93 @@ export function jsonContentTypeProblem(header: string | undefined): string | nul
 
 const RUN_STATUSES: RunStatus[] = ['planning', 'awaiting_approval', 'running', 'succeeded', 'failed', 'escalated', 'cancelled', 'dry_run', 'skipped'];
 
-export function remediationRoutes(engine: Engine, config: Config, metrics: Metrics, isLeader: () => boolean) {
+/** The Lease annotation where the leader says where its webhook is reachable. */
+export const LEADER_URL_ANNOTATION = 'dbpilot.io/leader-url';
+/** Set on a forwarded request: a replica that is not the leader either answers 503 rather than forwarding again. */
+const FORWARDED = 'x-dbpilot-forwarded';
+
+export interface Leadership {
+  /** Whether this replica acts. */
+  isLeader(): boolean;
+  /** Where the leader's webhook is reachable, as it advertised on the Lease; null when unknown. */
+  leaderUrl(): string | null;
+}
+
+/** The approver whose own bearer token this is, or null. Every configured token is compared, in constant time. */
+export function approverFor(header: string | undefined, approvers: Config['approvers']): string | null {
+  if (!header) return null;
+  const [scheme, ...rest] = header.trim().split(/\s+/);
+  if (!/^bearer$/i.test(scheme ?? '')) return null;
+  const value = rest.join(' ');
+  let found: string | null = null;
+  for (const a of approvers) if (same(value, a.token) && found === null) found = a.name;
+  return found;
+}
+
+export function remediationRoutes(engine: Engine, config: Config, metrics: Metrics, leadership: Leadership) {
   const requests = metrics.counter('dbpilot_webhook_requests_total', 'Alertmanager webhook requests by HTTP status code.', ['code']);
+  const forwarded = metrics.counter('dbpilot_webhook_forwarded_total', 'Requests a replica that is not the leader forwarded to the leader, by outcome (forwarded, unreachable).', ['outcome']);
+
+  const refuse = (req: FastifyRequest, reply: FastifyReply) => {
+    // The path only: a query string may carry anything, credentials included.
+    req.log.warn({ ip: req.ip, path: req.url.split('?')[0] }, 'unauthenticated request refused');
+    return reply
+      .code(401)
+      .header('www-authenticate', config.webhook.basicAuth && !config.webhook.token ? 'Basic realm="dbpilot"' : 'Bearer realm="dbpilot"')
+      .send({ error: config.webhook.token || config.webhook.basicAuth ? 'missing or wrong credentials' : 'webhook.token is not configured: every request is refused', code: 'DBPILOT_UNAUTHORIZED' });
+  };
+
+  /**
+   * A request that only the leader may carry out, on a replica that is not the leader: sent on to the
+   * leader in this same delivery (Alertmanager's retry would otherwise reach the leader only by chance),
+   * with its own credentials, and the leader's answer relayed. 503 when the leader is not known or
+   * cannot be reached, or when the request was forwarded already.
+   */
+  const toLeader = async (req: FastifyRequest, reply: FastifyReply, body: unknown) => {
+    const url = leadership.leaderUrl();
+    if (!url || req.headers[FORWARDED] !== undefined) {
+      return reply.code(503).header('retry-after', '1').send({ error: 'not the leader: another dbpilot replica acts', code: 'DBPILOT_NOT_LEADER' });
+    }
+    const target = new URL(req.url.split('?')[0]!, url);
+    try {
+      const res = await fetch(target, {
+        method: 'POST',
+        headers: { authorization: req.headers.authorization ?? '', 'content-type': 'application/json', [FORWARDED]: '1' },
+        body: JSON.stringify(body ?? {}),
+        signal: AbortSignal.timeout(config.webhook.forwardTimeoutMs),
+        redirect: 'manual',
+      });
+      const text = await res.text();
+      forwarded.inc({ outcome: 'forwarded' });
+      req.log.debug({ leader: target.host, status: res.status }, 'forwarded to the leader');
+      return reply.code(res.status).header('content-type', res.headers.get('content-type') ?? 'application/json').header('x-dbpilot-leader', target.host).send(text);
+    } catch (err) {
+      forwarded.inc({ outcome: 'unreachable' });
+      req.log.warn({ leader: target.host, err: safeMessage(err) }, 'could not forward to the leader; Alertmanager will retry');
+      return reply.code(503).header('retry-after', '1').send({ error: `not the leader, and the leader at ${target.host} could not be reached`, code: 'DBPILOT_NOT_LEADER' });
+    }
+  };
 
   return async (app: FastifyInstance) => {
     const requireAuth = async (req: FastifyRequest, reply: FastifyReply) => {
-      if (!authorized(req.headers.authorization, config.webhook)) {
-        // The path only: a query string may carry anything, credentials included.
-        req.log.warn({ ip: req.ip, path: req.url.split('?')[0] }, 'unauthenticated request refused');
-        return reply
-          .code(401)
-          .header('www-authenticate', config.webhook.basicAuth && !config.webhook.token ? 'Basic realm="dbpilot"' : 'Bearer realm="dbpilot"')
-          .send({ error: config.webhook.token || config.webhook.basicAuth ? 'missing or wrong credentials' : 'webhook.token is not configured: every request is refused', code: 'DBPILOT_UNAUTHORIZED' });
+      if (!authorized(req.headers.authorization, config.webhook)) return refuse(req, reply);
+    };
+    // Reading the audit: the webhook's credential or an approver's.
+    const requireReader = async (req: FastifyRequest, reply: FastifyReply) => {
+      if (!authorized(req.headers.authorization, config.webhook) && approverFor(req.headers.authorization, config.approvers) === null) return refuse(req, reply);
+    };
+    // Approving: an approver's own credential only; the webhook's is refused with why.
+    const requireApprover = async (req: FastifyRequest, reply: FastifyReply) => {
+      if (approverFor(req.headers.authorization, config.approvers) !== null) return;
+      if (authorized(req.headers.authorization, config.webhook)) {
+        return reply.code(403).send({
+          error: config.approvers.length
+            ? "the webhook's credential cannot approve: approvers have tokens of their own (approvers[].token)"
+            : 'no approvers are configured (approvers[]): approve with `dbpilot approve <id>` inside the pod',
+          code: 'DBPILOT_NOT_AN_APPROVER',
+        });
       }
+      return refuse(req, reply);
     };
 
     app.post(
@@ -81,10 +155,7 @@ export function remediationRoutes(engine: Engine, config: Config, metrics: Metri
         if (!parsed.success) {
           return reply.code(400).send({ error: describeIssue(parsed.error), code: 'DBPILOT_BAD_WEBHOOK' });
         }
-        if (!isLeader()) {
-          // Alertmanager retries a 5xx; the Service will route a retry to the leader.
-          return reply.code(503).header('retry-after', '1').send({ error: 'not the leader: another dbpilot replica acts', code: 'DBPILOT_NOT_LEADER' });
-        }
+        if (!leadership.isLeader()) return toLeader(req, reply, req.body);
         try {
           await engine.receive(parsed.data);
         } catch (err) {
@@ -96,7 +167,7 @@ export function remediationRoutes(engine: Engine, config: Config, metrics: Metri
       },
     );
 
-    app.get('/api/remediations', { onRequest: requireAuth }, async (req, reply) => {
+    app.get('/api/remediations', { onRequest: requireReader }, async (req, reply) => {
       const raw = req.query as Record<string, unknown>;
       const repeated = Object.entries(raw).find(([, v]) => typeof v !== 'string');
       if (repeated) return reply.code(400).send({ error: `${repeated[0]} must be given once`, code: 'DBPILOT_BAD_QUERY' });
@@ -106,27 +177,29 @@ export function remediationRoutes(engine: Engine, config: Config, metrics: Metri
       }
       const limit = q.limit === undefined ? 100 : Number(q.limit);
       if (!Number.isInteger(limit) || limit < 1 || limit > 1000) return reply.code(400).send({ error: 'limit must be 1..1000', code: 'DBPILOT_BAD_QUERY' });
-      const runs = engine.store.listRuns({
+      const offset = q.offset === undefined ? 0 : Number(q.offset);
+      if (!Number.isSafeInteger(offset) || offset < 0) return reply.code(400).send({ error: 'offset must be a whole number ≥ 0', code: 'DBPILOT_BAD_QUERY' });
+      const filter = {
         ...(q.alertname ? { alertname: q.alertname } : {}),
         ...(q.fingerprint ? { fingerprint: q.fingerprint } : {}),
         ...(q.status ? { status: q.status } : {}),
         ...(q.handler ? { handler: q.handler } : {}),
-        limit,
-      });
-      return { runs };
+      };
+      return { runs: engine.store.listRuns({ ...filter, limit, offset }), total: engine.store.countRuns(filter) };
     });
 
-    app.get('/api/remediations/:id', { onRequest: requireAuth }, async (req, reply) => {
+    app.get('/api/remediations/:id', { onRequest: requireReader }, async (req, reply) => {
       const { id } = req.params as { id: string };
       const run = engine.store.getRun(id);
       if (!run) return reply.code(404).send({ error: `no remediation run ${id}`, code: 'DBPILOT_RUN_NOT_FOUND' });
       return { ...run, steps: engine.store.steps(id) };
     });
 
-    app.post('/api/remediations/:id/approve', { onRequest: requireAuth }, async (req, reply) => {
+    app.post('/api/remediations/:id/approve', { onRequest: requireApprover }, async (req, reply) => {
       const { id } = req.params as { id: string };
-      if (!isLeader()) return reply.code(503).send({ error: 'not the leader: approve on the leader replica', code: 'DBPILOT_NOT_LEADER' });
-      const by = (req.headers['x-dbpilot-user'] as string | undefined)?.slice(0, 128) || 'api';
+      if (!leadership.isLeader()) return toLeader(req, reply, req.body);
+      // Who approved is whose credential this is: no header can claim another name.
+      const by = approverFor(req.headers.authorization, config.approvers)!;
       try {
         const run = engine.store.getRun(id);
         if (!run) return reply.code(404).send({ error: `no remediation run ${id}`, code: 'DBPILOT_RUN_NOT_FOUND' });
@@ -135,7 +208,7 @@ export function remediationRoutes(engine: Engine, config: Config, metrics: Metri
         const early = await Promise.race([started.then(() => null, (e: unknown) => e), new Promise((r) => setImmediate(r, 'pending'))]);
         if (early instanceof DbpilotError) return reply.code(409).send({ error: early.message, code: early.code });
         void started.catch(() => undefined);
-        return reply.code(202).send({ status: 'approved', run: engine.store.getRun(id) });
+        return reply.code(202).send({ status: 'approved', approvedBy: by, run: engine.store.getRun(id) });
       } catch (err) {
         if (err instanceof DbpilotError) return reply.code(409).send({ error: err.message, code: err.code });
         throw err;

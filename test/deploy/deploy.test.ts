@@ -266,12 +266,13 @@ function envVar(c: K8s, name: string): K8s {
 const secretValue = (key: string): string => `test-secret-${key}`.padEnd(32, 'x').slice(0, 32);
 
 /** The environment the container gets: literal values, Secret keys (stand-ins) and the downward API. */
-function podEnvironment(c: K8s, podName = 'dbpilot-0'): Record<string, string> {
+function podEnvironment(c: K8s, podName = 'dbpilot-0', podIP = '10.1.2.3'): Record<string, string> {
   const env: Record<string, string> = {};
   for (const e of c.env as K8s[]) {
     if (typeof e.value === 'string') env[e.name] = e.value;
     else if (e.valueFrom?.secretKeyRef) env[e.name] = secretValue(e.valueFrom.secretKeyRef.key);
     else if (e.valueFrom?.fieldRef?.fieldPath === 'metadata.name') env[e.name] = podName;
+    else if (e.valueFrom?.fieldRef?.fieldPath === 'status.podIP') env[e.name] = podIP;
     else throw new Error(`env ${e.name}: unsupported source ${JSON.stringify(e.valueFrom)}`);
   }
   return env;
@@ -491,6 +492,11 @@ describe('Helm chart', () => {
       expect(volumes.find((v) => v.name === tmpMount.name).emptyDir).toBeDefined();
       // The store matches the image's VOLUME and DBPILOT_STORE_PATH.
       expect(storePath).toBe(envOf(finalStage).DBPILOT_STORE_PATH);
+    });
+
+    it('POD_IP comes from status.podIP (the address the leader advertises for forwarding)', () => {
+      expect(read('src/remediation/index.ts')).toMatch(/env\.POD_IP/);
+      expect(envVar(container(manifests), 'POD_IP').valueFrom).toEqual({ fieldRef: { fieldPath: 'status.podIP' } });
     });
 
     it('POD_NAME comes from metadata.name (the Lease identity dbpilot reads)', () => {
@@ -717,7 +723,22 @@ describe('the runtime stage’s layout (dist/ without src/), run', () => {
   it('`dbpilot check-config` accepts the chart’s configuration with the pod’s environment', () => {
     const manifests = render();
     const file = configFileOf(manifests, container(manifests), app);
-    const r = spawnSync(process.execPath, ['bin/dbpilot.js', 'check-config', '--json'], { cwd: app, env: envFor(manifests, file), encoding: 'utf8', timeout: 60_000 });
+    // check-config loads the Kubernetes configuration as serve does (without contacting the API). There is
+    // no service account here: a kubeconfig names the in-cluster API server and a token instead.
+    const kubeconfig = path.join(app, 'kubeconfig');
+    writeFileSync(
+      kubeconfig,
+      [
+        'apiVersion: v1',
+        'kind: Config',
+        'clusters: [{ name: in-cluster, cluster: { server: "https://kubernetes.default.svc" } }]',
+        'users: [{ name: sa, user: { token: "service-account-token" } }]',
+        'contexts: [{ name: in-cluster, context: { cluster: in-cluster, user: sa, namespace: lomash-wood } }]',
+        'current-context: in-cluster',
+        '',
+      ].join('\n'),
+    );
+    const r = spawnSync(process.execPath, ['bin/dbpilot.js', 'check-config', '--json'], { cwd: app, env: { ...envFor(manifests, file), KUBECONFIG: kubeconfig }, encoding: 'utf8', timeout: 60_000 });
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
     const printed = JSON.parse(r.stdout) as K8s;

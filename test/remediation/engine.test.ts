@@ -52,8 +52,12 @@ const harnesses: RemediationHarness[] = [];
 /** Slow-queries settings that make a 0.3 s old pg_sleep a target, and no diagnostics tables. */
 const SLOW = { thresholdSeconds: 0.2, graceSeconds: 2, diagnosticTables: [] };
 
+/** An approver's own credential: the webhook's cannot approve. */
+const APPROVER = { name: 'bob', token: 'bob-approver-token-0123456789ab' };
+const approverAuth = { authorization: `Bearer ${APPROVER.token}` };
+
 async function harness(opts: Parameters<typeof startRemediation>[0] = {}): Promise<RemediationHarness> {
-  const config = { ...(opts.config ?? {}) } as Record<string, any>;
+  const config = { approvers: [APPROVER], ...(opts.config ?? {}) } as Record<string, any>;
   config.handlers = { ...(config.handlers ?? {}), 'slow-queries': { ...SLOW, ...(config.handlers?.['slow-queries'] ?? {}) } };
   const h = await startRemediation({ pagerduty: pd, ...opts, config });
   harnesses.push(h);
@@ -182,7 +186,7 @@ describe('modes', () => {
     await sleep(300);
     expect(await s.running()).toBe(true); // waiting means waiting
 
-    const res = await h.request({ method: 'POST', url: `/api/remediations/${run.id}/approve`, headers: { ...h.auth, 'x-dbpilot-user': 'bob' } });
+    const res = await h.request({ method: 'POST', url: `/api/remediations/${run.id}/approve`, headers: approverAuth });
     expect(res.statusCode).toBe(202);
     await h.engine.idle();
     expect(h.store.getRun(run.id)).toMatchObject({ status: 'succeeded', approvedBy: 'bob' });
@@ -295,9 +299,9 @@ describe('cooldown and attempt limit', () => {
     await fire(h, payload([{ labels: { alertname: 'RedisRejectedConnections', remediation: 'redis-failure' }, fingerprint: fb }]));
     const [a, b] = [onlyRun(h, fa), onlyRun(h, fb)];
     expect([a.status, b.status]).toEqual(['awaiting_approval', 'awaiting_approval']);
-    expect((await h.request({ method: 'POST', url: `/api/remediations/${a.id}/approve`, headers: h.auth })).statusCode).toBe(202);
+    expect((await h.request({ method: 'POST', url: `/api/remediations/${a.id}/approve`, headers: approverAuth })).statusCode).toBe(202);
     await h.engine.idle();
-    const blocked = await h.request({ method: 'POST', url: `/api/remediations/${b.id}/approve`, headers: h.auth });
+    const blocked = await h.request({ method: 'POST', url: `/api/remediations/${b.id}/approve`, headers: approverAuth });
     expect(blocked.statusCode).toBe(409);
     expect(JSON.parse(blocked.body)).toMatchObject({ code: 'DBPILOT_RUN_BLOCKED' });
     expect(JSON.parse(blocked.body).error).toMatch(/^cooldown/);
@@ -319,7 +323,7 @@ describe('resolved alerts', () => {
     await fire(h, slowAlert(fp, { status: 'resolved' }));
     expect(h.store.getRun(run.id)).toMatchObject({ status: 'cancelled', reason: 'the alert resolved before the run was approved' });
     await waitForPage(dedupKey, 'resolve');
-    const late = await h.request({ method: 'POST', url: `/api/remediations/${run.id}/approve`, headers: h.auth });
+    const late = await h.request({ method: 'POST', url: `/api/remediations/${run.id}/approve`, headers: approverAuth });
     expect(late.statusCode).toBe(409);
     expect(await s.running()).toBe(true);
     expect(await h.metric('dbpilot_remediations_total', { handler: 'slow-queries', outcome: 'cancelled' })).toBe(1);

@@ -471,8 +471,13 @@ describe('the audit API', () => {
     expect(json(missing).code).toBe('DBPILOT_RUN_NOT_FOUND');
   });
 
-  it('approves a waiting run once: 202 for the approval, 409 for the second, 404 for an unknown id', async () => {
-    const h = await harness({ config: { handlers: { 'redis-failure': { mode: 'approve' } } } });
+  const APPROVERS = [
+    { name: 'alice', token: 'alice-approver-token-0123456789' },
+    { name: 'bob', token: 'bob-approver-token-0123456789ab' },
+  ];
+
+  it('approves a waiting run once, recording whose credential approved: 202 for the approval, 409 for the second, 404 for an unknown id', async () => {
+    const h = await harness({ config: { approvers: APPROVERS, handlers: { 'redis-failure': { mode: 'approve' } } } });
     const handler = scriptedHandler('redis-failure');
     h.remediation.handlers.register(handler);
     const fp = freshFingerprint();
@@ -482,7 +487,9 @@ describe('the audit API', () => {
     expect(run?.status).toBe('awaiting_approval');
     expect(handler.executed).toEqual([]);
 
-    const approve = () => h.request({ method: 'POST', url: `/api/remediations/${run!.id}/approve`, headers: { ...h.auth, 'x-dbpilot-user': 'alice' } });
+    // The header claims somebody else: the audit records the credential's owner, never the header.
+    const approve = () =>
+      h.request({ method: 'POST', url: `/api/remediations/${run!.id}/approve`, headers: { authorization: `Bearer ${APPROVERS[0]!.token}`, 'x-dbpilot-user': 'mallory' } });
     const [a, b] = await Promise.all([approve(), approve()]);
     expect([a.statusCode, b.statusCode].sort()).toEqual([202, 409]);
     const loser = a.statusCode === 409 ? a : b;
@@ -492,7 +499,31 @@ describe('the audit API', () => {
     expect(done).toMatchObject({ status: 'succeeded', approvedBy: 'alice' });
     expect(handler.executed).toEqual([`${fp}:restartThing`, `${fp}:verifyThing`]);
     expect((await approve()).statusCode).toBe(409);
-    expect((await h.request({ method: 'POST', url: '/api/remediations/nope/approve', headers: h.auth })).statusCode).toBe(404);
+    expect((await h.request({ method: 'POST', url: '/api/remediations/nope/approve', headers: { authorization: `Bearer ${APPROVERS[1]!.token}` } })).statusCode).toBe(404);
+  });
+
+  it("the webhook's credential cannot approve; approvers may read the audit; a wrong token is 401", async () => {
+    const h = await harness({ config: { approvers: APPROVERS, handlers: { 'redis-failure': { mode: 'approve' } } } });
+    h.remediation.handlers.register(scriptedHandler('redis-failure'));
+    const fp = freshFingerprint();
+    await h.webhook(payload([{ labels: { alertname: 'RedisDown', remediation: 'redis-failure' }, fingerprint: fp }]));
+    await h.settle();
+    const [run] = h.store.listRuns({ fingerprint: fp });
+    const url = `/api/remediations/${run!.id}/approve`;
+    const byWebhook = await h.request({ method: 'POST', url, headers: { ...h.auth, 'x-dbpilot-user': 'alice' } });
+    expect(byWebhook.statusCode).toBe(403);
+    expect(json(byWebhook)).toEqual({ code: 'DBPILOT_NOT_AN_APPROVER', error: "the webhook's credential cannot approve: approvers have tokens of their own (approvers[].token)" });
+    expect((await h.request({ method: 'POST', url, headers: { authorization: 'Bearer alice-approver-token-0123456788' } })).statusCode).toBe(401);
+    expect(h.store.getRun(run!.id)?.status).toBe('awaiting_approval');
+    const read = await h.request({ method: 'GET', url: `/api/remediations/${run!.id}`, headers: { authorization: `Bearer ${APPROVERS[1]!.token}` } });
+    expect(read.statusCode).toBe(200);
+  });
+
+  it('without approvers configured, nobody approves over HTTP, and the answer says how to approve instead', async () => {
+    const h = await harness();
+    const res = await h.request({ method: 'POST', url: '/api/remediations/00000000-0000-0000-0000-000000000000/approve', headers: h.auth });
+    expect(res.statusCode).toBe(403);
+    expect(json(res).error).toBe('no approvers are configured (approvers[]): approve with `dbpilot approve <id>` inside the pod');
   });
 });
 

@@ -233,10 +233,10 @@ export async function startRemediation(opts: RemediationHarnessOptions = {}): Pr
     if (ownDir) rmSync(ownDir, { recursive: true, force: true });
     throw err;
   }
-  const isLeader = opts.isLeader ?? (() => remediation.leader.isLeader());
+  const leadership = opts.isLeader ? { isLeader: opts.isLeader, leaderUrl: () => null } : remediation.leadership;
   const app = await buildFastify(config, logger, runtime, {
     ready: () => true,
-    extraRoutes: remediationRoutes(remediation.engine, config, runtime.metrics, isLeader),
+    extraRoutes: remediationRoutes(remediation.engine, config, runtime.metrics, leadership),
   });
   await app.ready();
   if (opts.start !== false) await remediation.start();
