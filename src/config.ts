@@ -9,21 +9,12 @@ import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, redactUrl, safeMessage } from './errors.js';
 import { TEAMS } from './remediation/escalation.js';
+import { MODES, type Mode } from './modes.js';
+import { HANDLER_NAMES, databaseName, type HandlerName } from './remediation/handlers/options.js';
+import { handlersSchema } from './remediation/handlers/index.js';
 
-export const MODES = ['off', 'dry-run', 'approve', 'auto'] as const;
-export type Mode = (typeof MODES)[number];
-
-/** Every runbook scenario dbpilot knows a handler name for; configuration for any other name is refused. */
-export const HANDLER_NAMES = [
-  'primary-failover',
-  'slow-queries',
-  'disk-full',
-  'prisma-migration',
-  'redis-failure',
-  'replication-lag',
-] as const;
-export type HandlerName = (typeof HANDLER_NAMES)[number];
-
+export { MODES, type Mode } from './modes.js';
+export { HANDLER_NAMES, type HandlerName } from './remediation/handlers/options.js';
 
 const hostPort = z
   .string()
@@ -56,42 +47,6 @@ const pgServer = z.strictObject({
   /** The Kubernetes pod the runbook's kubectl lines name (e.g. postgres-primary-0). */
   pod: z.string().min(1).optional(),
 });
-
-const databaseName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_$-]{0,62}$/, 'not a valid database name');
-const identifier = z.string().regex(/^[A-Za-z_][A-Za-z0-9_$]{0,62}$/, 'not a plain SQL identifier');
-
-const handlerBase = {
-  mode: z.enum(MODES).optional(),
-  /** Seconds after a run on the same target before another may start. */
-  cooldownSeconds: z.number().int().min(0).default(300),
-  /** Runs per target within `attemptWindowSeconds` before dbpilot stops trying and escalates. */
-  maxAttempts: z.number().int().min(1).default(3),
-  attemptWindowSeconds: z.number().int().min(60).default(3600),
-};
-
-const slowQueriesHandler = z.strictObject({
-  ...handlerBase,
-  /** Queries non-idle for longer than this are acted on; defaults to postgres.longRunningQuerySeconds. */
-  thresholdSeconds: z.number().positive().optional(),
-  /** Seconds between pg_cancel_backend and pg_terminate_backend for sessions that survived the cancel. */
-  graceSeconds: z.number().min(0).default(10),
-  /** At most this many sessions are cancelled per run; the rest are escalated. */
-  maxPerRun: z.number().int().min(1).default(20),
-  /** Roles whose sessions are never cancelled or terminated (superusers are always spared). */
-  protectedRoles: z.array(z.string().min(1)).default([]),
-  /** application_name values whose sessions are never touched. */
-  protectedApplications: z.array(z.string().min(1)).default([]),
-  /** Runbook step 4: tables to VACUUM ANALYZE after the queries are gone. */
-  vacuumAnalyze: z
-    .array(z.strictObject({ database: databaseName, table: identifier, schema: identifier.default('public') }))
-    .default([]),
-  /** Runbook step 3: tables whose pg_stats are attached to an escalation as missing-index diagnostics. */
-  diagnosticTables: z
-    .array(z.strictObject({ database: databaseName, tables: z.array(identifier).min(1) }))
-    .default([{ database: 'lomash_orders', tables: ['orders', 'payments', 'invoices'] }]),
-});
-
-const genericHandler = z.strictObject({ ...handlerBase });
 
 const configSchema = z.strictObject({
   listen: hostPort.default('127.0.0.1:9630'),
@@ -181,16 +136,8 @@ const configSchema = z.strictObject({
       confirmIntervalMs: z.number().int().min(0).default(500),
     })
     .prefault({}),
-  handlers: z
-    .strictObject({
-      'primary-failover': genericHandler.optional(),
-      'slow-queries': slowQueriesHandler.prefault({}),
-      'disk-full': genericHandler.optional(),
-      'prisma-migration': genericHandler.optional(),
-      'redis-failure': genericHandler.optional(),
-      'replication-lag': genericHandler.optional(),
-    })
-    .prefault({}),
+  /** Per handler: its mode, the engine's policy bounds and its own options, as each handler declares them. */
+  handlers: handlersSchema.prefault({}),
   /** Alert names mapped to a handler, for alerts whose `remediation` label is absent or names no handler. */
   alerts: z.record(z.string().min(1), z.union([z.enum(HANDLER_NAMES), z.literal('none')])).default({}),
   pagerduty: z
@@ -238,7 +185,6 @@ const configSchema = z.strictObject({
 });
 
 export type Config = Readonly<z.output<typeof configSchema>>;
-export type SlowQueriesConfig = z.output<typeof slowQueriesHandler>;
 
 /** `a.b[0].c` from zod's path array. */
 function formatPath(path: readonly PropertyKey[]): string {

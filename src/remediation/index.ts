@@ -15,7 +15,7 @@ import { Engine, manualAlert } from './engine.js';
 import { HandlerRegistry } from './registry.js';
 import { Outbox } from './outbox.js';
 import { LeaderElector } from './leader.js';
-import { slowQueriesHandler } from './handlers/slow-queries.js';
+import { builtHandlers } from './handlers/index.js';
 import { processOwner } from './owner.js';
 import { LEADER_URL_ANNOTATION, type Leadership } from './routes.js';
 import type { AlertInfo, HandlerContext, Plan } from './handler.js';
@@ -46,7 +46,9 @@ export interface RemediationOptions {
 }
 
 export function defaultHandlers(): HandlerRegistry {
-  return new HandlerRegistry().register(slowQueriesHandler());
+  const registry = new HandlerRegistry();
+  for (const h of builtHandlers()) registry.register(h);
+  return registry;
 }
 
 /**

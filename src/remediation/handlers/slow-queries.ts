@@ -13,11 +13,33 @@
  * new connection, or a session that moved on to another query, is never cancelled by mistake —
  * which also makes every step safe to repeat after a crash.
  */
-import type { SlowQueriesConfig } from '../../config.js';
+import { z } from 'zod';
 import { UnsafeToActError, safeMessage } from '../../errors.js';
 import { APPLICATION_NAME } from '../../integrations/postgres.js';
 import { serverForAlert, type AlertInfo, type Handler, type HandlerContext, type PriorStep, type Step } from '../handler.js';
 import { psqlCommand } from '../runbook.js';
+import { databaseName, handlerOptions, identifier } from './options.js';
+
+/** handlers.slow-queries: what this handler takes, with its defaults (merged into the configuration schema). */
+export const slowQueriesOptions = handlerOptions({
+  /** Queries non-idle for longer than this are acted on; defaults to postgres.longRunningQuerySeconds. */
+  thresholdSeconds: z.number().positive().optional(),
+  /** Seconds between pg_cancel_backend and pg_terminate_backend for sessions that survived the cancel. */
+  graceSeconds: z.number().min(0).default(10),
+  /** At most this many sessions are cancelled per run; the rest are escalated. */
+  maxPerRun: z.number().int().min(1).default(20),
+  /** Roles whose sessions are never cancelled or terminated (superusers are always spared). */
+  protectedRoles: z.array(z.string().min(1)).default([]),
+  /** application_name values whose sessions are never touched. */
+  protectedApplications: z.array(z.string().min(1)).default([]),
+  /** Runbook step 4: tables to VACUUM ANALYZE after the queries are gone. */
+  vacuumAnalyze: z.array(z.strictObject({ database: databaseName, table: identifier, schema: identifier.default('public') })).default([]),
+  /** Runbook step 3: tables whose pg_stats are attached to an escalation as missing-index diagnostics. */
+  diagnosticTables: z
+    .array(z.strictObject({ database: databaseName, tables: z.array(identifier).min(1) }))
+    .default([{ database: 'lomash_orders', tables: ['orders', 'payments', 'invoices'] }]),
+});
+export type SlowQueriesConfig = z.output<typeof slowQueriesOptions>;
 
 export interface Session {
   pid: number;

@@ -1,0 +1,29 @@
+/**
+ * The handler registry: every runbook handler this build has, with the options it owns. The
+ * configuration schema's `handlers:` block is built from this list, so adding a handler touches its
+ * own file and this one. Names of runbook handlers this build does not have yet take the policy
+ * options only (their alerts are escalated).
+ */
+import { z } from 'zod';
+import { genericOptions } from './options.js';
+import { slowQueriesHandler, slowQueriesOptions } from './slow-queries.js';
+import type { Handler } from '../handler.js';
+
+export const handlersSchema = z.strictObject({
+  'primary-failover': genericOptions.optional(),
+  'rebuild-replica': genericOptions.optional(),
+  'slow-queries': slowQueriesOptions.prefault({}),
+  'disk-full': genericOptions.optional(),
+  'prisma-migration': genericOptions.optional(),
+  'redis-failure': genericOptions.optional(),
+  'replication-lag': genericOptions.optional(),
+  'data-corruption': genericOptions.optional(),
+});
+
+/** Top-level configuration blocks that belong to a handler (the runbook's `failover:` block). */
+export const handlerBlocks = {};
+
+/** A fresh instance of every handler of this build. */
+export function builtHandlers(): Handler[] {
+  return [slowQueriesHandler() as Handler];
+}
