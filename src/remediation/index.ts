@@ -14,11 +14,12 @@ import type { KubernetesClient } from '../integrations/kubernetes.js';
 import { Engine, manualAlert } from './engine.js';
 import { HandlerRegistry } from './registry.js';
 import { Outbox } from './outbox.js';
-import { LeaderElector } from './leader.js';
+import { LeaderElector } from '../coordination/leader.js';
 import { builtHandlers } from './handlers/index.js';
 import { processOwner } from './owner.js';
 import { LEADER_URL_ANNOTATION, type Leadership } from './routes.js';
-import type { AlertInfo, HandlerContext, Plan } from './handler.js';
+import type { AlertInfo, HandlerContext, Plan, TopologyView } from './handler.js';
+import { KubernetesIntentStore, LocalIntentStore, type IntentStore } from '../coordination/intent.js';
 
 export interface Remediation {
   store: Store;
@@ -67,8 +68,20 @@ async function loadKubernetes(config: Config): Promise<KubernetesClient | null> 
   return new KubernetesClient({ namespace: config.kubernetes.namespace, ...(config.kubernetes.kubeconfig ? { kubeconfigPath: config.kubernetes.kubeconfig } : {}) });
 }
 
-function handlerContext(runtime: Runtime, logger: Logger): HandlerContext {
-  return { config: runtime.config, cluster: runtime.cluster, redis: runtime.redis, logger };
+/** The observed topology (src/topology.ts) when the runtime has one, else the configured primary. */
+function topologyOf(runtime: Runtime): TopologyView {
+  return (runtime as { topology?: TopologyView }).topology ?? { primaryServer: () => runtime.cluster.primary };
+}
+
+/** Where a multi-step run's intent lives: a ConfigMap beside the Lease when Kubernetes is configured, else the store. */
+function intentStore(config: Config, kube: KubernetesClient | null, store: Store | null): IntentStore {
+  if (kube && config.kubernetes) return new KubernetesIntentStore(kube, `${config.kubernetes.lease.name}-failover`);
+  if (store) return new LocalIntentStore(store);
+  return { where: 'nowhere', read: async () => ({ intent: null, version: null }), write: async () => { throw new Error('no store to record an intent in'); } };
+}
+
+function handlerContext(runtime: Runtime, logger: Logger, kube: KubernetesClient | null, intents: IntentStore): HandlerContext {
+  return { config: runtime.config, cluster: runtime.cluster, topology: topologyOf(runtime), redis: runtime.redis, kube, intents, logger };
 }
 
 /**
@@ -82,7 +95,9 @@ export async function planOnly(
 ): Promise<{ target: string; plan: Plan; steps: { name: string; command: string }[] }> {
   const handlers = defaultHandlers();
   const handler = handlers.get(handlerName);
-  const ctx = handlerContext(runtime, runtime.logger.child({ component: 'remediation' }));
+  const kube = await loadKubernetes(runtime.config);
+  // Read-only: the intent is read where it lives (Kubernetes), never from a store this command would create.
+  const ctx = handlerContext(runtime, runtime.logger.child({ component: 'remediation' }), kube, intentStore(runtime.config, kube, null));
   const a: AlertInfo = manualAlert(handlerName, labels);
   const target = handler.target(a, ctx);
   const plan = await handler.plan(a, ctx);
@@ -136,7 +151,11 @@ export async function createRemediation(runtime: Runtime, opts: RemediationOptio
         resumed = true;
         void engine.resume().catch((err: Error) => log.error({ err: err.message }, 'resume failed'));
       }
-      if (!leading) resumed = false;
+      if (!leading) {
+        resumed = false;
+        // Within the step, not only between steps: every step acting now is aborted and waits for resume.
+        engine?.stopActing('this replica lost the leader Lease');
+      }
     },
   });
   metrics.gauge('dbpilot_leader', 'Whether this replica holds the leader Lease and may act (1) or only exports metrics (0).', [], function () {
@@ -146,7 +165,7 @@ export async function createRemediation(runtime: Runtime, opts: RemediationOptio
     config,
     store,
     handlers,
-    ctx: handlerContext(runtime, log),
+    ctx: handlerContext(runtime, log, kube, intentStore(config, kube, store)),
     outbox,
     metrics,
     logger: log,

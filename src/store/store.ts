@@ -47,6 +47,8 @@ export interface RunRow {
   finishedAt: string | null;
   approvedBy: string | null;
   owner: string | null;
+  /** When Alertmanager said the alert resolved (a run may still be acting then). */
+  alertResolvedAt: string | null;
 }
 
 export interface StepRow {
@@ -175,7 +177,17 @@ const MIGRATIONS: string[] = [
      PRIMARY KEY (dedup_key, fingerprint, starts_at)
    );
    CREATE INDEX page_members_fingerprint ON page_members(fingerprint, resolved_at);`,
+  // Scoped locks: a lock on a wider target waits ('waiting') for the narrower ones held, keeping new ones
+  // out meanwhile. Intents: the local home of a multi-step run's intent when there is no Kubernetes API.
+  `ALTER TABLE locks ADD COLUMN state TEXT NOT NULL DEFAULT 'held';
+   ALTER TABLE runs ADD COLUMN alert_resolved_at TEXT;
+   CREATE TABLE intents (name TEXT PRIMARY KEY, value TEXT NOT NULL, version INTEGER NOT NULL, updated_at TEXT NOT NULL);`,
 ];
+
+/** Lock keys are paths: `a` contains `a/b` and `a/b/c`. */
+export function lockScopeContains(outer: string, inner: string): boolean {
+  return inner.length > outer.length && inner.startsWith(outer) && inner[outer.length] === '/';
+}
 
 const now = () => new Date().toISOString();
 
@@ -205,6 +217,7 @@ function toRun(r: Record<string, unknown>): RunRow {
     finishedAt: (r.finished_at as string | null) ?? null,
     approvedBy: (r.approved_by as string | null) ?? null,
     owner: (r.owner as string | null) ?? null,
+    alertResolvedAt: (r.alert_resolved_at as string | null) ?? null,
   };
 }
 
@@ -285,7 +298,7 @@ export interface NewRun {
   reason?: string | null;
   plan?: unknown;
   labels?: Record<string, string>;
-  origin?: 'alertmanager' | 'cli';
+  origin?: 'alertmanager' | 'cli' | 'intent';
   owner?: string;
 }
 
@@ -447,6 +460,11 @@ export class Store {
     return (this.stmt(`SELECT count(*) AS n FROM runs ${where}`).get(params) as { n: number }).n;
   }
 
+  /** Records that the alert of these runs resolved (a run still acting pages its outcome, then resolves it). */
+  markAlertResolved(fingerprint: string): void {
+    this.stmt(`UPDATE runs SET alert_resolved_at = ? WHERE fingerprint = ? AND alert_resolved_at IS NULL`).run(now(), fingerprint);
+  }
+
   /** Runs of this alert occurrence still waiting or running (a resolved alert cancels those waiting). */
   openRunsFor(fingerprint: string): RunRow[] {
     return (
@@ -490,6 +508,13 @@ export class Store {
     this.db.transaction(() => steps.forEach((s, i) => ins.run(runId, i, s.name, s.command)))();
   }
 
+  /** Adds steps after the run's last one (the undo of a stopped run). */
+  appendSteps(runId: string, steps: { name: string; command: string }[]): void {
+    const next = (this.stmt('SELECT coalesce(max(idx) + 1, 0) AS n FROM steps WHERE run_id = ?').get(runId) as { n: number }).n;
+    const ins = this.stmt(`INSERT INTO steps (run_id, idx, name, command, status) VALUES (?, ?, ?, ?, 'planned')`);
+    this.db.transaction(() => steps.forEach((s, i) => ins.run(runId, next + i, s.name, s.command)))();
+  }
+
   steps(runId: string): StepRow[] {
     return (this.stmt('SELECT * FROM steps WHERE run_id = ? ORDER BY idx').all(runId) as Record<string, unknown>[]).map(toStep);
   }
@@ -515,23 +540,51 @@ export class Store {
   // ---- locks ----
 
   /**
-   * Takes the per-target lock for a run. `acquired`: this owner holds it (re-entrant, or taken over
-   * from a dead owner of the same run, which is how a restarted process resumes); `same-run-elsewhere`:
-   * a live process is executing this run; `other-run`: another run holds the target.
+   * Takes the lock on a target for a run. Targets are paths, and a lock excludes every other run on
+   * the same target, on a wider one (a prefix) and on a narrower one (an extension): a failover on
+   * `postgres` excludes slow-queries on `postgres/<server>/<db>`. Answers:
+   * - `acquired`: this owner holds it (re-entrant, or taken over from a dead owner of the same run,
+   *   which is how a restarted process resumes);
+   * - `wait`: only narrower locks of other runs stand in the way; this run's lock is recorded as
+   *   waiting, which keeps new narrower ones out, and the caller asks again until they are released;
+   * - `same-run-elsewhere`: a live process is executing this run;
+   * - `other-run`: another run holds this target or a wider one (or waits for it).
    */
-  acquireLock(target: string, runId: string, owner: string, alive: (owner: string) => boolean): 'acquired' | 'same-run-elsewhere' | 'other-run' {
+  acquireLock(target: string, runId: string, owner: string, alive: (owner: string) => boolean): 'acquired' | 'wait' | 'same-run-elsewhere' | 'other-run' {
     return this.db.transaction(() => {
-      const cur = this.stmt('SELECT run_id, owner FROM locks WHERE target = ?').get(target) as { run_id: string; owner: string | null } | undefined;
-      if (!cur) {
-        this.stmt('INSERT INTO locks (target, run_id, acquired_at, owner) VALUES (?, ?, ?, ?)').run(target, runId, now(), owner);
+      const rows = this.lockRowsTouching(target);
+      const own = rows.find((r) => r.target === target && r.runId === runId);
+      const others = rows.filter((r) => r.runId !== runId);
+      if (own && own.owner !== owner && own.owner !== null && alive(own.owner)) return 'same-run-elsewhere' as const;
+      if (others.length === 0) {
+        if (!own) this.stmt("INSERT INTO locks (target, run_id, acquired_at, owner, state) VALUES (?, ?, ?, ?, 'held')").run(target, runId, now(), owner);
+        else this.stmt("UPDATE locks SET owner = ?, acquired_at = ?, state = 'held' WHERE target = ? AND run_id = ?").run(owner, now(), target, runId);
         return 'acquired' as const;
       }
-      if (cur.run_id !== runId) return 'other-run' as const;
-      if (cur.owner === owner) return 'acquired' as const;
-      if (cur.owner !== null && alive(cur.owner)) return 'same-run-elsewhere' as const;
-      this.stmt('UPDATE locks SET owner = ?, acquired_at = ? WHERE target = ? AND run_id = ?').run(owner, now(), target, runId);
-      return 'acquired' as const;
+      if (others.every((r) => lockScopeContains(target, r.target))) {
+        if (!own) this.stmt("INSERT INTO locks (target, run_id, acquired_at, owner, state) VALUES (?, ?, ?, ?, 'waiting')").run(target, runId, now(), owner);
+        else if (own.owner !== owner) this.stmt('UPDATE locks SET owner = ? WHERE target = ? AND run_id = ?').run(owner, target, runId);
+        return 'wait' as const;
+      }
+      return 'other-run' as const;
     }).immediate();
+  }
+
+  private lockRowsTouching(target: string): { target: string; runId: string; owner: string | null; state: string }[] {
+    // substr, not LIKE: names hold `_`, which LIKE reads as a wildcard.
+    return (
+      this.stmt(
+        `SELECT target, run_id, owner, state FROM locks
+         WHERE target = @t OR substr(target, 1, length(@t) + 1) = @t || '/' OR substr(@t, 1, length(target) + 1) = target || '/'`,
+      ).all({ t: target }) as { target: string; run_id: string; owner: string | null; state: string }[]
+    ).map((r) => ({ target: r.target, runId: r.run_id, owner: r.owner, state: r.state }));
+  }
+
+  /** The other runs whose locks stand in the way of `runId` on `target` (same, wider or narrower targets). */
+  lockConflicts(target: string, runId: string): { target: string; runId: string; state: string }[] {
+    return this.lockRowsTouching(target)
+      .filter((r) => r.runId !== runId)
+      .map(({ target: t, runId: id, state }) => ({ target: t, runId: id, state }));
   }
 
   lockOwner(target: string): { runId: string; owner: string | null } | null {
@@ -542,6 +595,27 @@ export class Store {
   lockHolder(target: string): string | null {
     const cur = this.stmt('SELECT run_id FROM locks WHERE target = ?').get(target) as { run_id: string } | undefined;
     return cur?.run_id ?? null;
+  }
+
+  /** The intent recorded under `name`, with its version (the local IntentStore). */
+  readIntent(name: string): { value: string; version: number } | null {
+    return (this.stmt('SELECT value, version FROM intents WHERE name = ?').get(name) as { value: string; version: number } | undefined) ?? null;
+  }
+
+  /** Writes the intent if it is still at `expected` (null: none yet); the new version, or null when it changed meanwhile. */
+  writeIntent(name: string, value: string, expected: number | null): number | null {
+    return this.db.transaction(() => {
+      const cur = this.readIntent(name);
+      if ((cur?.version ?? null) !== expected) return null;
+      const version = (cur?.version ?? 0) + 1;
+      this.stmt('INSERT INTO intents (name, value, version, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value, version = excluded.version, updated_at = excluded.updated_at').run(
+        name,
+        value,
+        version,
+        now(),
+      );
+      return version;
+    }).immediate();
   }
 
   releaseLock(target: string, runId: string): void {

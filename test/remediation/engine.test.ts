@@ -456,7 +456,7 @@ describe('escalation', () => {
       run: failed.id,
       run_status: 'failed',
       verified: 'check after verifyThing failed: verifyThing did not take effect',
-      tried: [`restartThing: kubectl do restartThing # ${fp}`, `verifyThing: kubectl do verifyThing # ${fp}`],
+      tried: [`restartThing (done): kubectl do restartThing # ${fp}`, `verifyThing (check_failed): kubectl do verifyThing # ${fp}`],
       diagnostics: { scripted: true },
     });
     expect(h.store.lockHolder('fake/default')).toBeNull();

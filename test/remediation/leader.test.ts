@@ -18,7 +18,7 @@ import { pino, type Logger } from 'pino';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ConfigError } from '../../src/errors.js';
 import { KubernetesClient } from '../../src/integrations/kubernetes.js';
-import { LeaderElector, type LeaderElectorOptions } from '../../src/remediation/leader.js';
+import { LeaderElector, type LeaderElectorOptions } from '../../src/coordination/leader.js';
 import { K8sStandIn, type RecordedRequest } from '../support/k8s-standin.js';
 
 const NS = 'lomash-wood';

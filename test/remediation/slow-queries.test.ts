@@ -423,8 +423,19 @@ describe('slow-queries safety rails on a real PostgreSQL', () => {
       { primary: { url: u.toString() }, replicas: [], connectTimeoutMs: 2000, queryTimeoutMs: 5000, actionTimeoutMs: 5000, poolMax: 2 },
       runtime.logger,
     );
-    return { config: runtime.config, cluster, redis: runtime.redis, logger: runtime.logger };
+    return {
+      config: runtime.config,
+      cluster,
+      topology: { primaryServer: () => cluster.primary },
+      redis: runtime.redis,
+      kube: null,
+      intents: { where: 'nowhere', read: async () => ({ intent: null, version: null }), write: async () => '' },
+      logger: runtime.logger,
+    };
   }
+
+  /** What the engine gives a step: an abort signal that never fires here, and no Lease to lose. */
+  const step = () => ({ signal: new AbortController().signal, deadline: Date.now() + 60_000, assertCanAct: () => undefined, logger: createLogger('silent') });
 
   it('identifies its sessions across connections whose TimeZone and DateStyle differ', async () => {
     const { r, runtime } = await makeRemediation('auto');
@@ -437,10 +448,10 @@ describe('slow-queries safety rails on a real PostgreSQL', () => {
       const plan = await h.plan(alert(), planCtx);
       expect(plan.data.targets.map((t) => t.pid)).toEqual([q.pid]);
       const [cancel] = h.steps(plan.data, actCtx);
-      const out = (await cancel!.run(new Map())) as { cancelled: { pid: number; signalled: boolean }[] };
+      const out = (await cancel!.run(new Map(), step())) as { cancelled: { pid: number; signalled: boolean }[] };
       expect(out.cancelled).toEqual([{ pid: q.pid, signalled: true }]);
       expect(await q.done).toMatchObject({ ok: false, code: '57014' });
-      expect(await cancel!.check(out, new Map())).toMatchObject({ ok: true, detail: 'all 1 cancelled queries stopped' });
+      expect(await cancel!.check(out, new Map(), step())).toMatchObject({ ok: true, detail: 'all 1 cancelled queries stopped' });
     } finally {
       await Promise.all([planCtx.cluster.close(), actCtx.cluster.close()]);
       await r.close();
@@ -472,7 +483,7 @@ describe('slow-queries safety rails on a real PostgreSQL', () => {
         { ...target!, pid: pid + 100_000 },
       ]) {
         const [cancel] = h.steps({ ...plan.data, targets: [forged] }, ctx);
-        const out = (await cancel!.run(new Map())) as { cancelled: { pid: number; signalled: boolean }[] };
+        const out = (await cancel!.run(new Map(), step())) as { cancelled: { pid: number; signalled: boolean }[] };
         expect(out.cancelled, JSON.stringify(forged)).toEqual([{ pid: forged.pid, signalled: false }]);
         expect(await isRunning(pid)).toBe(true);
       }
@@ -483,12 +494,12 @@ describe('slow-queries safety rails on a real PostgreSQL', () => {
       const second = client.query('SELECT pg_sleep(60)').catch((err: { code?: string }) => err.code);
       await until(() => isRunning(pid), 'the second query to run');
       const [cancel, terminate] = h.steps(plan.data, ctx);
-      const out = (await cancel!.run(new Map())) as { cancelled: { pid: number; signalled: boolean }[] };
+      const out = (await cancel!.run(new Map(), step())) as { cancelled: { pid: number; signalled: boolean }[] };
       expect(out.cancelled).toEqual([{ pid, signalled: false }]);
-      const check = await cancel!.check(out, new Map());
+      const check = await cancel!.check(out, new Map(), step());
       expect(check).toMatchObject({ ok: true, data: { survivors: [] } });
       const prior = new Map([['cancelBackends', { output: out, check }]]);
-      const t = (await terminate!.run(prior)) as { terminated: unknown[] };
+      const t = (await terminate!.run(prior, step())) as { terminated: unknown[] };
       expect(t.terminated).toEqual([]);
       expect(await isRunning(pid)).toBe(true);
       await admin.query('SELECT pg_cancel_backend($1)', [pid]);

@@ -13,7 +13,7 @@ import { DbpilotError } from '../../src/errors.js';
 import { FINAL_STATUSES, Store, type NewRun, type RunStatus } from '../../src/store/store.js';
 
 /** The schema version this build migrates to (one migration per version). */
-const LATEST = 4;
+const LATEST = 5;
 const ALL_VERSIONS = Array.from({ length: LATEST }, (_, i) => ({ version: i + 1 }));
 
 const dir = mkdtempSync(path.join(tmpdir(), 'dbpilot-store-'));
