@@ -2,10 +2,12 @@
  * A thin typed client over @kubernetes/client-node 1.4.0 for the runbook's kubectl steps. Each method
  * is named for the step it serves and sends exactly the request the runbook's kubectl line sends:
  *
- *   readSecretKey / replaceSecretKey   kubectl get secret … / kubectl patch secret … --type=json (replace /data/<key>)
+ *   readSecretKey / replaceSecretKey   kubectl get secret … / kubectl patch secret … --type=json (remove + add /data/<key>)
+ *   patchSecretKeyIfUnchanged          kubectl patch secret … --type=json (test + replace /data/<key>): compare-and-swap
  *   rolloutRestart / waitForRollout    kubectl rollout restart … / kubectl rollout status …
- *   listPods / labelPod                kubectl get pods -l … / kubectl label pod … --overwrite
+ *   listPods / readPod / labelPod      kubectl get pods -l … / kubectl get pod … / kubectl label pod … --overwrite
  *   readPvc / resizePvc                kubectl get pvc … / kubectl patch pvc … -p '{"spec":{"resources":{"requests":{"storage":…}}}}'
+ *   read/create/replaceConfigMap       the failover intent, a ConfigMap dbpilot owns (compare-and-swap on resourceVersion)
  *   read/create/replace/deleteLease    what the leader elector needs (coordination.k8s.io/v1)
  *
  * Every failure becomes a KubernetesApiError (a DependencyError for 'kubernetes') carrying the HTTP
@@ -27,6 +29,8 @@ import {
   type ObservableMiddleware,
   type RequestContext,
   type ResponseContext,
+  type V1ConfigMap,
+  type V1ContainerState,
   type V1Deployment,
   type V1Lease,
   type V1PersistentVolumeClaim,
@@ -34,10 +38,10 @@ import {
   type V1StatefulSet,
 } from '@kubernetes/client-node';
 import { DbpilotError, DependencyError, safeMessage } from '../errors.js';
-import { KubernetesApiError, isNotFound } from './kubernetes-errors.js';
+import { KubernetesApiError, SecretChangedError, isNotFound } from './kubernetes-errors.js';
 
 // The errors live apart so the leader elector can use them without loading @kubernetes/client-node.
-export { KubernetesApiError, isConflict, isNotFound } from './kubernetes-errors.js';
+export { KubernetesApiError, SecretChangedError, isAlreadyExists, isConflict, isNotFound, isSecretChanged } from './kubernetes-errors.js';
 
 export type WorkloadKind = 'deployment' | 'statefulset';
 
@@ -69,6 +73,49 @@ export interface PodSummary {
   podIP: string | undefined;
   nodeName: string | undefined;
   resourceVersion: string | undefined;
+}
+
+/** One container's state, as `kubectl describe pod` shows it (messages left out: they can carry the container's output). */
+export interface ContainerStateSummary {
+  state: 'running' | 'waiting' | 'terminated' | 'unknown';
+  /** Why it is waiting or terminated (ContainerCreating, CrashLoopBackOff, OOMKilled, Completed, Error …); undefined when running. */
+  reason: string | undefined;
+  /** The exit code, when terminated. */
+  exitCode: number | undefined;
+  ready: boolean;
+  restartCount: number;
+  /** How it last ended (lastState.terminated), if it has restarted. */
+  lastTerminated: { reason: string | undefined; exitCode: number | undefined } | undefined;
+}
+
+/** A pod condition (here: Ready). */
+export interface PodConditionSummary {
+  status: string;
+  reason: string | undefined;
+  /** e.g. "containers with unready status: [postgres]". */
+  message: string | undefined;
+  lastTransitionTime: Date | undefined;
+}
+
+/** A pod in more detail than PodSummary: what to log about the primary's pod when a failover is confirmed. */
+export interface PodDetail extends PodSummary {
+  /** Sum of restartCount over status.containerStatuses (init containers not counted). */
+  restartCount: number;
+  /** By container name, from status.containerStatuses. */
+  containerStates: Record<string, ContainerStateSummary>;
+  /** The Ready condition, undefined if the kubelet has not reported one. */
+  readyCondition: PodConditionSummary | undefined;
+}
+
+/** A ConfigMap as dbpilot keeps its records in one. */
+export interface ConfigMapRecord {
+  name: string;
+  namespace: string;
+  data: Record<string, string>;
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+  /** The version to make the next write conditional on (replaceConfigMap). */
+  resourceVersion: string;
 }
 
 export interface PvcInfo {
@@ -274,6 +321,75 @@ function podSummary(p: V1Pod): PodSummary {
   };
 }
 
+function containerStateOf(state: V1ContainerState | undefined): Pick<ContainerStateSummary, 'state' | 'reason' | 'exitCode'> {
+  if (state?.running) return { state: 'running', reason: undefined, exitCode: undefined };
+  if (state?.terminated) return { state: 'terminated', reason: state.terminated.reason, exitCode: state.terminated.exitCode };
+  if (state?.waiting) return { state: 'waiting', reason: state.waiting.reason, exitCode: undefined };
+  return { state: 'unknown', reason: undefined, exitCode: undefined };
+}
+
+function podDetail(p: V1Pod): PodDetail {
+  const containerStates: Record<string, ContainerStateSummary> = {};
+  let restartCount = 0;
+  for (const c of p.status?.containerStatuses ?? []) {
+    const restarts = num(c.restartCount);
+    restartCount += restarts;
+    const last = c.lastState?.terminated;
+    containerStates[c.name] = {
+      ...containerStateOf(c.state),
+      ready: c.ready === true,
+      restartCount: restarts,
+      lastTerminated: last ? { reason: last.reason, exitCode: last.exitCode } : undefined,
+    };
+  }
+  const ready = p.status?.conditions?.find((c) => c.type === 'Ready');
+  return {
+    ...podSummary(p),
+    restartCount,
+    containerStates,
+    readyCondition: ready
+      ? { status: ready.status, reason: ready.reason, message: ready.message, lastTransitionTime: toDate(ready.lastTransitionTime) }
+      : undefined,
+  };
+}
+
+function configMapRecord(c: V1ConfigMap): ConfigMapRecord {
+  return {
+    name: c.metadata?.name ?? '',
+    namespace: c.metadata?.namespace ?? '',
+    data: { ...(c.data ?? {}) },
+    labels: { ...(c.metadata?.labels ?? {}) },
+    annotations: { ...(c.metadata?.annotations ?? {}) },
+    resourceVersion: c.metadata?.resourceVersion ?? '',
+  };
+}
+
+/** `base` with `changes` applied: a null value removes the key. */
+function mergeStrings(base: Record<string, string>, changes: Record<string, string | null> | undefined): Record<string, string> {
+  const out = { ...base };
+  for (const [k, v] of Object.entries(changes ?? {})) {
+    if (v === null) delete out[k];
+    else out[k] = v;
+  }
+  return out;
+}
+
+/**
+ * The API server's answer to a JSON patch that does not apply — a failed `test`, or a path that is
+ * not there: HTTP 422, reason Invalid, and this fixed message with no causes (handlers/patch.go
+ * applyJSPatch → errors.NewGenericServerResponse(422, …, isUnexpectedResponse=false), which drops
+ * json-patch's own error text). Validation failures are 422 Invalid too, but their message names the
+ * object (`Secret "x" is invalid: …`), so this message is what identifies a patch that did not apply.
+ */
+const PATCH_NOT_APPLIED = 'the server rejected our request due to an error in our request';
+
+/** What the API server answered, before toKubernetesError withholds anything: for a caller to recognise one refusal. */
+interface Refusal {
+  status: number | undefined;
+  reason: string | undefined;
+  message: string;
+}
+
 function pvcInfo(p: V1PersistentVolumeClaim): PvcInfo {
   const requested = p.spec?.resources?.requests?.storage;
   const capacity = p.status?.capacity?.storage;
@@ -352,18 +468,57 @@ export class KubernetesClient {
   }
 
   /**
-   * `kubectl patch secret NAME --type=json -p '[{"op":"replace","path":"/data/KEY","value":"<base64>"}]'`.
-   * `replace` fails (422) if the key does not exist yet, as with kubectl: a missing key is a
-   * configuration error, not something to paper over.
+   * Sets one key of a Secret, which must exist: a 422 if it does not, since a missing key is a
+   * configuration error, not something to paper over. The JSON patch is
+   * `[{"op":"remove","path":"/data/KEY"},{"op":"add","path":"/data/KEY","value":"<base64>"}]` — what
+   * RFC 6902 defines `replace` to be — rather than the runbook's `replace`, because the API server's
+   * JSON patch library (gopkg.in/evanphx/json-patch.v4) lets `replace` ADD a key that is missing;
+   * only `remove` fails on one. Unconditional: to refuse a concurrent edit, use patchSecretKeyIfUnchanged.
    */
   async replaceSecretKey(name: string, key: string, value: string, opts?: CallOptions): Promise<void> {
     const op = `patch secret ${this.namespace}/${name}`;
-    const body = [{ op: 'replace', path: `/data/${pointerSegment(key)}`, value: Buffer.from(value, 'utf8').toString('base64') }];
+    const path = `/data/${pointerSegment(key)}`;
+    const body = [
+      { op: 'remove', path },
+      { op: 'add', path, value: Buffer.from(value, 'utf8').toString('base64') },
+    ];
     await this.call(
       op,
       opts,
       (o) => this.core.patchNamespacedSecret({ name, namespace: this.namespace, body }, setHeaderOptions('Content-Type', PatchStrategy.JsonPatch, o)),
       { secret: true },
+    );
+  }
+
+  /**
+   * Sets one key of a Secret to `value` only if it still holds `expected` (both plain text, UTF-8),
+   * in one JSON patch the API server applies atomically:
+   * `[{"op":"test","path":"/data/KEY","value":base64(expected)},{"op":"replace","path":"/data/KEY","value":base64(value)}]`.
+   * If the key holds anything else, or is gone, the server applies nothing and this throws
+   * SecretChangedError (status 422, reason SecretChanged), so a concurrent edit is never overwritten:
+   * read the key again and decide. Other refusals are KubernetesApiErrors as usual (404 for a missing
+   * Secret, 422 Invalid for an immutable one …). No message carries either value.
+   *
+   * `expected` is compared as base64 of its UTF-8 bytes with what the server holds, so it must be the
+   * value exactly as readSecretKey returned it; a value that is not valid UTF-8 cannot be matched.
+   */
+  async patchSecretKeyIfUnchanged(name: string, key: string, expected: string, value: string, opts?: CallOptions): Promise<void> {
+    const op = `patch secret ${this.namespace}/${name}`;
+    const path = `/data/${pointerSegment(key)}`;
+    const body = [
+      { op: 'test', path, value: Buffer.from(expected, 'utf8').toString('base64') },
+      { op: 'replace', path, value: Buffer.from(value, 'utf8').toString('base64') },
+    ];
+    await this.call(
+      op,
+      opts,
+      (o) => this.core.patchNamespacedSecret({ name, namespace: this.namespace, body }, setHeaderOptions('Content-Type', PatchStrategy.JsonPatch, o)),
+      {
+        secret: true,
+        // The test op guarantees the path exists before the replace runs, so a patch that did not
+        // apply can only mean the test failed: the key holds something else, or nothing.
+        refine: (r) => (r.status === 422 && r.reason === 'Invalid' && r.message === PATCH_NOT_APPLIED ? new SecretChangedError(op, name, key) : undefined),
+      },
     );
   }
 
@@ -437,6 +592,12 @@ export class KubernetesClient {
     return list.items.map(podSummary);
   }
 
+  /** `kubectl get pod NAME`: the summary plus restarts, container states and the Ready condition. 404 if there is no such pod. */
+  async readPod(name: string, opts?: CallOptions): Promise<PodDetail> {
+    const pod = await this.call(`read pod ${this.namespace}/${name}`, opts, (o) => this.core.readNamespacedPod({ name, namespace: this.namespace }, o));
+    return podDetail(pod);
+  }
+
   /** `kubectl label pod NAME k=v --overwrite` as a merge patch of metadata.labels; a null value removes the label. */
   async labelPod(name: string, labels: Record<string, string | null>, opts?: CallOptions): Promise<PodSummary> {
     const body = { metadata: { labels } };
@@ -462,6 +623,63 @@ export class KubernetesClient {
       this.core.patchNamespacedPersistentVolumeClaim({ name, namespace: this.namespace, body }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch, o)),
     );
     return pvcInfo(pvc);
+  }
+
+  // ----- ConfigMaps, for the failover intent -----
+
+  /** The ConfigMap, or null if it does not exist. */
+  async readConfigMap(name: string, opts?: CallOptions): Promise<ConfigMapRecord | null> {
+    try {
+      const cm = await this.call(`read configmap ${this.namespace}/${name}`, opts, (o) => this.core.readNamespacedConfigMap({ name, namespace: this.namespace }, o));
+      return configMapRecord(cm);
+    } catch (err) {
+      if (isNotFound(err)) return null;
+      throw err;
+    }
+  }
+
+  /**
+   * Creates the ConfigMap; a KubernetesApiError with status 409 and reason AlreadyExists if the name
+   * is taken (someone else was first: read theirs). 422 Invalid for a name that is not an RFC 1123
+   * subdomain, a data key outside [-._a-zA-Z0-9]+, or more than 1 MiB of data.
+   */
+  async createConfigMap(
+    name: string,
+    data: Record<string, string>,
+    labels?: Record<string, string>,
+    opts?: CallOptions & { annotations?: Record<string, string> },
+  ): Promise<ConfigMapRecord> {
+    const metadata: V1ConfigMap['metadata'] = { name, namespace: this.namespace };
+    if (labels && Object.keys(labels).length > 0) metadata.labels = { ...labels };
+    if (opts?.annotations && Object.keys(opts.annotations).length > 0) metadata.annotations = { ...opts.annotations };
+    const body: V1ConfigMap = { apiVersion: 'v1', kind: 'ConfigMap', metadata, data: { ...data } };
+    const cm = await this.call(`create configmap ${this.namespace}/${name}`, opts, (o) => this.core.createNamespacedConfigMap({ namespace: this.namespace, body }, o));
+    return configMapRecord(cm);
+  }
+
+  /**
+   * Replaces the ConfigMap's data with `data`, conditional on `current.resourceVersion`: a
+   * KubernetesApiError with status 409 (Conflict) if it changed since it was read. Labels and
+   * annotations are kept from `current`, with `opts.labels` / `opts.annotations` merged over them (a
+   * null value removes one). A PUT writes the whole object: whatever `current` does not carry
+   * (binaryData, ownerReferences, finalizers) is dropped, which suits a ConfigMap dbpilot alone writes.
+   */
+  async replaceConfigMap(
+    current: ConfigMapRecord,
+    data: Record<string, string>,
+    opts?: CallOptions & { labels?: Record<string, string | null>; annotations?: Record<string, string | null> },
+  ): Promise<ConfigMapRecord> {
+    const op = `replace configmap ${this.namespace}/${current.name}`;
+    // An update without resourceVersion is unconditional for ConfigMaps: refuse it rather than overwrite blindly.
+    if (!current.resourceVersion) throw new KubernetesApiError(op, { reason: 'ClientError', message: 'no resourceVersion to make the replace conditional on' });
+    const metadata: V1ConfigMap['metadata'] = { name: current.name, namespace: this.namespace, resourceVersion: current.resourceVersion };
+    const labels = mergeStrings(current.labels, opts?.labels);
+    const annotations = mergeStrings(current.annotations, opts?.annotations);
+    if (Object.keys(labels).length > 0) metadata.labels = labels;
+    if (Object.keys(annotations).length > 0) metadata.annotations = annotations;
+    const body: V1ConfigMap = { apiVersion: 'v1', kind: 'ConfigMap', metadata, data: { ...data } };
+    const cm = await this.call(op, opts, (o) => this.core.replaceNamespacedConfigMap({ name: current.name, namespace: this.namespace, body }, o));
+    return configMapRecord(cm);
   }
 
   // ----- Leases, for the leader elector -----
@@ -517,18 +735,34 @@ export class KubernetesClient {
 
   // ----- plumbing -----
 
-  private async call<T>(operation: string, opts: CallOptions | undefined, fn: (options: ConfigurationOptions) => Promise<T>, how: { secret?: boolean } = {}): Promise<T> {
+  /**
+   * Runs one API call with the per-request timeout and turns any failure into a KubernetesApiError.
+   * `how.secret`: withhold the server's message where it may echo the Secret. `how.refine`: a chance to
+   * turn one refusal into a more specific error, seeing the server's answer before anything is withheld.
+   */
+  private async call<T>(
+    operation: string,
+    opts: CallOptions | undefined,
+    fn: (options: ConfigurationOptions) => Promise<T>,
+    how: { secret?: boolean; refine?: (r: Refusal) => KubernetesApiError | undefined } = {},
+  ): Promise<T> {
     const timeoutMs = opts?.timeoutMs ?? this.requestTimeoutMs;
     const options: ConfigurationOptions = { middleware: [timeoutMiddleware(timeoutMs)], middlewareMergeStrategy: 'append' };
     try {
       return await fn(options);
     } catch (err) {
-      throw toKubernetesError(operation, err, timeoutMs, how.secret === true);
+      throw toKubernetesError(operation, err, timeoutMs, how.secret === true, how.refine);
     }
   }
 }
 
-function toKubernetesError(operation: string, err: unknown, timeoutMs: number, secret: boolean): KubernetesApiError {
+function toKubernetesError(
+  operation: string,
+  err: unknown,
+  timeoutMs: number,
+  secret: boolean,
+  refine?: (r: Refusal) => KubernetesApiError | undefined,
+): KubernetesApiError {
   if (err instanceof ApiException) {
     const status = typeof err.code === 'number' ? err.code : undefined;
     let reason: string | undefined;
@@ -544,6 +778,8 @@ function toKubernetesError(operation: string, err: unknown, timeoutMs: number, s
         message = raw;
       }
     }
+    const refined = refine?.({ status, reason, message });
+    if (refined) return refined;
     if (status === 401) reason ??= 'Unauthorized';
     // A 400/422 message can echo the object sent or patched (for a Secret: its data, base64). For
     // Secrets those messages are dropped; other refusals (404, 403, 409) only name the object.

@@ -13,9 +13,12 @@ import {
   KubernetesApiError,
   KubernetesClient,
   RolloutNotCompleteError,
+  SecretChangedError,
   formatMicroTime,
+  isAlreadyExists,
   isConflict,
   isNotFound,
+  isSecretChanged,
   restartedAtValue,
   rolloutStatusOf,
 } from '../../src/integrations/kubernetes.js';
@@ -76,7 +79,7 @@ describe('KubernetesClient', () => {
       expect(noSecret.dependency).toBe('kubernetes');
     });
 
-    it('replaceSecretKey sends the runbook JSON patch (replace /data/KEY, base64)', async () => {
+    it('replaceSecretKey sends one JSON patch, remove + add /data/KEY (base64)', async () => {
       k8s.seedSecret({ name: SECRET, data: { DATABASE_URL: 'postgresql://app:pw@postgres-primary:5432/lomash_auth', OTHER: 'kept' } });
       const next = 'postgresql://app:pw@postgres-replica-0:5432/lomash_auth';
       await client.replaceSecretKey(SECRET, 'DATABASE_URL', next);
@@ -85,7 +88,10 @@ describe('KubernetesClient', () => {
           method: 'PATCH',
           path: `/api/v1/namespaces/${NS}/secrets/${SECRET}`,
           contentType: 'application/json-patch+json',
-          body: [{ op: 'replace', path: '/data/DATABASE_URL', value: Buffer.from(next).toString('base64') }],
+          body: [
+            { op: 'remove', path: '/data/DATABASE_URL' },
+            { op: 'add', path: '/data/DATABASE_URL', value: Buffer.from(next).toString('base64') },
+          ],
           status: 200,
         }),
       ]);
@@ -94,13 +100,20 @@ describe('KubernetesClient', () => {
     });
 
     it('replaceSecretKey refuses a key that does not exist (422) and keeps the value out of the error', async () => {
+      // The API server's json-patch v4 would let a plain `replace` add the key; `remove` is what refuses.
       k8s.seedSecret({ name: 'partial-secrets', data: { OTHER: 'x' } });
       const value = 'postgresql://app:s3cr3t-password@new-primary:5432/db';
       const err = await rejection(client.replaceSecretKey('partial-secrets', 'DATABASE_URL', value));
       expect(err.status).toBe(422);
+      expect(err).not.toBeInstanceOf(SecretChangedError);
       expect(err.message).not.toContain('s3cr3t');
       expect(err.message).not.toContain(Buffer.from(value).toString('base64'));
       expect(k8s.secret('partial-secrets')?.data).toEqual({ OTHER: Buffer.from('x').toString('base64') });
+      expect(k8s.requests.at(-1)?.patchError).toBe('Unable to remove nonexistent key: DATABASE_URL: missing value');
+      // A Secret with no data at all, likewise.
+      k8s.seedSecret({ name: 'empty-secrets' });
+      expect((await rejection(client.replaceSecretKey('empty-secrets', 'DATABASE_URL', value))).status).toBe(422);
+      expect(k8s.secret('empty-secrets')?.data).toBeUndefined();
     });
 
     it('never shows a Secret echoed back by the API server in the error', async () => {
@@ -111,6 +124,130 @@ describe('KubernetesClient', () => {
       expect(err.status).toBe(422);
       expect(err.message).not.toContain('cG9zdGdyZXNxbDovL2FwcDpvbGQtaHVudGVyMkBwL2Ri');
       expect(err.message).not.toContain('hunter');
+    });
+  });
+
+  describe('patchSecretKeyIfUnchanged (scenario 1, step 4: repoint without overwriting a concurrent edit)', () => {
+    const OLD = 'postgresql://app:pw-hunter2@postgres-primary:5432/lomash_auth';
+    const NEW = 'postgresql://app:pw-hunter2@postgres-replica-0:5432/lomash_auth';
+    const b64 = (v: string): string => Buffer.from(v).toString('base64');
+    const secretChanged = async (p: Promise<unknown>): Promise<SecretChangedError> => {
+      const err = await rejection(p);
+      expect(err).toBeInstanceOf(SecretChangedError);
+      return err as SecretChangedError;
+    };
+    /** No value, plain or base64, in anything the error carries. */
+    const expectNoValues = (err: Error, values: string[]): void => {
+      const everything = JSON.stringify({ message: err.message, stack: err.stack, err });
+      for (const v of values) {
+        expect(everything).not.toContain(v);
+        expect(everything).not.toContain(b64(v));
+      }
+      expect(everything).not.toContain('hunter2');
+    };
+
+    it('sends test + replace of /data/KEY in one JSON patch and sets the key when it still holds the expected value', async () => {
+      k8s.seedSecret({ name: 'cas-secrets', data: { DATABASE_URL: OLD, OTHER: 'kept' } });
+      await client.patchSecretKeyIfUnchanged('cas-secrets', 'DATABASE_URL', OLD, NEW);
+      expect(k8s.requests).toEqual([
+        expect.objectContaining({
+          method: 'PATCH',
+          path: `/api/v1/namespaces/${NS}/secrets/cas-secrets`,
+          contentType: 'application/json-patch+json',
+          body: [
+            { op: 'test', path: '/data/DATABASE_URL', value: b64(OLD) },
+            { op: 'replace', path: '/data/DATABASE_URL', value: b64(NEW) },
+          ],
+          status: 200,
+        }),
+      ]);
+      expect(k8s.secretValue('cas-secrets', 'DATABASE_URL')).toBe(NEW);
+      expect(k8s.secretValue('cas-secrets', 'OTHER')).toBe('kept');
+    });
+
+    it('refuses with SecretChangedError when the value is not the expected one, writes nothing and shows no value', async () => {
+      const theirs = 'postgresql://app:pw-hunter2@postgres-replica-1:5432/lomash_auth';
+      k8s.seedSecret({ name: 'changed-secrets', data: { DATABASE_URL: theirs } });
+      const before = k8s.secret('changed-secrets');
+      const err = await secretChanged(client.patchSecretKeyIfUnchanged('changed-secrets', 'DATABASE_URL', OLD, NEW));
+      expect(err).toBeInstanceOf(KubernetesApiError);
+      expect(err).toBeInstanceOf(DependencyError);
+      expect(isSecretChanged(err)).toBe(true);
+      expect(isConflict(err)).toBe(false);
+      expect(err).toMatchObject({ status: 422, reason: 'SecretChanged', secret: 'changed-secrets', key: 'DATABASE_URL', code: 'DBPILOT_DEPENDENCY_FAILED' });
+      expect(err.message).toBe(
+        `kubernetes: patch secret ${NS}/changed-secrets: HTTP 422 SecretChanged: key "DATABASE_URL" no longer holds the value it was read with (changed or removed meanwhile); nothing was written`,
+      );
+      expectNoValues(err, [OLD, NEW, theirs]);
+      expect(k8s.secret('changed-secrets')).toEqual(before);
+      // What came over the wire is the API server's generic 422 for a patch that did not apply.
+      expect(k8s.requests.at(-1)).toMatchObject({ status: 422, patchError: 'testing value /data/DATABASE_URL failed: test failed' });
+    });
+
+    it('refuses with SecretChangedError when the key is gone, and tells other refusals apart', async () => {
+      k8s.seedSecret({ name: 'removed-secrets', data: { OTHER: 'x' } });
+      const gone = await secretChanged(client.patchSecretKeyIfUnchanged('removed-secrets', 'DATABASE_URL', OLD, NEW));
+      expect(gone.key).toBe('DATABASE_URL');
+      expect(k8s.secret('removed-secrets')?.data).toEqual({ OTHER: b64('x') });
+
+      // No such Secret: 404, not "changed".
+      const missing = await rejection(client.patchSecretKeyIfUnchanged('no-such-secrets', 'DATABASE_URL', OLD, NEW));
+      expect(missing.status).toBe(404);
+      expect(isSecretChanged(missing)).toBe(false);
+
+      // An immutable Secret holding the expected value: the patch applies, validation refuses it (422 Invalid, another 422).
+      k8s.seedSecret({ name: 'frozen-secrets', data: { DATABASE_URL: OLD }, immutable: true });
+      const frozen = await rejection(client.patchSecretKeyIfUnchanged('frozen-secrets', 'DATABASE_URL', OLD, NEW));
+      expect(frozen.status).toBe(422);
+      expect(frozen.reason).toBe('Invalid');
+      expect(isSecretChanged(frozen)).toBe(false);
+      expectNoValues(frozen, [OLD, NEW]);
+      expect(k8s.secretValue('frozen-secrets', 'DATABASE_URL')).toBe(OLD);
+
+      // A 422 that echoes the Secret (e.g. from something between us and the API server) is withheld, not "changed".
+      k8s.seedSecret({ name: 'echo-cas-secrets', data: { DATABASE_URL: OLD } });
+      k8s.failNext(1, 422, { method: 'PATCH', resource: 'secrets', name: 'echo-cas-secrets' }, `Secret "echo-cas-secrets" is invalid: data: Invalid value: {"DATABASE_URL":"${b64(OLD)}"}`);
+      const echoed = await rejection(client.patchSecretKeyIfUnchanged('echo-cas-secrets', 'DATABASE_URL', OLD, NEW));
+      expect(isSecretChanged(echoed)).toBe(false);
+      expectNoValues(echoed, [OLD, NEW]);
+    });
+
+    it('never overwrites an edit made between its read and its write', async () => {
+      // Two dbpilot instances repoint the same Secret: ours read the old value, then theirs wrote first.
+      k8s.seedSecret({ name: 'race-secrets', data: { DATABASE_URL: OLD } });
+      const other = new KubernetesClient({ namespace: NS, kubeconfigPath: kubeconfig, requestTimeoutMs: 30_000 });
+      const theirs = 'postgresql://app:pw-hunter2@postgres-replica-1:5432/lomash_auth';
+      const read = await client.readSecretKey('race-secrets', 'DATABASE_URL');
+      expect(read).toBe(OLD);
+      // Hold our PATCH at the server until the concurrent edit is in (see K8sStandIn.delayNext).
+      const held = k8s.delayNext(1, 30_000, { method: 'PATCH', resource: 'secrets', name: 'race-secrets' });
+      const ours = client.patchSecretKeyIfUnchanged('race-secrets', 'DATABASE_URL', read, NEW, { timeoutMs: 30_000 });
+      const arrived = await held.arrived;
+      expect(arrived.body).toEqual([
+        { op: 'test', path: '/data/DATABASE_URL', value: b64(OLD) },
+        { op: 'replace', path: '/data/DATABASE_URL', value: b64(NEW) },
+      ]);
+      await other.replaceSecretKey('race-secrets', 'DATABASE_URL', theirs);
+      held.release();
+      const err = await secretChanged(ours);
+      expectNoValues(err, [OLD, NEW, theirs]);
+      expect(k8s.secretValue('race-secrets', 'DATABASE_URL')).toBe(theirs);
+      // The order at the server: our PATCH arrived first, theirs was served while ours was held, ours was refused.
+      expect(k8s.requests.filter((r) => r.method === 'PATCH').map((r) => [r.body && (r.body as { op: string }[])[0]?.op, r.status])).toEqual([
+        ['test', 422],
+        ['remove', 200],
+      ]);
+      // Read again and decide: with the new value as expected, the write goes through.
+      const now = await client.readSecretKey('race-secrets', 'DATABASE_URL');
+      await client.patchSecretKeyIfUnchanged('race-secrets', 'DATABASE_URL', now, NEW);
+      expect(k8s.secretValue('race-secrets', 'DATABASE_URL')).toBe(NEW);
+    });
+
+    it('matches values by their UTF-8 bytes, whatever the key looks like', async () => {
+      k8s.seedSecret({ name: 'odd-secrets', data: { 'a.b_c-d': 'naïve ✓' } });
+      await client.patchSecretKeyIfUnchanged('odd-secrets', 'a.b_c-d', 'naïve ✓', 'plain');
+      expect(k8s.secretValue('odd-secrets', 'a.b_c-d')).toBe('plain');
+      expect(k8s.requests.at(-1)?.body).toMatchObject([{ op: 'test', path: '/data/a.b_c-d' }, { op: 'replace' }]);
     });
   });
 
@@ -191,6 +328,35 @@ describe('KubernetesClient', () => {
       expect((err as RolloutNotCompleteError).message).toMatch(/^rollout of deployment\/stuck-service did not complete: not done after 300 ms: \S/);
     });
 
+    it('restarts eight Deployments and waits for each: a held one is waited through, a failed one is reported', async () => {
+      const names = ['auth', 'order', 'payment', 'catalog', 'cart', 'search', 'notify', 'report'].map((n) => `${n}-svc8`);
+      for (const name of names) k8s.seedDeployment({ name, replicas: 2 });
+      k8s.setRolloutOutcome('cart-svc8', 'held');
+      k8s.setRolloutOutcome('report-svc8', 'progressDeadlineExceeded');
+      const at = new Date('2026-11-27T17:00:00Z');
+      for (const name of names) await client.rolloutRestart('deployment', name, at);
+      const results = names.map((name) =>
+        client.waitForRollout('deployment', name, 30_000).then(
+          (s) => ({ name, s, err: undefined as unknown }),
+          (err: unknown) => ({ name, s: undefined, err }),
+        ),
+      );
+      const failed = await results[names.indexOf('report-svc8')]!;
+      expect(failed.err).toBeInstanceOf(RolloutNotCompleteError);
+      expect((failed.err as RolloutNotCompleteError).status).toMatchObject({ failed: true, done: false, observedGeneration: 2 });
+      expect((failed.err as Error).message).toBe('rollout of deployment/report-svc8 did not complete: deployment "report-svc8" exceeded its progress deadline');
+      // The held one is still being waited for; let its controller finish it.
+      await expect.poll(() => k8s.rolloutState('cart-svc8'), { timeout: 10_000, interval: 5 }).toEqual({ phase: 'progressing', scheduled: 0 });
+      k8s.setRolloutOutcome('cart-svc8', { completeAfterMs: 0 });
+      const all = await Promise.all(results);
+      for (const r of all.filter((x) => x.name !== 'report-svc8')) {
+        expect(r.err, r.name).toBeUndefined();
+        expect(r.s, r.name).toMatchObject({ done: true, generation: 2, updatedReplicas: 2, readyReplicas: 2 });
+      }
+      k8s.setRolloutOutcome('cart-svc8', null);
+      k8s.setRolloutOutcome('report-svc8', null);
+    });
+
     it('waitForRollout retries transient API errors but not a missing workload', async () => {
       k8s.seedDeployment({ name: 'flaky-service', replicas: 1 });
       await client.rolloutRestart('deployment', 'flaky-service');
@@ -232,6 +398,147 @@ describe('KubernetesClient', () => {
       const bad = await rejection(client.labelPod('postgres-fence-0', { role: 'not valid!' }));
       expect(bad.status).toBe(422);
       expect(bad.reason).toBe('Invalid');
+    });
+  });
+
+  describe('readPod (logging the primary pod when a failover is confirmed)', () => {
+    it('sums restarts and reports each container\'s state and the Ready condition', async () => {
+      k8s.seedPod({
+        name: 'postgres-primary-9',
+        labels: { app: 'postgres', role: 'primary' },
+        podIP: '10.0.0.9',
+        containerStatuses: [
+          { name: 'postgres', ready: false, restartCount: 4, state: { waiting: { reason: 'CrashLoopBackOff', message: 'back-off 5m0s restarting failed container' } }, lastState: { terminated: { exitCode: 137, reason: 'OOMKilled' } } },
+          { name: 'exporter', restartCount: 1 },
+          { name: 'init-done', ready: false, state: { terminated: { exitCode: 0, reason: 'Completed' } } },
+        ],
+      });
+      const pod = await client.readPod('postgres-primary-9');
+      expect(k8s.requests).toMatchObject([{ method: 'GET', path: `/api/v1/namespaces/${NS}/pods/postgres-primary-9`, status: 200 }]);
+      expect(pod).toMatchObject({ name: 'postgres-primary-9', labels: { app: 'postgres', role: 'primary' }, phase: 'Running', ready: false, podIP: '10.0.0.9', nodeName: 'node-1' });
+      expect(pod.restartCount).toBe(5);
+      expect(pod.containerStates).toEqual({
+        postgres: { state: 'waiting', reason: 'CrashLoopBackOff', exitCode: undefined, ready: false, restartCount: 4, lastTerminated: { reason: 'OOMKilled', exitCode: 137 } },
+        exporter: { state: 'running', reason: undefined, exitCode: undefined, ready: true, restartCount: 1, lastTerminated: undefined },
+        'init-done': { state: 'terminated', reason: 'Completed', exitCode: 0, ready: false, restartCount: 0, lastTerminated: undefined },
+      });
+      expect(pod.readyCondition).toMatchObject({ status: 'False', reason: 'ContainersNotReady', message: 'containers with unready status: [postgres init-done]' });
+      expect(pod.readyCondition?.lastTransitionTime).toBeInstanceOf(Date);
+      // Container messages (which can carry the container's output) are not passed on.
+      expect(JSON.stringify(pod)).not.toContain('back-off');
+    });
+
+    it('follows a status the kubelet rewrites, and 404s a pod that does not exist', async () => {
+      k8s.seedPod({ name: 'postgres-primary-8', labels: { role: 'primary' } });
+      expect(await client.readPod('postgres-primary-8')).toMatchObject({ ready: true, restartCount: 0, containerStates: { main: { state: 'running' } }, readyCondition: { status: 'True' } });
+      k8s.setPodStatus('postgres-primary-8', { phase: 'Failed', containerStatuses: [{ name: 'main', ready: false, restartCount: 1, state: { terminated: { exitCode: 1, reason: 'Error' } } }] });
+      expect(await client.readPod('postgres-primary-8')).toMatchObject({
+        phase: 'Failed',
+        ready: false,
+        restartCount: 1,
+        containerStates: { main: { state: 'terminated', reason: 'Error', exitCode: 1 } },
+        readyCondition: { status: 'False' },
+      });
+      const missing = await rejection(client.readPod('postgres-primary-404'));
+      expect(missing.status).toBe(404);
+      expect(missing.message).toContain(`read pod ${NS}/postgres-primary-404`);
+    });
+  });
+
+  describe('ConfigMaps (the failover intent)', () => {
+    const LABELS = { 'app.kubernetes.io/managed-by': 'dbpilot' };
+
+    it('creates, reads and replaces with compare-and-swap on resourceVersion', async () => {
+      expect(await client.readConfigMap('dbpilot-failover')).toBeNull();
+      const created = await client.createConfigMap('dbpilot-failover', { intent: '{"phase":"confirmed"}' }, LABELS);
+      expect(created).toEqual({
+        name: 'dbpilot-failover',
+        namespace: NS,
+        data: { intent: '{"phase":"confirmed"}' },
+        labels: LABELS,
+        annotations: {},
+        resourceVersion: expect.stringMatching(/^\d+$/),
+      });
+      expect(k8s.requests.at(-1)).toMatchObject({
+        method: 'POST',
+        path: `/api/v1/namespaces/${NS}/configmaps`,
+        contentType: 'application/json',
+        body: { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'dbpilot-failover', namespace: NS, labels: LABELS }, data: { intent: '{"phase":"confirmed"}' } },
+        status: 201,
+      });
+      const read = await client.readConfigMap('dbpilot-failover');
+      expect(read).toEqual(created);
+
+      const replaced = await client.replaceConfigMap(read!, { intent: '{"phase":"fenced"}' });
+      expect(replaced).toMatchObject({ data: { intent: '{"phase":"fenced"}' }, labels: LABELS });
+      expect(Number(replaced.resourceVersion)).toBeGreaterThan(Number(created.resourceVersion));
+      expect(k8s.requests.at(-1)).toMatchObject({
+        method: 'PUT',
+        path: `/api/v1/namespaces/${NS}/configmaps/dbpilot-failover`,
+        body: { kind: 'ConfigMap', metadata: { name: 'dbpilot-failover', resourceVersion: created.resourceVersion, labels: LABELS }, data: { intent: '{"phase":"fenced"}' } },
+        status: 200,
+      });
+
+      // A second writer holding the old version loses: 409 Conflict, and the winner's data stays.
+      const stale = await rejection(client.replaceConfigMap(read!, { intent: '{"phase":"aborted"}' }));
+      expect(stale.status).toBe(409);
+      expect(stale.reason).toBe('Conflict');
+      expect(isConflict(stale)).toBe(true);
+      expect(isAlreadyExists(stale)).toBe(false);
+      expect(k8s.configMap('dbpilot-failover')?.data).toEqual({ intent: '{"phase":"fenced"}' });
+
+      // A second create loses too: 409 AlreadyExists.
+      const dup = await rejection(client.createConfigMap('dbpilot-failover', { intent: '{}' }, LABELS));
+      expect(dup.status).toBe(409);
+      expect(isAlreadyExists(dup)).toBe(true);
+      expect(isConflict(dup)).toBe(true);
+    });
+
+    it('of two instances racing from the same version exactly one wins', async () => {
+      await client.createConfigMap('dbpilot-race', { intent: 'v0' }, LABELS);
+      const a = await client.readConfigMap('dbpilot-race');
+      const b = await client.readConfigMap('dbpilot-race');
+      const outcomes = await Promise.allSettled([client.replaceConfigMap(a!, { intent: 'from-a' }), client.replaceConfigMap(b!, { intent: 'from-b' })]);
+      const won = outcomes.filter((o) => o.status === 'fulfilled');
+      const lost = outcomes.filter((o): o is PromiseRejectedResult => o.status === 'rejected');
+      expect(won).toHaveLength(1);
+      expect(lost).toHaveLength(1);
+      expect(isConflict(lost[0]!.reason)).toBe(true);
+      const winner = (won[0] as PromiseFulfilledResult<{ data: Record<string, string> }>).value.data.intent;
+      expect(k8s.configMap('dbpilot-race')?.data).toEqual({ intent: winner });
+    });
+
+    it('keeps labels and annotations on replace, merging changes (null removes)', async () => {
+      const created = await client.createConfigMap('dbpilot-meta', { a: '1' }, LABELS, { annotations: { 'dbpilot.io/run': 'r1', 'dbpilot.io/old': 'x' } });
+      expect(created.annotations).toEqual({ 'dbpilot.io/run': 'r1', 'dbpilot.io/old': 'x' });
+      const next = await client.replaceConfigMap(created, { a: '2' }, { annotations: { 'dbpilot.io/run': 'r2', 'dbpilot.io/old': null }, labels: { extra: 'yes' } });
+      expect(next).toMatchObject({ data: { a: '2' }, labels: { ...LABELS, extra: 'yes' }, annotations: { 'dbpilot.io/run': 'r2' } });
+      expect(next.annotations).not.toHaveProperty('dbpilot.io/old');
+    });
+
+    it('surfaces what the API server refuses: 422 for names, keys and size, 404 for a replace of a deleted one', async () => {
+      const badName = await rejection(client.createConfigMap('Dbpilot_Failover', { a: 'b' }));
+      expect(badName.status).toBe(422);
+      expect(badName.message).toContain('metadata.name');
+      const badKey = await rejection(client.createConfigMap('dbpilot-badkey', { 'not ok': 'b' }));
+      expect(badKey.status).toBe(422);
+      expect(badKey.message).toContain('data[not ok]');
+      const tooBig = await rejection(client.createConfigMap('dbpilot-big', { intent: 'x'.repeat(1024 * 1024 + 1) }));
+      expect(tooBig.status).toBe(422);
+      expect(tooBig.message).toContain('Too long: must have at most 1048576 bytes');
+
+      const created = await client.createConfigMap('dbpilot-deleted', { a: 'b' });
+      k8s.clearRequests();
+      await fetch(`${k8s.url}/api/v1/namespaces/${NS}/configmaps/dbpilot-deleted`, { method: 'DELETE', headers: { authorization: `Bearer ${k8s.token}` } });
+      const gone = await rejection(client.replaceConfigMap(created, { a: 'c' }));
+      expect(gone.status).toBe(404);
+      expect(await client.readConfigMap('dbpilot-deleted')).toBeNull();
+    });
+
+    it('refuses to replace without a resourceVersion (that would be unconditional) before sending anything', async () => {
+      const err = await rejection(client.replaceConfigMap({ name: 'x', namespace: NS, data: {}, labels: {}, annotations: {}, resourceVersion: '' }, { a: 'b' }));
+      expect(err.reason).toBe('ClientError');
+      expect(k8s.requests).toHaveLength(0);
     });
   });
 

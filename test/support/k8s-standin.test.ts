@@ -17,7 +17,17 @@ import {
   setHeaderOptions,
   type V1Lease,
 } from '@kubernetes/client-node';
-import { K8sStandIn, mergePatch, microTime, parseLabelSelector, parseQuantity, strategicMergePatch } from './k8s-standin.js';
+import {
+  JsonPatchApplyError,
+  K8sStandIn,
+  PATCH_NOT_APPLIED_MESSAGE,
+  applyJsonPatch,
+  mergePatch,
+  microTime,
+  parseLabelSelector,
+  parseQuantity,
+  strategicMergePatch,
+} from './k8s-standin.js';
 
 const NS = 'lomash-wood';
 
@@ -138,7 +148,7 @@ describe('Kubernetes stand-in', () => {
     });
 
     it('404s a path it does not serve', async () => {
-      const f = await failure(core.readNamespacedConfigMap({ name: 'x', namespace: NS }));
+      const f = await failure(core.readNamespacedService({ name: 'x', namespace: NS }));
       expect(f.code).toBe(404);
       expect(f.status.message).toBe('the server could not find the requested resource');
     });
@@ -228,28 +238,136 @@ describe('Kubernetes stand-in', () => {
       expect(k8s.requests[0]).toMatchObject({ method: 'PATCH', contentType: 'application/json-patch+json' });
     });
 
-    it('fails a JSON patch whose test op fails with 422 and changes nothing', async () => {
+    // What kube-apiserver sends for any JSON patch that does not apply: handlers/patch.go applyJSPatch
+    // → errors.NewGenericServerResponse(422, "", GroupResource{}, "", err.Error(), 0, false): reason
+    // Invalid, a fixed message, and no causes (json-patch's error text is dropped); empty details.
+    const NOT_APPLIED = {
+      kind: 'Status',
+      apiVersion: 'v1',
+      metadata: {},
+      status: 'Failure',
+      message: 'the server rejected our request due to an error in our request',
+      reason: 'Invalid',
+      details: {},
+      code: 422,
+    };
+    const b64 = (v: string): string => Buffer.from(v).toString('base64');
+    const jsonPatch = (name: string, body: unknown[]) => core.patchNamespacedSecret({ name, namespace: NS, body });
+
+    it('fails a JSON patch whose test op fails with exactly the API server\'s 422, and changes nothing', async () => {
       k8s.seedSecret({ name: 'jp-test', data: { DATABASE_URL: 'postgres://old' } });
       const before = k8s.secret('jp-test');
       const f = await failure(
-        core.patchNamespacedSecret({
-          name: 'jp-test',
-          namespace: NS,
-          body: [
-            { op: 'test', path: '/data/DATABASE_URL', value: Buffer.from('postgres://something-else').toString('base64') },
-            { op: 'replace', path: '/data/DATABASE_URL', value: Buffer.from('postgres://new').toString('base64') },
-          ],
-        }),
+        jsonPatch('jp-test', [
+          { op: 'test', path: '/data/DATABASE_URL', value: b64('postgres://something-else') },
+          { op: 'replace', path: '/data/DATABASE_URL', value: b64('postgres://new') },
+        ]),
       );
       expect(f.code).toBe(422);
-      expect(f.status.reason).toBe('Invalid');
+      expect(f.status).toEqual(NOT_APPLIED);
+      expect(PATCH_NOT_APPLIED_MESSAGE).toBe(NOT_APPLIED.message);
       expect(k8s.secret('jp-test')).toEqual(before);
+      // Which operation failed is known to the stand-in only (the server does not say), and names no value.
+      expect(k8s.requests.at(-1)).toMatchObject({ status: 422, patchError: 'testing value /data/DATABASE_URL failed: test failed' });
     });
 
-    it('fails a JSON patch replace of a missing path with 422', async () => {
+    it('applies test + replace when the value is the one tested', async () => {
+      k8s.seedSecret({ name: 'jp-cas', data: { DATABASE_URL: 'postgres://old', OTHER: 'kept' } });
+      await jsonPatch('jp-cas', [
+        { op: 'test', path: '/data/DATABASE_URL', value: b64('postgres://old') },
+        { op: 'replace', path: '/data/DATABASE_URL', value: b64('postgres://new') },
+      ]);
+      expect(k8s.secretValue('jp-cas', 'DATABASE_URL')).toBe('postgres://new');
+      expect(k8s.secretValue('jp-cas', 'OTHER')).toBe('kept');
+    });
+
+    it('fails a test of a missing key, and of a key in a Secret without data, the same way', async () => {
+      k8s.seedSecret({ name: 'jp-test-missing', data: { A: 'x' } });
+      const missingKey = await failure(jsonPatch('jp-test-missing', [{ op: 'test', path: '/data/B', value: b64('x') }]));
+      expect(missingKey.status).toEqual(NOT_APPLIED);
+      k8s.seedSecret({ name: 'jp-test-nodata' });
+      const noData = await failure(jsonPatch('jp-test-nodata', [{ op: 'test', path: '/data/B', value: b64('x') }]));
+      expect(noData.status).toEqual(NOT_APPLIED);
+      expect(k8s.requests.at(-1)?.patchError).toBe('test operation does not apply: is missing path: /data/B: missing value');
+    });
+
+    it('lets replace ADD a key the Secret lacks, as json-patch v4 on the API server does; fails only without data', async () => {
+      // gopkg.in/evanphx/json-patch.v4: partialDoc.get reports no error for a missing key, so
+      // `replace` sets it (RFC 6902 says it must fail; v5 fixed that, the API server still uses v4).
       k8s.seedSecret({ name: 'jp-missing', data: { A: 'x' } });
-      const f = await failure(core.patchNamespacedSecret({ name: 'jp-missing', namespace: NS, body: [{ op: 'replace', path: '/data/B', value: 'eA==' }] }));
-      expect(f.code).toBe(422);
+      await jsonPatch('jp-missing', [{ op: 'replace', path: '/data/B', value: 'eA==' }]);
+      expect(k8s.secretValue('jp-missing', 'B')).toBe('x');
+      // A Secret without data has no /data to walk into (empty maps are omitted: omitempty).
+      k8s.seedSecret({ name: 'jp-nodata', data: {} });
+      expect(k8s.secret('jp-nodata')?.data).toBeUndefined();
+      const f = await failure(jsonPatch('jp-nodata', [{ op: 'replace', path: '/data/B', value: 'eA==' }]));
+      expect(f.status).toEqual(NOT_APPLIED);
+      // remove is what fails on a missing key.
+      const rm = await failure(jsonPatch('jp-missing', [{ op: 'remove', path: '/data/C' }]));
+      expect(rm.status).toEqual(NOT_APPLIED);
+      expect(k8s.requests.at(-1)?.patchError).toBe('Unable to remove nonexistent key: C: missing value');
+      await jsonPatch('jp-missing', [
+        { op: 'remove', path: '/data/B' },
+        { op: 'add', path: '/data/B', value: b64('y') },
+      ]);
+      expect(k8s.secretValue('jp-missing', 'B')).toBe('y');
+    });
+
+    it('refuses a JSON patch whose operations are not objects with 400, and an unknown op with the 422', async () => {
+      k8s.seedSecret({ name: 'jp-ops', data: { A: 'x' } });
+      const f = await failure(jsonPatch('jp-ops', ['replace']));
+      expect(f.code).toBe(400);
+      expect(f.status.message).toBe('json: cannot unmarshal string into Go value of type jsonpatch.Operation');
+      const unknown = await failure(jsonPatch('jp-ops', [{ op: 'upsert', path: '/data/A', value: 'eQ==' }]));
+      expect(unknown.status).toEqual(NOT_APPLIED);
+      expect(k8s.requests.at(-1)?.patchError).toBe('Unexpected kind: upsert');
+    });
+
+    it('applies JSON patches with json-patch v4 semantics (arrays, escapes, move, copy, test of null)', () => {
+      const doc = { a: [1, 2, 3], 'x/y': { '~z': 1 }, n: null, s: 'str' };
+      const apply = (ops: unknown[]) => applyJsonPatch(doc, ops);
+      const fails = (ops: unknown[]): string => {
+        try {
+          apply(ops);
+        } catch (err) {
+          expect(err).toBeInstanceOf(JsonPatchApplyError);
+          return (err as Error).message;
+        }
+        throw new Error('expected the patch not to apply');
+      };
+      expect(apply([{ op: 'add', path: '/a/-', value: 4 }])).toMatchObject({ a: [1, 2, 3, 4] });
+      expect(apply([{ op: 'add', path: '/a/0', value: 0 }])).toMatchObject({ a: [0, 1, 2, 3] });
+      expect(apply([{ op: 'remove', path: '/a/-1' }])).toMatchObject({ a: [1, 2] }); // negative indices count from the end
+      expect(apply([{ op: 'replace', path: '/x~1y/~0z', value: 2 }])).toMatchObject({ 'x/y': { '~z': 2 } });
+      expect(apply([{ op: 'move', from: '/s', path: '/t' }])).toEqual({ a: [1, 2, 3], 'x/y': { '~z': 1 }, n: null, t: 'str' });
+      expect(apply([{ op: 'copy', from: '/missing', path: '/c' }])).toMatchObject({ c: null }); // v4: copy of nothing adds null
+      expect(apply([{ op: 'test', path: '/missing', value: null }])).toEqual(doc); // a missing member tests equal to null
+      expect(apply([{ op: 'test', path: '/n', value: null }])).toEqual(doc);
+      expect(apply([{ op: 'replace', path: '', value: { whole: true } }])).toEqual({ whole: true });
+      expect(fails([{ op: 'add', path: '', value: {} }])).toBe('add operation does not apply: doc is missing path: "": missing value');
+      expect(fails([{ op: 'add', path: '/a/5', value: 0 }])).toBe('Unable to access invalid index: 5: invalid index referenced');
+      expect(fails([{ op: 'replace', path: '/a/3', value: 0 }])).toBe('replace operation does not apply: doc is missing key: /a/3: missing value');
+      expect(fails([{ op: 'add', path: '/s/x', value: 0 }])).toContain('doc is missing path'); // cannot walk into a string
+      expect(fails([{ op: 'move', from: '/missing', path: '/t' }])).toBe('Unable to remove nonexistent key: missing: missing value');
+      expect(fails([{ op: 'test', path: '/a', value: [1, 2] }])).toBe('testing value /a failed: test failed');
+      expect(fails([{ op: 'test', path: '/s' }])).toBe('testing value /s failed: test failed'); // test without a value
+      expect(fails([{ op: 'replace', value: 1 }])).toBe('replace operation failed to decode path: missing value');
+      // Nothing is applied in place.
+      expect(doc).toEqual({ a: [1, 2, 3], 'x/y': { '~z': 1 }, n: null, s: 'str' });
+    });
+
+    it('patches the object as the API server holds it: empty labels are absent, Secret data is canonical base64', async () => {
+      k8s.seedPod({ name: 'jp-nolabels' });
+      expect(k8s.pod('jp-nolabels')?.metadata).not.toHaveProperty('labels');
+      const addLabel = (value: unknown[]) => core.patchNamespacedPod({ name: 'jp-nolabels', namespace: NS, body: value }, setHeaderOptions('Content-Type', PatchStrategy.JsonPatch));
+      expect((await failure(addLabel([{ op: 'add', path: '/metadata/labels/role', value: 'replica' }]))).status).toEqual(NOT_APPLIED);
+      await addLabel([{ op: 'add', path: '/metadata/labels', value: { role: 'replica' } }]);
+      expect(k8s.pod('jp-nolabels')?.metadata).toMatchObject({ labels: { role: 'replica' } });
+
+      // []byte round trip: base64 with line breaks is stored without them, so a test must use the canonical form.
+      const created = await core.createNamespacedSecret({ namespace: NS, body: { metadata: { name: 'jp-canonical' }, data: { K: 'cG9z\r\ndGdy' } } });
+      expect(created.data?.K).toBe('cG9zdGdy');
+      await jsonPatch('jp-canonical', [{ op: 'test', path: '/data/K', value: 'cG9zdGdy' }]);
     });
 
     it('refuses a JSON patch body that is not a list with 400', async () => {
@@ -337,6 +455,22 @@ describe('Kubernetes stand-in', () => {
         core.patchNamespacedPod({ name: 'val-pod', namespace: NS, body: { metadata: { labels: { role: 'not a valid value!' } } } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch)),
       );
       expect(label.code).toBe(422);
+      expect(label.status.details?.causes?.[0]).toMatchObject({ reason: 'FieldValueInvalid', field: 'metadata.labels' });
+      const tooLongValue = await failure(
+        core.patchNamespacedPod({ name: 'val-pod', namespace: NS, body: { metadata: { labels: { role: 'r'.repeat(64) } } } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch)),
+      );
+      expect(tooLongValue.code).toBe(422);
+      const badKey = await failure(
+        core.patchNamespacedPod({ name: 'val-pod', namespace: NS, body: { metadata: { labels: { 'bad key': 'x' } } } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch)),
+      );
+      expect(badKey.code).toBe(422);
+      // A label value that is not a string does not decode: 422 on the field "patch" (the patched object would not decode).
+      const notString = await failure(
+        core.patchNamespacedPod({ name: 'val-pod', namespace: NS, body: { metadata: { labels: { role: 1 } } } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch)),
+      );
+      expect(notString.code).toBe(422);
+      expect(notString.status.details?.causes?.[0]?.field).toBe('patch');
+      expect(k8s.pod('val-pod')?.metadata).toMatchObject({ labels: { role: 'replica' } });
       const spec = await failure(
         core.patchNamespacedPod({ name: 'val-pod', namespace: NS, body: { spec: { nodeName: 'elsewhere' } } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch)),
       );
@@ -486,6 +620,207 @@ describe('Kubernetes stand-in', () => {
     });
   });
 
+  describe('ConfigMaps', () => {
+    const cm = (name: string, data: Record<string, string>, extra: { labels?: Record<string, string>; resourceVersion?: string; binaryData?: Record<string, string> } = {}) => ({
+      metadata: { name, ...(extra.labels ? { labels: extra.labels } : {}), ...(extra.resourceVersion ? { resourceVersion: extra.resourceVersion } : {}) },
+      data,
+      ...(extra.binaryData ? { binaryData: extra.binaryData } : {}),
+    });
+
+    it('creates, reads, lists, replaces (resourceVersion bumped) and deletes', async () => {
+      const created = await core.createNamespacedConfigMap({ namespace: NS, body: cm('cm-crud', { intent: '{"phase":"confirmed"}' }, { labels: { 'app.kubernetes.io/managed-by': 'dbpilot' } }) });
+      expect(k8s.requests.at(-1)).toMatchObject({ method: 'POST', path: `/api/v1/namespaces/${NS}/configmaps`, status: 201 });
+      const rv1 = created.metadata?.resourceVersion ?? '';
+      expect(created).toMatchObject({ kind: 'ConfigMap', apiVersion: 'v1', metadata: { name: 'cm-crud', namespace: NS }, data: { intent: '{"phase":"confirmed"}' } });
+      const read = await core.readNamespacedConfigMap({ name: 'cm-crud', namespace: NS });
+      expect(read.metadata?.resourceVersion).toBe(rv1);
+      const list = await core.listNamespacedConfigMap({ namespace: NS, labelSelector: 'app.kubernetes.io/managed-by=dbpilot' });
+      expect(list.items.map((i) => i.metadata?.name)).toContain('cm-crud');
+      const replaced = await core.replaceNamespacedConfigMap({ name: 'cm-crud', namespace: NS, body: cm('cm-crud', { intent: '{"phase":"fenced"}' }, { resourceVersion: rv1 }) });
+      expect(Number(replaced.metadata?.resourceVersion)).toBeGreaterThan(Number(rv1));
+      expect(replaced.metadata?.uid).toBe(created.metadata?.uid);
+      // The same content again is a no-op: no new resourceVersion.
+      const again = await core.replaceNamespacedConfigMap({ name: 'cm-crud', namespace: NS, body: cm('cm-crud', { intent: '{"phase":"fenced"}' }, { resourceVersion: replaced.metadata?.resourceVersion ?? '' }) });
+      expect(again.metadata?.resourceVersion).toBe(replaced.metadata?.resourceVersion);
+      const del = await core.deleteNamespacedConfigMap({ name: 'cm-crud', namespace: NS });
+      expect(del.status).toBe('Success');
+      const gone = await failure(core.readNamespacedConfigMap({ name: 'cm-crud', namespace: NS }));
+      expect(gone.status).toMatchObject({ code: 404, reason: 'NotFound', message: 'configmaps "cm-crud" not found' });
+    });
+
+    it('answers a stale replace with 409 Conflict and a second create with 409 AlreadyExists', async () => {
+      const created = await core.createNamespacedConfigMap({ namespace: NS, body: cm('cm-cas', { intent: 'a' }) });
+      const rv1 = created.metadata?.resourceVersion ?? '';
+      await core.replaceNamespacedConfigMap({ name: 'cm-cas', namespace: NS, body: cm('cm-cas', { intent: 'b' }, { resourceVersion: rv1 }) });
+      const stale = await failure(core.replaceNamespacedConfigMap({ name: 'cm-cas', namespace: NS, body: cm('cm-cas', { intent: 'c' }, { resourceVersion: rv1 }) }));
+      expect(stale.code).toBe(409);
+      expect(stale.status).toMatchObject({
+        reason: 'Conflict',
+        message: 'Operation cannot be fulfilled on configmaps "cm-cas": the object has been modified; please apply your changes to the latest version and try again',
+        details: { name: 'cm-cas', kind: 'configmaps' },
+      });
+      expect(k8s.configMap('cm-cas')?.data).toEqual({ intent: 'b' });
+      const dup = await failure(core.createNamespacedConfigMap({ namespace: NS, body: cm('cm-cas', { intent: 'd' }) }));
+      expect(dup.code).toBe(409);
+      expect(dup.status).toMatchObject({ reason: 'AlreadyExists', message: 'configmaps "cm-cas" already exists' });
+      // A PUT without resourceVersion is unconditional for ConfigMaps (configMapStrategy.AllowUnconditionalUpdate).
+      await core.replaceNamespacedConfigMap({ name: 'cm-cas', namespace: NS, body: cm('cm-cas', { intent: 'e' }) });
+      expect(k8s.configMap('cm-cas')?.data).toEqual({ intent: 'e' });
+      // …and to a name that does not exist it is 404 (no create on update).
+      expect((await failure(core.replaceNamespacedConfigMap({ name: 'cm-absent', namespace: NS, body: cm('cm-absent', { a: 'b' }) }))).code).toBe(404);
+      expect((await failure(core.deleteNamespacedConfigMap({ name: 'cm-absent', namespace: NS }))).code).toBe(404);
+    });
+
+    it('refuses names that are not RFC 1123 subdomains and data keys outside [-._a-zA-Z0-9]+ with 422', async () => {
+      for (const name of ['Bad_Name', 'ends-with-', 'a'.repeat(254), '-starts']) {
+        const f = await failure(core.createNamespacedConfigMap({ namespace: NS, body: cm(name, { a: 'b' }) }));
+        expect(f.code, name).toBe(422);
+        expect(f.status.details?.causes?.[0]?.field, name).toBe('metadata.name');
+      }
+      await core.createNamespacedConfigMap({ namespace: NS, body: cm('ok.name-1', { 'key.name': 'x', KEY_NAME: 'y', 'key-name': 'z', '.hidden': 'w' }) });
+      for (const k of ['bad key', 'a/b', '..', '.', '..x', 'k'.repeat(254), 'ünïcode']) {
+        const f = await failure(core.createNamespacedConfigMap({ namespace: NS, body: cm('cm-badkey', { [k]: 'v' }) }));
+        expect(f.code, k).toBe(422);
+        expect(f.status.details?.causes?.[0]?.field, k).toBe(`data[${k}]`);
+      }
+      const dup = await failure(core.createNamespacedConfigMap({ namespace: NS, body: cm('cm-dupkey', { k: 'v' }, { binaryData: { k: 'eA==' } }) }));
+      expect(dup.status.message).toContain('duplicate of key present in binaryData');
+      expect(k8s.configMap('cm-badkey')).toBeUndefined();
+    });
+
+    it('refuses more than 1 MiB of data (422), a data value that is not a string (400), and a body over 3 MiB (413)', async () => {
+      const mib = 1024 * 1024;
+      await core.createNamespacedConfigMap({ namespace: NS, body: cm('cm-1mib', { a: 'x'.repeat(mib - 1), b: 'y' }) });
+      const over = await failure(core.createNamespacedConfigMap({ namespace: NS, body: cm('cm-over', { a: 'x'.repeat(mib), b: 'y' }) }));
+      expect(over.code).toBe(422);
+      expect(over.status.message).toBe('ConfigMap "cm-over" is invalid: : Too long: must have at most 1048576 bytes');
+      // Bytes, not characters: 2-byte characters count twice.
+      const utf8 = await failure(core.createNamespacedConfigMap({ namespace: NS, body: cm('cm-utf8', { a: 'é'.repeat(mib / 2 + 1) }) }));
+      expect(utf8.code).toBe(422);
+      const notString = await failure(core.createNamespacedConfigMap({ namespace: NS, body: { metadata: { name: 'cm-num' }, data: { a: 1 as unknown as string } } }));
+      expect(notString.code).toBe(400);
+      expect(notString.status.message).toContain('ConfigMap in version "v1" cannot be handled as a ConfigMap');
+      const huge = await failure(core.createNamespacedConfigMap({ namespace: NS, body: cm('cm-huge', { a: 'x'.repeat(3 * mib) }) }));
+      expect(huge.code).toBe(413);
+      expect(huge.status.reason).toBe('RequestEntityTooLarge');
+    });
+
+    it('keeps an immutable ConfigMap\'s data, and validates annotations', async () => {
+      k8s.seedConfigMap({ name: 'cm-frozen', data: { a: 'b' }, immutable: true });
+      const rv = String((k8s.configMap('cm-frozen')?.metadata as { resourceVersion: string }).resourceVersion);
+      const f = await failure(
+        core.replaceNamespacedConfigMap({ name: 'cm-frozen', namespace: NS, body: { metadata: { name: 'cm-frozen', resourceVersion: rv }, data: { a: 'c' }, immutable: true } }),
+      );
+      expect(f.code).toBe(422);
+      expect(f.status.message).toContain('field is immutable when `immutable` is set');
+      const ann = await failure(core.createNamespacedConfigMap({ namespace: NS, body: { metadata: { name: 'cm-ann', annotations: { 'not a key': 'v' } }, data: {} } }));
+      expect(ann.code).toBe(422);
+      expect(ann.status.details?.causes?.[0]?.field).toBe('metadata.annotations');
+      const bigAnn = await failure(core.createNamespacedConfigMap({ namespace: NS, body: { metadata: { name: 'cm-ann', annotations: { a: 'x'.repeat(256 * 1024) } }, data: {} } }));
+      expect(bigAnn.code).toBe(422);
+    });
+  });
+
+  describe('pods', () => {
+    it('seeds container statuses as the kubelet writes them, and writes a new status like one', async () => {
+      k8s.seedPod({
+        name: 'st-pod',
+        labels: { role: 'primary' },
+        containerStatuses: [
+          { name: 'postgres', restartCount: 3, lastState: { terminated: { exitCode: 137, reason: 'OOMKilled' } } },
+          { name: 'exporter', ready: false, restartCount: 1, state: { waiting: { reason: 'CrashLoopBackOff' } } },
+        ],
+      });
+      const p = await core.readNamespacedPod({ name: 'st-pod', namespace: NS });
+      expect(p.spec?.containers.map((c) => c.name)).toEqual(['postgres', 'exporter']);
+      expect(p.status?.containerStatuses?.map((c) => [c.name, c.ready, c.restartCount, Object.keys(c.state ?? {})])).toEqual([
+        ['postgres', true, 3, ['running']],
+        ['exporter', false, 1, ['waiting']],
+      ]);
+      expect(p.status?.containerStatuses?.[0]?.lastState?.terminated).toMatchObject({ exitCode: 137, reason: 'OOMKilled' });
+      expect(p.status?.conditions?.find((c) => c.type === 'Ready')).toMatchObject({ status: 'False', reason: 'ContainersNotReady', message: 'containers with unready status: [exporter]' });
+
+      k8s.seedPod({ name: 'st-simple', restartCount: 2 });
+      const simple = await core.readNamespacedPod({ name: 'st-simple', namespace: NS });
+      expect(simple.status?.containerStatuses).toMatchObject([{ name: 'main', ready: true, restartCount: 2, state: { running: {} } }]);
+      expect(simple.status?.conditions?.find((c) => c.type === 'Ready')?.status).toBe('True');
+
+      const rv = p.metadata?.resourceVersion;
+      const after = k8s.setPodStatus('st-pod', { containerStatuses: [{ name: 'exporter', ready: true, state: { running: {} } }] });
+      expect((after.metadata as { resourceVersion: string }).resourceVersion).not.toBe(rv);
+      expect(after.metadata).toMatchObject({ labels: { role: 'primary' } });
+      const q = await core.readNamespacedPod({ name: 'st-pod', namespace: NS });
+      expect(q.status?.containerStatuses?.map((c) => [c.name, c.ready, c.restartCount])).toEqual([['exporter', true, 1]]);
+      expect(q.status?.conditions?.find((c) => c.type === 'Ready')?.status).toBe('True');
+      expect(() => k8s.setPodStatus('st-pod', { containerStatuses: [{ name: 'nope' }] })).toThrow(/no container nope/);
+    });
+  });
+
+  describe('rollout outcomes per workload', () => {
+    const restart = (name: string, at: string) =>
+      apps.patchNamespacedDeployment(
+        { name, namespace: NS, body: { spec: { template: { metadata: { annotations: { 'kubectl.kubernetes.io/restartedAt': at } } } } } },
+        setHeaderOptions('Content-Type', PatchStrategy.StrategicMergePatch),
+      );
+    const status = async (name: string) => (await apps.readNamespacedDeployment({ name, namespace: NS })).status;
+
+    it('completes one deployment after its own delay while the shared delay holds the others', async () => {
+      k8s.seedDeployment({ name: 'ro-fast', replicas: 2 });
+      k8s.seedDeployment({ name: 'ro-slow', replicas: 2 });
+      k8s.setRolloutDelay(null);
+      k8s.setRolloutOutcome('ro-fast', { completeAfterMs: 30 });
+      await restart('ro-fast', '2026-11-27T17:00:00Z');
+      await restart('ro-slow', '2026-11-27T17:00:00Z');
+      const fast = await until(async () => {
+        const st = await status('ro-fast');
+        return st?.observedGeneration === 2 && st.updatedReplicas === 2 ? st : undefined;
+      }, 'ro-fast rolled out');
+      expect(fast).toMatchObject({ replicas: 2, readyReplicas: 2, availableReplicas: 2 });
+      await until(() => (k8s.rolloutState('ro-slow').phase === 'progressing' ? true : undefined), 'ro-slow observed');
+      // Held: observed, half done, and nothing scheduled that would ever move it.
+      expect(k8s.rolloutState('ro-slow')).toEqual({ phase: 'progressing', scheduled: 0 });
+      expect((await status('ro-slow'))?.updatedReplicas).toBe(1);
+      k8s.setRolloutOutcome('ro-fast', null);
+    });
+
+    it('holds a rollout, then finishes it when its outcome changes, without a further change to the workload', async () => {
+      k8s.seedDeployment({ name: 'ro-held', replicas: 1 });
+      k8s.setRolloutOutcome('ro-held', 'held');
+      const patched = await restart('ro-held', '2026-11-27T17:00:00Z');
+      await until(() => (k8s.rolloutState('ro-held').phase === 'progressing' ? true : undefined), 'ro-held observed');
+      expect(k8s.rolloutState('ro-held').scheduled).toBe(0);
+      k8s.setRolloutOutcome('ro-held', { completeAfterMs: 0 });
+      const done = await until(async () => {
+        const st = await status('ro-held');
+        return st?.updatedReplicas === 1 && (st.replicas ?? 0) === 1 ? st : undefined;
+      }, 'ro-held rolled out');
+      expect(done.observedGeneration).toBe(patched.metadata?.generation);
+      expect(k8s.rolloutState('ro-held')).toEqual({ phase: 'idle', scheduled: 0 });
+      k8s.setRolloutOutcome('ro-held', null);
+    });
+
+    it('fails one named deployment with ProgressDeadlineExceeded', async () => {
+      k8s.seedDeployment({ name: 'ro-doomed', replicas: 2 });
+      k8s.seedDeployment({ name: 'ro-fine', replicas: 2 });
+      k8s.setRolloutOutcome('ro-doomed', 'progressDeadlineExceeded');
+      k8s.setRolloutOutcome('ro-fine', { completeAfterMs: 10 });
+      await restart('ro-doomed', '2026-11-27T17:00:00Z');
+      await restart('ro-fine', '2026-11-27T17:00:00Z');
+      const failed = await until(async () => {
+        const st = await status('ro-doomed');
+        return st?.conditions?.some((c) => c.type === 'Progressing' && c.status === 'False') ? st : undefined;
+      }, 'ro-doomed to exceed its deadline');
+      expect(failed.observedGeneration).toBe(2);
+      expect(failed.conditions?.find((c) => c.type === 'Progressing')).toMatchObject({ reason: 'ProgressDeadlineExceeded', message: expect.stringMatching(/^ReplicaSet "ro-doomed-\w+" has timed out progressing\.$/) });
+      expect(failed.updatedReplicas).toBe(1); // the old replica is still there
+      expect(k8s.rolloutState('ro-doomed')).toEqual({ phase: 'idle', scheduled: 0 });
+      await until(async () => ((await status('ro-fine'))?.updatedReplicas === 2 ? true : undefined), 'ro-fine rolled out');
+      expect(() => k8s.setRolloutOutcome('redis', 'progressDeadlineExceeded', { kind: 'statefulset' })).toThrow(/no progress deadline/);
+      k8s.setRolloutOutcome('ro-doomed', null);
+      k8s.setRolloutOutcome('ro-fine', null);
+    });
+  });
+
   describe('recording and fault injection', () => {
     it('records method, path, query, content type, parsed body and status', async () => {
       k8s.seedPod({ name: 'rec-pod', labels: { role: 'replica' } });
@@ -537,6 +872,49 @@ describe('Kubernetes stand-in', () => {
       // Then served normally.
       expect((await read).spec?.holderIdentity).toBe('other');
       expect(k8s.requests.map((r) => [r.method, r.status, r.injected])).toEqual([['GET', 200, false]]);
+    });
+
+    it('holds a matching request until released, and matches one object by resource and name only', async () => {
+      k8s.seedSecret({ name: 'held', data: { K: 'v' } });
+      k8s.seedSecret({ name: 'held-2', data: { K: 'v' } });
+      const held = k8s.delayNext(1, 30_000, { method: 'GET', resource: 'secrets', name: 'held' });
+      // A longer name, the same name as another resource, and a list are not the target.
+      await core.readNamespacedSecret({ name: 'held-2', namespace: NS });
+      await core.listNamespacedSecret({ namespace: NS });
+      k8s.seedPod({ name: 'held' });
+      await core.readNamespacedPod({ name: 'held', namespace: NS });
+      let answered = false;
+      const read = core.readNamespacedSecret({ name: 'held', namespace: NS }).finally(() => (answered = true));
+      const arrived = await held.arrived;
+      expect(arrived).toMatchObject({ method: 'GET', path: `/api/v1/namespaces/${NS}/secrets/held`, status: 0 });
+      // Served while the first is held: a second read of the same secret (the fault is used up).
+      await core.readNamespacedSecret({ name: 'held', namespace: NS });
+      expect(answered).toBe(false);
+      held.release();
+      expect((await read).data?.K).toBe(Buffer.from('v').toString('base64'));
+      expect(k8s.requests.filter((r) => r.path.endsWith('/secrets/held')).map((r) => r.status)).toEqual([200, 200]);
+    });
+
+    it('serves a held JSON patch against the Secret as it is when released: a concurrent edit fails its test', async () => {
+      k8s.seedSecret({ name: 'race', data: { DATABASE_URL: 'postgres://old-primary:5432/db' } });
+      const b64 = (v: string) => Buffer.from(v).toString('base64');
+      const held = k8s.delayNext(1, 30_000, { method: 'PATCH', resource: 'secrets', name: 'race' });
+      const ours = core.patchNamespacedSecret({
+        name: 'race',
+        namespace: NS,
+        body: [
+          { op: 'test', path: '/data/DATABASE_URL', value: b64('postgres://old-primary:5432/db') },
+          { op: 'replace', path: '/data/DATABASE_URL', value: b64('postgres://ours:5432/db') },
+        ],
+      });
+      await held.arrived;
+      // Someone else writes meanwhile (not held: the delay matched one request only).
+      await core.patchNamespacedSecret({ name: 'race', namespace: NS, body: [{ op: 'replace', path: '/data/DATABASE_URL', value: b64('postgres://theirs:5432/db') }] });
+      held.release();
+      const f = await failure(ours);
+      expect(f.code).toBe(422);
+      expect(f.status.message).toBe(PATCH_NOT_APPLIED_MESSAGE);
+      expect(k8s.secretValue('race', 'DATABASE_URL')).toBe('postgres://theirs:5432/db');
     });
   });
 });

@@ -7,9 +7,10 @@
  * instead of accepting anything. What it models, and where the behaviour comes from upstream:
  *
  * - Authentication: a bearer token; anything else is 401 with a `Status` body.
- * - Routing: core/v1 secrets, pods, persistentvolumeclaims; apps/v1 deployments, statefulsets;
- *   coordination.k8s.io/v1 leases. Unknown paths are 404 "the server could not find the requested
- *   resource"; verbs it does not model are 405.
+ * - Routing: core/v1 secrets, configmaps, pods, persistentvolumeclaims; apps/v1 deployments,
+ *   statefulsets; coordination.k8s.io/v1 leases; get, list, create (POST), update (PUT), patch and
+ *   delete of each. Unknown paths are 404 "the server could not find the requested resource"; verbs
+ *   it does not model are 405. A body over 3 MiB is 413 (the default --max-request-body-bytes).
  * - Optimistic concurrency: one cluster-wide resourceVersion counter (like etcd's revision), bumped on
  *   every write (status writes of the simulated controllers too). A PUT with a stale resourceVersion
  *   is 409 Conflict; a PUT without one is 422 for Leases (their strategy refuses unconditional
@@ -23,31 +24,39 @@
  *   Decode checks: Secret data must be base64 (std, padded); Lease acquireTime/renewTime must be
  *   MicroTime, RFC3339 with exactly six fractional digits (metav1.RFC3339Micro); int32 fields must be
  *   integers; label/annotation values must be strings; PVC storage must be a resource.Quantity.
- * - PATCH content types: application/json-patch+json (RFC 6902 via fast-json-patch; a failed `test`
- *   or an unresolvable path is 422), application/merge-patch+json (RFC 7386),
- *   application/strategic-merge-patch+json (approximated: maps merge, lists of objects that all
- *   carry `name` merge by name, other lists are replaced, null deletes). Anything else is 415.
- * - Validation (422 Invalid, with `details.causes`): object names, label keys/values, Secret data
- *   keys and immutable Secrets, Lease durations/transitions, replicas, immutable selectors, pod spec
- *   immutability, PVC spec immutability and "storage can not be less than previous value".
- *   Admission (403 Forbidden): a PVC may grow only if bound and its StorageClass allows expansion.
+ * - PATCH content types: application/json-patch+json (RFC 6902 as gopkg.in/evanphx/json-patch.v4
+ *   applies it, quirks included, see applyJsonPatch; a patch that does not apply — failed `test`,
+ *   missing path — is the API server's bare 422, see PATCH_NOT_APPLIED_MESSAGE),
+ *   application/merge-patch+json (RFC 7386), application/strategic-merge-patch+json (approximated:
+ *   maps merge, lists of objects that all carry `name` merge by name, other lists are replaced, null
+ *   deletes). Anything else is 415. Patches apply to the object as the API server would encode it:
+ *   empty omitempty maps (labels, annotations, data) absent, Secret data in canonical base64.
+ * - Validation (422 Invalid, with `details.causes`): object names (RFC 1123 subdomains), label
+ *   keys/values, annotation keys and total size (256 KiB), Secret and ConfigMap data keys
+ *   ([-._a-zA-Z0-9]+, not "." / ".." / "..*", at most 253), their 1 MiB data limit, keys in both
+ *   data and binaryData, immutable Secrets and ConfigMaps, Lease durations/transitions, replicas,
+ *   immutable selectors, pod spec immutability, PVC spec immutability and "storage can not be less
+ *   than previous value". Admission (403 Forbidden): a PVC may grow only if bound and its
+ *   StorageClass allows expansion.
  * - Status is owned by the server: writes to the main resource keep the old status (as the
  *   strategies' PrepareForUpdate do). A Deployment/StatefulSet whose spec changes gets
  *   metadata.generation + 1; a simulated controller first observes the new generation with the
  *   rollout half done (an old replica still running), and only after `rolloutDelayMs` reports it
- *   rolled out. A grown PVC reports the new status.capacity after the same delay.
+ *   rolled out (null: never). setRolloutOutcome overrides that per workload — complete after N ms,
+ *   held, or ProgressDeadlineExceeded — and rolloutState shows where a rollout is. A grown PVC reports
+ *   the new status.capacity after the same delay. Pod status is seeded (seedPod) and rewritten
+ *   (setPodStatus) as the kubelet writes it: container states, restarts, the Ready condition.
  * - Namespaces: reading an object in an unknown namespace is 404 for the object; listing an unknown
  *   namespace is an empty list (as upstream); creating in one is 404 `namespaces "x" not found`.
  *
  * Every request is recorded (method, path, query, content type, parsed body, status) for assertions;
- * faults can be injected with failNext / delayNext.
+ * faults can be injected with failNext / delayNext (a held request, released by the test: how a test
+ * puts a concurrent edit between a client's read and its write, see delayNext).
  */
 import http from 'node:http';
 import { createHash, randomUUID } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import jsonpatch from 'fast-json-patch';
-import type { Operation } from 'fast-json-patch';
 
 // ---------------------------------------------------------------------------------------------------
 // Types
@@ -66,15 +75,64 @@ export interface RecordedRequest {
   authorized: boolean;
   /** True if the response came from failNext rather than from the modelled API. */
   injected: boolean;
+  /**
+   * Set only when a JSON patch did not apply: why, in the words of json-patch v4 (e.g. `testing value
+   * /data/DATABASE_URL failed: test failed`). The real API server does not send this back (its 422
+   * carries no causes, see patchNotApplied); it is here so a test can tell which operation failed.
+   * It names paths, never values.
+   */
+  patchError?: string;
 }
 
 /** Selects requests for fault injection. All given conditions must hold. */
 export interface RequestMatch {
   method?: string;
-  /** A substring of the path, or a regular expression tested against it. */
+  /**
+   * A substring of the path, or a regular expression tested against it. A substring also matches
+   * longer names (`/secrets/app` matches `/secrets/app-2`): to target one object use resource + name.
+   */
   path?: string | RegExp;
+  /** The request is for this resource (e.g. 'secrets'). */
+  resource?: ResourceName;
+  /** The request names exactly this object (so a list or a create, which name none, never matches). */
+  name?: string;
+  /** The request is in this namespace. */
+  namespace?: string;
   /** Any further condition, e.g. on the parsed body. */
   when?: (req: { method: string; path: string; query: Record<string, string>; body: unknown }) => boolean;
+}
+
+/** A container's state as the API has it: exactly one of running, waiting, terminated. */
+export interface ContainerStateInput {
+  running?: { startedAt?: string };
+  waiting?: { reason?: string; message?: string };
+  terminated?: { exitCode: number; reason?: string; message?: string; signal?: number; startedAt?: string; finishedAt?: string };
+}
+
+export interface ContainerStatusInput {
+  name: string;
+  ready?: boolean;
+  restartCount?: number;
+  state?: ContainerStateInput;
+  lastState?: ContainerStateInput;
+}
+
+/** What setPodStatus can change (and seedPod seed). */
+export interface PodStatusInput {
+  phase?: string;
+  /** Every container ready (or not); the Ready condition follows the containers. */
+  ready?: boolean;
+  podIP?: string;
+  /** Restarts of the first container (main, by default). */
+  restartCount?: number;
+  containerStatuses?: ContainerStatusInput[];
+}
+
+export interface SeedPod extends PodStatusInput {
+  name: string;
+  namespace?: string;
+  labels?: Record<string, string>;
+  nodeName?: string;
 }
 
 export interface K8sStandInOptions {
@@ -88,7 +146,17 @@ export interface K8sStandInOptions {
   rolloutDelayMs?: number | null;
 }
 
-export type ResourceName = 'secrets' | 'pods' | 'persistentvolumeclaims' | 'deployments' | 'statefulsets' | 'leases';
+/**
+ * How the simulated controller finishes a Deployment's or StatefulSet's rollout (setRolloutOutcome):
+ * - `{ completeAfterMs }`: observed with the rollout half done, rolled out completeAfterMs after it started;
+ * - `'held'`: observed half done, and stays so until the outcome changes or the workload changes again;
+ * - `'progressDeadlineExceeded'` (Deployments only; StatefulSets have no progress deadline): observed
+ *   half done, then the controller gives up as it does after spec.progressDeadlineSeconds: condition
+ *   Progressing=False, reason ProgressDeadlineExceeded, and the old replica still running.
+ */
+export type RolloutOutcome = { completeAfterMs: number } | 'held' | 'progressDeadlineExceeded';
+
+export type ResourceName = 'secrets' | 'configmaps' | 'pods' | 'persistentvolumeclaims' | 'deployments' | 'statefulsets' | 'leases';
 
 interface ResourceDef {
   group: string; // '' = core
@@ -107,6 +175,7 @@ interface ResourceDef {
 
 const RESOURCES: ResourceDef[] = [
   { group: '', version: 'v1', resource: 'secrets', kind: 'Secret', allowCreateOnUpdate: false, allowUnconditionalUpdate: true, hasStatus: false, tracksGeneration: false },
+  { group: '', version: 'v1', resource: 'configmaps', kind: 'ConfigMap', allowCreateOnUpdate: false, allowUnconditionalUpdate: true, hasStatus: false, tracksGeneration: false },
   { group: '', version: 'v1', resource: 'pods', kind: 'Pod', allowCreateOnUpdate: false, allowUnconditionalUpdate: true, hasStatus: true, tracksGeneration: false },
   { group: '', version: 'v1', resource: 'persistentvolumeclaims', kind: 'PersistentVolumeClaim', allowCreateOnUpdate: false, allowUnconditionalUpdate: true, hasStatus: true, tracksGeneration: false },
   { group: 'apps', version: 'v1', resource: 'deployments', kind: 'Deployment', allowCreateOnUpdate: false, allowUnconditionalUpdate: true, hasStatus: true, tracksGeneration: true },
@@ -171,7 +240,8 @@ const errConflict = (def: ResourceDef, name: string, why = 'the object has been 
 const errBadRequest = (message: string): ApiStatusError => new ApiStatusError(400, 'BadRequest', message);
 
 function errInvalid(def: ResourceDef, name: string, causes: StatusCause[]): ApiStatusError {
-  const parts = causes.map((c) => (c.field ? `${c.field}: ${c.message}` : c.message));
+  // field.Error.Error() is "<field>: <detail>", also for the empty path ("" = the whole object).
+  const parts = causes.map((c) => (c.field !== undefined ? `${c.field}: ${c.message}` : c.message));
   const summary = parts.length === 1 ? parts[0] : `[${parts.join(', ')}]`;
   return new ApiStatusError(422, 'Invalid', `${def.kind} "${name}" is invalid: ${summary}`, { ...detailsFor(def, name, def.kind), causes: causes as unknown as JsonObject[] });
 }
@@ -183,6 +253,37 @@ const errPathNotFound = (): ApiStatusError =>
   new ApiStatusError(404, 'NotFound', 'the server could not find the requested resource', {
     causes: [{ reason: 'UnexpectedServerResponse', message: '404 page not found' }] as unknown as JsonObject[],
   });
+
+/**
+ * A JSON patch that does not apply (a failed `test`, a path that is not there …), exactly as the API
+ * server answers it: handlers/patch.go applyJSPatch returns
+ * errors.NewGenericServerResponse(http.StatusUnprocessableEntity, "", schema.GroupResource{}, "", err.Error(), 0, false),
+ * and NewGenericServerResponse (apimachinery/pkg/api/errors) gives a 422 the reason Invalid and the fixed
+ * message below, and, isUnexpectedResponse being false, no causes: json-patch's own error text is
+ * dropped. Group, kind, name and retryAfterSeconds are empty, so `details` is `{}` on the wire. Every
+ * JSON patch failure therefore looks the same to the client, whichever operation failed.
+ */
+export const PATCH_NOT_APPLIED_MESSAGE = 'the server rejected our request due to an error in our request';
+const patchNotApplied = (): ApiStatusError => new ApiStatusError(422, 'Invalid', PATCH_NOT_APPLIED_MESSAGE, {});
+
+/** The API server's default --max-request-body-bytes. */
+const MAX_REQUEST_BODY_BYTES = 3 * 1024 * 1024;
+
+/** core.MaxSecretSize: the most data a Secret or a ConfigMap may hold (values, decoded). */
+const MAX_DATA_BYTES = 1024 * 1024;
+
+/** apimachinery TotalAnnotationSizeLimitB: keys plus values of all annotations. */
+const MAX_ANNOTATIONS_BYTES = 256 * 1024;
+
+/** handlers/patch.go maxJSONPatchOperations. */
+const MAX_JSON_PATCH_OPERATIONS = 10_000;
+
+function goJsonType(v: unknown): string {
+  if (Array.isArray(v)) return 'array';
+  if (v === null) return 'null';
+  if (typeof v === 'object') return 'object';
+  return typeof v === 'boolean' ? 'bool' : typeof v;
+}
 
 const errMethodNotAllowed = (): ApiStatusError =>
   new ApiStatusError(405, 'MethodNotAllowed', 'the server does not allow this method on the requested resource');
@@ -291,6 +392,206 @@ export function strategicMergePatch(target: unknown, patch: unknown): unknown {
 
 function isNamedList(list: unknown[]): boolean {
   return list.length > 0 && list.every((x) => isObject(x) && typeof x.name === 'string');
+}
+
+/** Why a JSON patch did not apply (the stand-in's own copy of json-patch v4's reason; never sent to the client). */
+export class JsonPatchApplyError extends Error {}
+
+/** A JSON Pointer reference token, unescaped (~1 → /, ~0 → ~), as json-patch v4 decodes it. */
+function unescapeToken(s: string): string {
+  return s.replace(/~1/g, '/').replace(/~0/g, '~');
+}
+
+/** Go's strconv.Atoi: optional sign, decimal digits; anything else is an error. */
+function atoi(s: string): number | null {
+  return /^[+-]?\d+$/.test(s) ? Number(s) : null;
+}
+
+type Container = { kind: 'object'; node: JsonObject } | { kind: 'array'; node: unknown[] };
+
+function containerOf(v: unknown): Container | null {
+  if (Array.isArray(v)) return { kind: 'array', node: v };
+  if (isObject(v)) return { kind: 'object', node: v };
+  return null;
+}
+
+/** json-patch v4 findObject: the container holding the last token, and that token; null if the way there is missing. */
+function findParent(root: Container, path: string): { con: Container; key: string } | null {
+  const split = path.split('/');
+  if (split.length < 2) return null;
+  let con: Container = root;
+  for (const part of split.slice(1, -1)) {
+    const next = containerGet(con, unescapeToken(part));
+    if (next === undefined || next === null || next instanceof JsonPatchApplyError) return null;
+    const c = containerOf(next);
+    if (!c) return null;
+    con = c;
+  }
+  return { con, key: unescapeToken(split[split.length - 1] ?? '') };
+}
+
+/**
+ * get: for an object, the member or undefined (json-patch v4 reports no error for a missing member,
+ * which is why its `replace` adds one that is absent); for an array, the element, or an error for an
+ * index that is not a number or is out of range (negative indices count from the end).
+ */
+function containerGet(con: Container, key: string): unknown {
+  if (con.kind === 'object') return Object.prototype.hasOwnProperty.call(con.node, key) ? con.node[key] : undefined;
+  const i = atoi(key);
+  if (i === null) return new JsonPatchApplyError(`strconv.Atoi: parsing ${JSON.stringify(key)}: invalid syntax`);
+  const len = con.node.length;
+  if (i < -len || i + (i < 0 ? len : 0) >= len) return new JsonPatchApplyError(`Unable to access invalid index: ${i}: invalid index referenced`);
+  return con.node[i < 0 ? i + len : i];
+}
+
+function containerAdd(con: Container, key: string, value: unknown): void {
+  if (con.kind === 'object') {
+    con.node[key] = value;
+    return;
+  }
+  if (key === '-') {
+    con.node.push(value);
+    return;
+  }
+  const i = atoi(key);
+  if (i === null) throw new JsonPatchApplyError(`value was not a proper array index: '${key}'`);
+  const size = con.node.length + 1;
+  if (i >= size || i < -size) throw new JsonPatchApplyError(`Unable to access invalid index: ${i}: invalid index referenced`);
+  con.node.splice(i < 0 ? i + size : i, 0, value);
+}
+
+function containerRemove(con: Container, key: string): void {
+  if (con.kind === 'object') {
+    if (!Object.prototype.hasOwnProperty.call(con.node, key)) throw new JsonPatchApplyError(`Unable to remove nonexistent key: ${key}: missing value`);
+    delete con.node[key];
+    return;
+  }
+  const i = atoi(key);
+  if (i === null) throw new JsonPatchApplyError(`strconv.Atoi: parsing ${JSON.stringify(key)}: invalid syntax`);
+  const len = con.node.length;
+  if (i >= len || i < -len) throw new JsonPatchApplyError(`Unable to access invalid index: ${i}: invalid index referenced`);
+  con.node.splice(i < 0 ? i + len : i, 1);
+}
+
+function containerSet(con: Container, key: string, value: unknown): void {
+  if (con.kind === 'object') {
+    con.node[key] = value;
+    return;
+  }
+  const i = atoi(key) ?? 0;
+  con.node[i < 0 ? i + con.node.length : i] = value;
+}
+
+/**
+ * RFC 6902 JSON patch as kube-apiserver applies it: staging/src/k8s.io/apiserver/pkg/endpoints/
+ * handlers/patch.go (applyJSPatch) decodes the patch with gopkg.in/evanphx/json-patch.v4 and calls
+ * Patch.Apply on the object encoded as JSON. This re-implements that library's behaviour, including
+ * where it departs from the RFC:
+ *
+ * - `replace` of a member an object does not have ADDS it (v4's partialDoc.get never reports a
+ *   missing key); it fails only if the parent is missing (e.g. /data/K on a Secret without data).
+ * - `test` of a missing member passes if the value is null (or absent), fails otherwise; `test` of
+ *   the same path before a `replace` is therefore how to make a replace fail on a missing key.
+ * - `copy` from a missing member adds null; `move` from one fails (its remove fails).
+ * - `add` with path "" fails (the RFC would replace the document); `replace` with path "" replaces it.
+ * - A JSON null member counts as missing for `test` and for walking a path.
+ *
+ * Values are compared structurally. (v4 compares scalars by their JSON bytes; the document side is
+ * re-encoded by the API server, so a number written as 1.0 or a string with <, > or & could fail a
+ * `test` there that passes here. Base64 and plain strings compare the same either way.)
+ *
+ * Throws JsonPatchApplyError with v4's message; the document is not modified (ops run on a copy).
+ */
+export function applyJsonPatch(document: unknown, patch: unknown[]): unknown {
+  let doc: unknown = clone(document);
+  for (const raw of patch) {
+    const op = obj(raw);
+    const kind = typeof op.op === 'string' ? op.op : 'unknown';
+    const hasValue = Object.prototype.hasOwnProperty.call(op, 'value');
+    const value: unknown = hasValue ? clone(op.value ?? null) : null;
+    const pathOf = (field: 'path' | 'from', what: string): string => {
+      const v = op[field];
+      if (v === undefined || v === null) throw new JsonPatchApplyError(`${what} operation failed to decode ${field}: missing value`);
+      if (typeof v !== 'string') throw new JsonPatchApplyError(`json: cannot unmarshal ${typeof v} into Go value of type string`);
+      return v;
+    };
+    const root = containerOf(doc);
+    if (!root) throw new JsonPatchApplyError('invalid state detected');
+    switch (kind) {
+      case 'add': {
+        const path = pathOf('path', 'add');
+        const at = findParent(root, path);
+        if (!at) throw new JsonPatchApplyError(`add operation does not apply: doc is missing path: "${path}": missing value`);
+        containerAdd(at.con, at.key, value);
+        break;
+      }
+      case 'remove': {
+        const path = pathOf('path', 'remove');
+        const at = findParent(root, path);
+        if (!at) throw new JsonPatchApplyError(`remove operation does not apply: doc is missing path: "${path}": missing value`);
+        containerRemove(at.con, at.key);
+        break;
+      }
+      case 'replace': {
+        const path = pathOf('path', 'replace');
+        if (path === '') {
+          if (!containerOf(value)) throw new JsonPatchApplyError('replace operation value must be object or array');
+          doc = value;
+          break;
+        }
+        const at = findParent(root, path);
+        if (!at) throw new JsonPatchApplyError(`replace operation does not apply: doc is missing path: ${path}: missing value`);
+        if (containerGet(at.con, at.key) instanceof JsonPatchApplyError) throw new JsonPatchApplyError(`replace operation does not apply: doc is missing key: ${path}: missing value`);
+        containerSet(at.con, at.key, value);
+        break;
+      }
+      case 'move': {
+        const from = pathOf('from', 'move');
+        const src = findParent(root, from);
+        if (!src) throw new JsonPatchApplyError(`move operation does not apply: doc is missing from path: ${from}: missing value`);
+        const v = containerGet(src.con, src.key);
+        if (v instanceof JsonPatchApplyError) throw new JsonPatchApplyError(`error in move for path: '${src.key}': ${v.message}`);
+        containerRemove(src.con, src.key);
+        const path = pathOf('path', 'move');
+        const dst = findParent(root, path);
+        if (!dst) throw new JsonPatchApplyError(`move operation does not apply: doc is missing destination path: ${path}: missing value`);
+        containerAdd(dst.con, dst.key, v === undefined ? null : v);
+        break;
+      }
+      case 'copy': {
+        const from = pathOf('from', 'copy');
+        const src = findParent(root, from);
+        if (!src) throw new JsonPatchApplyError(`copy operation does not apply: doc is missing from path: ${from}: missing value`);
+        const v = containerGet(src.con, src.key);
+        if (v instanceof JsonPatchApplyError) throw new JsonPatchApplyError(`error in copy for from: '${from}': ${v.message}`);
+        const path = pathOf('path', 'copy');
+        const dst = findParent(root, path);
+        if (!dst) throw new JsonPatchApplyError(`copy operation does not apply: doc is missing destination path: ${path}: missing value`);
+        containerAdd(dst.con, dst.key, v === undefined ? null : clone(v));
+        break;
+      }
+      case 'test': {
+        const path = pathOf('path', 'test');
+        if (path === '') {
+          if (!deepEqual(doc, value)) throw new JsonPatchApplyError(`testing value ${path} failed: test failed`);
+          break;
+        }
+        const at = findParent(root, path);
+        if (!at) throw new JsonPatchApplyError(`test operation does not apply: is missing path: ${path}: missing value`);
+        const current = containerGet(at.con, at.key);
+        if (current instanceof JsonPatchApplyError) throw new JsonPatchApplyError(`error in test for path: '${path}': ${current.message}`);
+        if (current === undefined || current === null) {
+          if (value === null) break;
+          throw new JsonPatchApplyError(`testing value ${path} failed: test failed`);
+        }
+        if (!hasValue || !deepEqual(current, value)) throw new JsonPatchApplyError(`testing value ${path} failed: test failed`);
+        break;
+      }
+      default:
+        throw new JsonPatchApplyError(`Unexpected kind: ${kind}`);
+    }
+  }
+  return doc;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -429,6 +730,11 @@ function stringMapError(field: string, v: unknown): string | null {
   return null;
 }
 
+function boolError(field: string, v: unknown): string | null {
+  if (v === undefined || v === null || typeof v === 'boolean') return null;
+  return `json: cannot unmarshal ${typeof v} into Go struct field ${field} of type bool`;
+}
+
 /** Go's base64.StdEncoding: padded, standard alphabet (CR/LF are skipped). */
 function base64Error(v: string): string | null {
   const s = v.replace(/[\r\n]/g, '');
@@ -457,7 +763,20 @@ function decodeError(def: ResourceDef, o: JsonObject): string | null {
           if (b) return b;
         }
       }
-      return stringMapError('Secret.stringData', o.stringData);
+      return stringMapError('Secret.stringData', o.stringData) ?? boolError('Secret.immutable', o.immutable);
+    }
+    case 'configmaps': {
+      const e2 = stringMapError('ConfigMap.data', o.data) ?? boolError('ConfigMap.immutable', o.immutable);
+      if (e2) return e2;
+      if (o.binaryData !== undefined && o.binaryData !== null) {
+        if (!isObject(o.binaryData)) return 'json: cannot unmarshal into Go struct field ConfigMap.binaryData of type map[string][]uint8';
+        for (const [k, v] of Object.entries(o.binaryData)) {
+          if (typeof v !== 'string') return `json: cannot unmarshal ${typeof v} into Go struct field ConfigMap.binaryData of type []uint8 (key ${JSON.stringify(k)})`;
+          const b = base64Error(v);
+          if (b) return b;
+        }
+      }
+      return null;
     }
     case 'leases': {
       const s = obj(o.spec);
@@ -511,7 +830,28 @@ function validateMeta(o: JsonObject): StatusCause[] {
     if (typeof v === 'string' && (v.length > 63 || !LABEL_VALUE_RE.test(v)))
       causes.push(invalid('metadata.labels', v, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
   }
+  // ValidateAnnotations: qualified-name keys (checked lower-cased), all keys and values at most 256 KiB together.
+  let annotationBytes = 0;
+  for (const [k, v] of Object.entries(obj(m.annotations))) {
+    if (!LABEL_KEY_RE.test(k.toLowerCase())) causes.push(invalid('metadata.annotations', k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+    annotationBytes += Buffer.byteLength(k, 'utf8') + Buffer.byteLength(String(v), 'utf8');
+  }
+  if (annotationBytes > MAX_ANNOTATIONS_BYTES) causes.push(tooLong('metadata.annotations', MAX_ANNOTATIONS_BYTES));
   return causes;
+}
+
+// field.TooLong (apimachinery/pkg/util/validation/field): the value is left out of the message.
+const tooLong = (field: string, max: number): StatusCause => ({ reason: 'FieldValueTooLong', message: `Too long: must have at most ${max} bytes`, field });
+
+/** validation.IsConfigMapKey: what a Secret or ConfigMap data key must be. */
+function configKeyErrors(k: string): string[] {
+  const errs: string[] = [];
+  if (Buffer.byteLength(k, 'utf8') > 253) errs.push('must be no more than 253 characters');
+  if (!CONFIG_KEY_RE.test(k)) errs.push("a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')");
+  if (k === '.') errs.push("must not be '.'");
+  else if (k === '..') errs.push("must not be '..'");
+  else if (k.startsWith('..')) errs.push("must not start with '..'");
+  return errs;
 }
 
 function storageOf(pvc: JsonObject): unknown {
@@ -527,6 +867,22 @@ interface Fault {
   delayMs?: number;
   message?: string;
   match: RequestMatch | undefined;
+  /** Ends the holds of this delay fault now (see DelayHandle.release). */
+  wake?: Set<() => void>;
+  onArrive?: (req: RecordedRequest) => void;
+}
+
+/**
+ * What delayNext returns: the test waits for `arrived` (the matching request has reached the stand-in
+ * and is held, unanswered), does what must happen "meanwhile", then calls `release()` to have it
+ * served at once. The delay given to delayNext is then only an upper bound, never a window the test
+ * has to hit.
+ */
+export interface DelayHandle {
+  /** Resolves with the first held request (as recorded: status 0) once it has arrived. Never rejects. */
+  readonly arrived: Promise<RecordedRequest>;
+  /** Serves every request this delay holds now, and delays no further ones. */
+  release(): void;
 }
 
 interface Stored {
@@ -547,6 +903,12 @@ export class K8sStandIn {
   private rolloutDelayMs: number | null;
   private readonly defaultNamespace: string;
   private readonly timers = new Map<string, NodeJS.Timeout[]>();
+  /** Requests held by delayNext, to be let go on close. */
+  private readonly holds = new Set<() => void>();
+  /** Per-workload rollout outcomes (setRolloutOutcome), by store key. */
+  private readonly rolloutOutcomes = new Map<string, RolloutOutcome>();
+  /** Rollouts under way, by store key: not yet observed by the controller, or observed and progressing. */
+  private readonly rollouts = new Map<string, 'unobserved' | 'progressing'>();
 
   constructor(options: K8sStandInOptions = {}) {
     this.token = options.token ?? `standin-${randomUUID()}`;
@@ -580,6 +942,8 @@ export class K8sStandIn {
   async close(): Promise<void> {
     for (const list of this.timers.values()) for (const t of list) clearTimeout(t);
     this.timers.clear();
+    this.rollouts.clear();
+    for (const wake of [...this.holds]) wake();
     const server = this.server;
     this.server = null;
     if (!server) return;
@@ -630,18 +994,73 @@ export class K8sStandIn {
     this.faults.push(fault);
   }
 
-  /** The next `count` matching requests are served normally but only after `ms` milliseconds. */
-  delayNext(count: number, ms: number, match?: RequestMatch): void {
-    this.faults.push({ remaining: count, delayMs: ms, match });
+  /**
+   * The next `count` matching requests are served normally but only after `ms` milliseconds, or as
+   * soon as the returned handle's release() is called. A held request is served against the store as
+   * it is when the hold ends, as the API server would serve a request that reached it that late.
+   *
+   * Injecting a concurrent edit between a client's read and its write (here: a Secret's PATCH):
+   *
+   *   const held = k8s.delayNext(1, 30_000, { method: 'PATCH', resource: 'secrets', name: 'app-secrets' });
+   *   const patching = client.patchSecretKeyIfUnchanged('app-secrets', 'DATABASE_URL', before, after, { timeoutMs: 30_000 });
+   *   await held.arrived;                        // the PATCH is at the server, unanswered
+   *   await other.replaceSecretKey('app-secrets', 'DATABASE_URL', edited);   // someone else writes meanwhile
+   *   held.release();                            // now the PATCH is applied, to the edited Secret
+   *   await expect(patching).rejects.toBeInstanceOf(SecretChangedError);
+   *
+   * Only the held request is delayed (the fault is used up when it arrives), so the concurrent edit,
+   * through the same stand-in, is served at once. Match on resource + name rather than a path
+   * substring, which would also match longer names. Nothing here depends on how long things take:
+   * `ms` is only an upper bound (keep it above the test's wait, and the client's timeout above it).
+   */
+  delayNext(count: number, ms: number, match?: RequestMatch): DelayHandle {
+    let resolveArrived: (req: RecordedRequest) => void = () => undefined;
+    const arrived = new Promise<RecordedRequest>((resolve) => (resolveArrived = resolve));
+    const fault: Fault = { remaining: count, delayMs: ms, match, wake: new Set(), onArrive: (req) => resolveArrived(clone(req)) };
+    this.faults.push(fault);
+    return {
+      arrived,
+      release: () => {
+        fault.remaining = 0;
+        this.faults = this.faults.filter((f) => f !== fault);
+        for (const wake of [...(fault.wake ?? [])]) wake();
+      },
+    };
   }
 
   clearFaults(): void {
     this.faults = [];
   }
 
-  /** How long simulated rollouts take from now on; null: they are observed but never finish. */
+  /**
+   * How long simulated rollouts (and PVC resizes) take from now on; null: they are observed but never
+   * finish. Rollouts already under way keep the delay they started with; to act on one of those, or on
+   * one workload only, use setRolloutOutcome.
+   */
   setRolloutDelay(ms: number | null): void {
     this.rolloutDelayMs = ms;
+  }
+
+  /**
+   * The outcome of one workload's rollouts, overriding setRolloutDelay for it (null: back to the
+   * shared delay). It applies at once to a rollout of that workload already under way — a held
+   * rollout given `{ completeAfterMs: 0 }` finishes without a further change — and to later ones.
+   */
+  setRolloutOutcome(name: string, outcome: RolloutOutcome | null, opts: { kind?: 'deployment' | 'statefulset'; namespace?: string } = {}): void {
+    const kind = opts.kind ?? 'deployment';
+    if (outcome === 'progressDeadlineExceeded' && kind === 'statefulset') {
+      throw new Error('k8s stand-in: StatefulSets have no progress deadline (no ProgressDeadlineExceeded upstream)');
+    }
+    if (typeof outcome === 'object' && outcome !== null && !(Number.isFinite(outcome.completeAfterMs) && outcome.completeAfterMs >= 0)) {
+      throw new Error(`k8s stand-in: completeAfterMs must be a non-negative number, got ${outcome.completeAfterMs}`);
+    }
+    const k = key(kind === 'deployment' ? 'deployments' : 'statefulsets', opts.namespace ?? this.defaultNamespace, name);
+    if (outcome === null) this.rolloutOutcomes.delete(k);
+    else this.rolloutOutcomes.set(k, outcome);
+    if (this.rollouts.has(k)) {
+      this.cancelTimers(k);
+      this.scheduleRollout(k, this.outcomeOf(k));
+    }
   }
 
   // ----- seeding -----
@@ -675,19 +1094,48 @@ export class K8sStandIn {
     return this.seed('statefulsets', d.namespace, o);
   }
 
-  seedPod(p: { name: string; namespace?: string; labels?: Record<string, string>; phase?: string; ready?: boolean; podIP?: string; nodeName?: string }): JsonObject {
-    const ready = p.ready ?? true;
+  /**
+   * Seeds a pod with a status as the kubelet writes it. By default one container "main", ready and
+   * running; `restartCount` sets main's restarts; `containerStatuses` gives the containers instead
+   * (the spec lists the same names). Container states default from the phase (Running: running,
+   * Pending: waiting ContainerCreating, Succeeded/Failed: terminated).
+   */
+  seedPod(p: SeedPod): JsonObject {
+    const names = p.containerStatuses?.map((c) => c.name) ?? ['main'];
     const o: JsonObject = {
       metadata: { name: p.name, labels: p.labels ?? {} },
-      spec: { containers: [{ name: 'main', image: 'registry.example/app:1' }], nodeName: p.nodeName ?? 'node-1' },
-      status: {
-        phase: p.phase ?? 'Running',
-        podIP: p.podIP ?? '10.0.0.10',
-        conditions: [{ type: 'Ready', status: ready ? 'True' : 'False' }],
-        containerStatuses: [{ name: 'main', ready, restartCount: 0, image: 'registry.example/app:1' }],
-      },
+      spec: { containers: names.map((n) => ({ name: n, image: `registry.example/${n}:1` })), nodeName: p.nodeName ?? 'node-1' },
+      status: podStatus(p, undefined),
     };
     return this.seed('pods', p.namespace, o);
+  }
+
+  /**
+   * Writes a pod's status as the kubelet would (a status write: new resourceVersion, spec and labels
+   * untouched). Fields not given keep their values; `containerStatuses` must name the pod's containers.
+   */
+  setPodStatus(name: string, st: PodStatusInput, namespace: string = this.defaultNamespace): JsonObject {
+    const k = key('pods', namespace, name);
+    const s = this.store.get(k);
+    if (!s) throw new Error(`k8s stand-in: no pod ${namespace}/${name}`);
+    const containers = (obj(s.obj.spec).containers as JsonObject[] | undefined)?.map((c) => String(c.name)) ?? [];
+    for (const c of st.containerStatuses ?? []) {
+      if (!containers.includes(c.name)) throw new Error(`k8s stand-in: pod ${name} has no container ${c.name}`);
+    }
+    this.writeStatus(k, (x) => {
+      x.obj.status = podStatus(st, obj(x.obj.status));
+    });
+    return clone(this.store.get(k)?.obj ?? {});
+  }
+
+  /** Seeds a ConfigMap (data as given: plain strings). */
+  seedConfigMap(c: { name: string; namespace?: string; data?: Record<string, string>; labels?: Record<string, string>; annotations?: Record<string, string>; immutable?: boolean }): JsonObject {
+    const metadata: JsonObject = { name: c.name };
+    if (c.labels) metadata.labels = { ...c.labels };
+    if (c.annotations) metadata.annotations = { ...c.annotations };
+    const o: JsonObject = { metadata, data: { ...(c.data ?? {}) } };
+    if (c.immutable !== undefined) o.immutable = c.immutable;
+    return this.seed('configmaps', c.namespace, o);
   }
 
   /** Seeds a bound PVC. Its StorageClass (default "standard") is registered with allowVolumeExpansion (default true) unless already known. */
@@ -746,6 +1194,9 @@ export class K8sStandIn {
   lease(name: string, namespace?: string): JsonObject | undefined {
     return this.get('leases', name, namespace);
   }
+  configMap(name: string, namespace?: string): JsonObject | undefined {
+    return this.get('configmaps', name, namespace);
+  }
 
   // ----- internals: seeding -----
 
@@ -776,6 +1227,8 @@ export class K8sStandIn {
     m.resourceVersion = String(++this.revision);
     if (def.tracksGeneration) m.generation = 1;
     if (def.resource === 'deployments' || def.resource === 'statefulsets') setWorkloadStatus(def, o, 'complete');
+    if (isObject(m.labels)) for (const [k, v] of Object.entries(m.labels)) if (v === undefined) delete m.labels[k];
+    pruneEmpty(def, o);
     const name = String(m.name);
     this.store.set(key(resource, ns, name), { def, obj: o });
     return clone(o);
@@ -832,7 +1285,21 @@ export class K8sStandIn {
     if (fault) {
       fault.remaining--;
       this.faults = this.faults.filter((f) => f.remaining > 0);
-      if (fault.delayMs !== undefined) await new Promise((r) => setTimeout(r, fault.delayMs));
+      if (fault.delayMs !== undefined) {
+        const ms = fault.delayMs;
+        await new Promise<void>((resolve) => {
+          const wake = (): void => {
+            clearTimeout(timer);
+            fault.wake?.delete(wake);
+            this.holds.delete(wake);
+            resolve();
+          };
+          const timer = setTimeout(wake, ms);
+          fault.wake?.add(wake);
+          this.holds.add(wake);
+          fault.onArrive?.(record);
+        });
+      }
       if (fault.status !== undefined) {
         record.injected = true;
         const reason = REASONS[fault.status] ?? 'Unknown';
@@ -840,8 +1307,13 @@ export class K8sStandIn {
         return;
       }
     }
+    if (Buffer.byteLength(raw, 'utf8') > MAX_REQUEST_BODY_BYTES) {
+      // handlers/rest.go limitedReadBody with the default --max-request-body-bytes (3 MiB).
+      reply(413, new ApiStatusError(413, 'RequestEntityTooLarge', `Request entity too large: limit is ${MAX_REQUEST_BODY_BYTES}`).toStatus());
+      return;
+    }
     try {
-      const [status, payload] = this.serve(method, url.pathname, query, contentType, raw, body, bodyIsJson);
+      const [status, payload] = this.serve(method, url.pathname, query, contentType, raw, body, bodyIsJson, record);
       reply(status, payload);
     } catch (err) {
       if (err instanceof ApiStatusError) reply(err.code, err.toStatus());
@@ -857,6 +1329,7 @@ export class K8sStandIn {
     raw: string,
     body: unknown,
     bodyIsJson: boolean,
+    record: RecordedRequest,
   ): [number, unknown] {
     const route = parseRoute(pathname);
     if (!route) throw errPathNotFound();
@@ -873,7 +1346,7 @@ export class K8sStandIn {
       const o = this.decodeBody(def, contentType, raw, body, bodyIsJson);
       return this.update(def, namespace, name, o);
     }
-    if (method === 'PATCH' && name !== undefined) return [200, this.patch(def, namespace, name, contentType, body, bodyIsJson)];
+    if (method === 'PATCH' && name !== undefined) return [200, this.patch(def, namespace, name, contentType, body, bodyIsJson, record)];
     if (method === 'DELETE' && name !== undefined) return [200, this.remove(def, namespace, name, body)];
     throw errMethodNotAllowed();
   }
@@ -977,7 +1450,7 @@ export class K8sStandIn {
     return [200, this.commit(def, namespace, name, o, s.obj)];
   }
 
-  private patch(def: ResourceDef, namespace: string, name: string, contentType: string | undefined, body: unknown, bodyIsJson: boolean): JsonObject {
+  private patch(def: ResourceDef, namespace: string, name: string, contentType: string | undefined, body: unknown, bodyIsJson: boolean, record?: RecordedRequest): JsonObject {
     const types = ['application/json-patch+json', 'application/merge-patch+json', 'application/strategic-merge-patch+json'];
     if (contentType === undefined || !types.includes(contentType)) {
       throw new ApiStatusError(
@@ -992,15 +1465,19 @@ export class K8sStandIn {
     const current = this.render(s);
     let patched: unknown;
     if (contentType === 'application/json-patch+json') {
-      if (!Array.isArray(body)) throw errBadRequest('json: cannot unmarshal object into Go value of type jsonpatch.Patch');
+      // jsonpatch.DecodePatch: a JSON array of objects, else 400 with the Go decoder's error.
+      if (!Array.isArray(body)) throw errBadRequest(`json: cannot unmarshal ${goJsonType(body)} into Go value of type jsonpatch.Patch`);
+      const notAnOp = body.find((op) => !isObject(op));
+      if (notAnOp !== undefined) throw errBadRequest(`json: cannot unmarshal ${goJsonType(notAnOp)} into Go value of type jsonpatch.Operation`);
+      if (body.length > MAX_JSON_PATCH_OPERATIONS) {
+        throw new ApiStatusError(413, 'RequestEntityTooLarge', `Request entity too large: The allowed maximum operations in a JSON patch is ${MAX_JSON_PATCH_OPERATIONS}, got ${body.length}`);
+      }
       try {
-        patched = jsonpatch.applyPatch(clone(current), body as Operation[], true, true, true).newDocument;
+        patched = applyJsonPatch(current, body);
       } catch (err) {
-        // handlers/patch.go: errors.NewGenericServerResponse(422, …, err.Error())
-        const msg = err instanceof Error ? err.message.split('\n')[0] ?? err.message : String(err);
-        throw new ApiStatusError(422, 'Invalid', 'the server rejected our request due to an error in our request', {
-          causes: [{ message: msg }] as unknown as JsonObject[],
-        });
+        if (!(err instanceof JsonPatchApplyError)) throw err;
+        if (record) record.patchError = err.message;
+        throw patchNotApplied();
       }
     } else {
       if (!isObject(body)) throw errBadRequest('json: cannot unmarshal array into Go value of type map[string]interface {}');
@@ -1044,6 +1521,7 @@ export class K8sStandIn {
     }
     this.store.delete(key(def.resource, namespace, name));
     this.cancelTimers(key(def.resource, namespace, name));
+    this.rollouts.delete(key(def.resource, namespace, name));
     this.revision++;
     return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', details: { ...detailsFor(def, name), uid: m.uid } };
   }
@@ -1053,14 +1531,40 @@ export class K8sStandIn {
     const causes: StatusCause[] = [];
     switch (def.resource) {
       case 'secrets': {
-        for (const k of Object.keys(obj(o.data))) {
-          if (!CONFIG_KEY_RE.test(k) || k.length > 253) causes.push(invalid(`data[${k}]`, k, "a valid config key must consist of alphanumeric characters, '-', '_' or '.'"));
+        let total = 0;
+        for (const [k, v] of Object.entries(obj(o.data))) {
+          for (const msg of configKeyErrors(k)) causes.push(invalid(`data[${k}]`, k, msg));
+          total += Buffer.from(String(v), 'base64').length;
         }
+        if (total > MAX_DATA_BYTES) causes.push(tooLong('data', MAX_DATA_BYTES));
         if (old && old.immutable === true) {
-          if (!deepEqual(old.data, o.data)) causes.push(forbidden('data', 'field is immutable when `immutable` is set'));
           if (o.immutable !== true) causes.push(forbidden('immutable', 'field is immutable when `immutable` is set'));
+          if (!deepEqual(old.data, o.data)) causes.push(forbidden('data', 'field is immutable when `immutable` is set'));
         }
         if (old && old.type !== o.type) causes.push(invalid('type', o.type, 'field is immutable'));
+        break;
+      }
+      case 'configmaps': {
+        // ValidateConfigMap / ValidateConfigMapUpdate (pkg/apis/core/validation).
+        const data = obj(o.data);
+        const binary = obj(o.binaryData);
+        let total = 0;
+        for (const [k, v] of Object.entries(data)) {
+          for (const msg of configKeyErrors(k)) causes.push(invalid(`data[${k}]`, k, msg));
+          if (Object.prototype.hasOwnProperty.call(binary, k)) causes.push(invalid(`data[${k}]`, k, 'duplicate of key present in binaryData'));
+          total += Buffer.byteLength(String(v), 'utf8');
+        }
+        for (const [k, v] of Object.entries(binary)) {
+          for (const msg of configKeyErrors(k)) causes.push(invalid(`binaryData[${k}]`, k, msg));
+          total += Buffer.from(String(v), 'base64').length;
+        }
+        // field.TooLong(field.NewPath(""), …): the whole object, no field.
+        if (total > MAX_DATA_BYTES) causes.push(tooLong('', MAX_DATA_BYTES));
+        if (old && old.immutable === true) {
+          if (o.immutable !== true) causes.push(forbidden('immutable', 'field is immutable when `immutable` is set'));
+          if (!deepEqual(old.data, o.data)) causes.push(forbidden('data', 'field is immutable when `immutable` is set'));
+          if (!deepEqual(old.binaryData, o.binaryData)) causes.push(forbidden('binaryData', 'field is immutable when `immutable` is set'));
+        }
         break;
       }
       case 'leases': {
@@ -1191,13 +1695,51 @@ export class K8sStandIn {
     obj(s.obj.metadata).resourceVersion = String(++this.revision);
   }
 
-  /** The controller first observes the new generation with the rollout half done, then finishes after rolloutDelayMs. */
+  /**
+   * Where the simulated controller is with a workload's rollout: `phase` is 'unobserved' (not yet
+   * seen), 'progressing' (observed, half done) or 'idle' (none under way: rolled out, failed, or never
+   * changed); `scheduled` is how many controller steps are still to come for it. A held rollout is
+   * 'progressing' with nothing scheduled: a test can see that nothing will move it, without waiting.
+   */
+  rolloutState(name: string, opts: { kind?: 'deployment' | 'statefulset'; namespace?: string } = {}): { phase: 'unobserved' | 'progressing' | 'idle'; scheduled: number } {
+    const k = key((opts.kind ?? 'deployment') === 'deployment' ? 'deployments' : 'statefulsets', opts.namespace ?? this.defaultNamespace, name);
+    return { phase: this.rollouts.get(k) ?? 'idle', scheduled: this.timers.get(k)?.length ?? 0 };
+  }
+
+  private outcomeOf(k: string): RolloutOutcome {
+    const set = this.rolloutOutcomes.get(k);
+    if (set) return set;
+    return this.rolloutDelayMs === null ? 'held' : { completeAfterMs: this.rolloutDelayMs };
+  }
+
+  /**
+   * The controller first observes the new generation with the rollout half done (after half the
+   * completion time, or 25 ms for a rollout that will not complete), then ends it as its outcome says.
+   */
   private startRollout(k: string): void {
     this.cancelTimers(k);
-    const delay = this.rolloutDelayMs;
-    const observeAfter = delay === null ? 25 : Math.max(1, Math.floor(delay / 2));
-    this.schedule(k, observeAfter, () => this.writeStatus(k, (s) => setWorkloadStatus(s.def, s.obj, 'progressing')));
-    if (delay !== null) this.schedule(k, Math.max(observeAfter + 1, delay), () => this.writeStatus(k, (s) => setWorkloadStatus(s.def, s.obj, 'complete')));
+    this.rollouts.set(k, 'unobserved');
+    this.scheduleRollout(k, this.outcomeOf(k));
+  }
+
+  private scheduleRollout(k: string, outcome: RolloutOutcome): void {
+    const phase = this.rollouts.get(k);
+    if (phase === undefined) return;
+    const total = typeof outcome === 'object' ? outcome.completeAfterMs : null;
+    let observedAt = 0;
+    if (phase === 'unobserved') {
+      observedAt = total === null ? 25 : Math.max(1, Math.floor(total / 2));
+      this.schedule(k, observedAt, () => {
+        this.rollouts.set(k, 'progressing');
+        this.writeStatus(k, (s) => setWorkloadStatus(s.def, s.obj, 'progressing'));
+      });
+    }
+    if (outcome === 'held') return;
+    const endAt = total === null ? observedAt + 1 : Math.max(observedAt + 1, total);
+    this.schedule(k, endAt, () => {
+      this.rollouts.delete(k);
+      this.writeStatus(k, (s) => setWorkloadStatus(s.def, s.obj, outcome === 'progressDeadlineExceeded' ? 'deadlineExceeded' : 'complete'));
+    });
   }
 
   private startResize(k: string): void {
@@ -1224,6 +1766,13 @@ function matches(m: RequestMatch | undefined, req: { method: string; path: strin
   if (!m) return true;
   if (m.method !== undefined && m.method.toUpperCase() !== req.method) return false;
   if (m.path !== undefined && (typeof m.path === 'string' ? !req.path.includes(m.path) : !m.path.test(req.path))) return false;
+  if (m.resource !== undefined || m.name !== undefined || m.namespace !== undefined) {
+    const route = parseRoute(req.path);
+    if (!route || route.subresource !== undefined) return false;
+    if (m.resource !== undefined && route.def.resource !== m.resource) return false;
+    if (m.name !== undefined && route.name !== m.name) return false;
+    if (m.namespace !== undefined && route.namespace !== m.namespace) return false;
+  }
   if (m.when !== undefined && !m.when(req)) return false;
   return true;
 }
@@ -1275,6 +1824,26 @@ function normalize(def: ResourceDef, o: JsonObject): void {
     delete o.stringData;
   }
   if (def.resource === 'secrets' && o.type === undefined) o.type = 'Opaque';
+  pruneEmpty(def, o);
+}
+
+/**
+ * What the API server's round trip through the Go types does to an object: []byte values come back
+ * as canonical base64 (line breaks gone), and empty maps marked omitempty (labels, annotations,
+ * Secret and ConfigMap data) disappear. That matters to JSON patch: on the real server `add
+ * /metadata/labels/x` fails on a pod without labels, and `replace /data/K` on a Secret without data.
+ */
+function pruneEmpty(def: ResourceDef, o: JsonObject): void {
+  const canonical = (m: unknown): void => {
+    if (!isObject(m)) return;
+    for (const [k, v] of Object.entries(m)) if (typeof v === 'string') m[k] = Buffer.from(v.replace(/[\r\n]/g, ''), 'base64').toString('base64');
+  };
+  if (def.resource === 'secrets') canonical(o.data);
+  if (def.resource === 'configmaps') canonical(o.binaryData);
+  const fields = def.resource === 'secrets' ? ['data'] : def.resource === 'configmaps' ? ['data', 'binaryData'] : [];
+  for (const f of fields) if (o[f] === null || (isObject(o[f]) && Object.keys(o[f] as JsonObject).length === 0)) delete o[f];
+  const m = obj(o.metadata);
+  for (const f of ['labels', 'annotations']) if (m[f] === null || (isObject(m[f]) && Object.keys(m[f] as JsonObject).length === 0)) delete m[f];
 }
 
 function templateHash(o: JsonObject): string {
@@ -1282,7 +1851,7 @@ function templateHash(o: JsonObject): string {
 }
 
 /** Writes a Deployment/StatefulSet status like their controllers would; zero counts are omitted (omitempty). */
-function setWorkloadStatus(def: ResourceDef, o: JsonObject, phase: 'progressing' | 'complete'): void {
+function setWorkloadStatus(def: ResourceDef, o: JsonObject, phase: 'progressing' | 'complete' | 'deadlineExceeded'): void {
   const m = obj(o.metadata);
   const spec = obj(o.spec);
   const replicas = typeof spec.replicas === 'number' ? spec.replicas : 1;
@@ -1305,7 +1874,10 @@ function setWorkloadStatus(def: ResourceDef, o: JsonObject, phase: 'progressing'
         { type: 'Available', status: 'True', reason: 'MinimumReplicasAvailable', message: 'Deployment has minimum availability.' },
         done
           ? { type: 'Progressing', status: 'True', reason: 'NewReplicaSetAvailable', message: `ReplicaSet "${String(m.name)}-${templateHash(o)}" has successfully progressed.` }
-          : { type: 'Progressing', status: 'True', reason: 'ReplicaSetUpdated', message: `ReplicaSet "${String(m.name)}-${templateHash(o)}" is progressing.` },
+          : phase === 'deadlineExceeded'
+            ? // deployment controller progress.go: util.TimedOutReason and its message.
+              { type: 'Progressing', status: 'False', reason: 'ProgressDeadlineExceeded', message: `ReplicaSet "${String(m.name)}-${templateHash(o)}" has timed out progressing.` }
+            : { type: 'Progressing', status: 'True', reason: 'ReplicaSetUpdated', message: `ReplicaSet "${String(m.name)}-${templateHash(o)}" is progressing.` },
       ],
     });
   } else {
@@ -1323,6 +1895,77 @@ function setWorkloadStatus(def: ResourceDef, o: JsonObject, phase: 'progressing'
       collisionCount: 0,
     });
   }
+}
+
+/**
+ * A pod status like the kubelet's: conditions (Ready with ContainersNotReady when a container is not
+ * ready), one containerStatus per container with a state. `prev` is the status being replaced (for
+ * setPodStatus): what `st` does not give is kept.
+ */
+function podStatus(st: PodStatusInput, prev: JsonObject | undefined): JsonObject {
+  const now = rfc3339(new Date());
+  const phase = st.phase ?? (typeof prev?.phase === 'string' ? prev.phase : 'Running');
+  const prevStatuses = (Array.isArray(prev?.containerStatuses) ? prev.containerStatuses : []) as JsonObject[];
+  const defaultState = (): JsonObject => {
+    switch (phase) {
+      case 'Pending':
+        return { waiting: { reason: 'ContainerCreating' } };
+      case 'Succeeded':
+        return { terminated: { exitCode: 0, reason: 'Completed', startedAt: now, finishedAt: now } };
+      case 'Failed':
+        return { terminated: { exitCode: 1, reason: 'Error', startedAt: now, finishedAt: now } };
+      default:
+        return { running: { startedAt: now } };
+    }
+  };
+  const given = st.containerStatuses ?? (prevStatuses.length > 0 ? undefined : [{ name: 'main' }]);
+  let statuses: JsonObject[];
+  if (given) {
+    statuses = given.map((c) => {
+      const before = prevStatuses.find((x) => x.name === c.name);
+      const state = c.state ?? (isObject(before?.state) ? before.state : defaultState());
+      const ready = c.ready ?? (typeof before?.ready === 'boolean' ? before.ready : (st.ready ?? (phase === 'Running' && isObject(state.running))));
+      const out: JsonObject = {
+        name: c.name,
+        state: clone(state),
+        ready,
+        restartCount: c.restartCount ?? (typeof before?.restartCount === 'number' ? before.restartCount : 0),
+        image: `registry.example/${c.name}:1`,
+        imageID: `registry.example/${c.name}@sha256:${createHash('sha256').update(c.name).digest('hex')}`,
+        started: isObject(state.running),
+      };
+      const last = c.lastState ?? (isObject(before?.lastState) ? before.lastState : undefined);
+      if (last) out.lastState = clone(last);
+      return out;
+    });
+  } else {
+    statuses = prevStatuses.map((x) => clone(x));
+  }
+  if (st.ready !== undefined && !st.containerStatuses) for (const c of statuses) c.ready = st.ready;
+  if (st.restartCount !== undefined) {
+    const first = statuses[0];
+    if (first) first.restartCount = st.restartCount;
+  }
+  const ready = statuses.length > 0 && statuses.every((c) => c.ready === true);
+  const unready = statuses.filter((c) => c.ready !== true).map((c) => String(c.name));
+  const prevReady = ((Array.isArray(prev?.conditions) ? prev.conditions : []) as JsonObject[]).find((c) => c.type === 'Ready');
+  const status = ready ? 'True' : 'False';
+  const readyCondition: JsonObject = {
+    type: 'Ready',
+    status,
+    lastProbeTime: null,
+    lastTransitionTime: prevReady && prevReady.status === status && typeof prevReady.lastTransitionTime === 'string' ? prevReady.lastTransitionTime : now,
+  };
+  if (!ready) {
+    readyCondition.reason = 'ContainersNotReady';
+    readyCondition.message = `containers with unready status: [${unready.join(' ')}]`;
+  }
+  return {
+    phase,
+    podIP: st.podIP ?? (typeof prev?.podIP === 'string' ? prev.podIP : '10.0.0.10'),
+    conditions: [readyCondition],
+    containerStatuses: statuses,
+  };
 }
 
 function stripUndefined(o: JsonObject): JsonObject {
