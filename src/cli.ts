@@ -46,14 +46,17 @@ async function serve(opts: GlobalOpts): Promise<void> {
 function printStatus(s: ClusterStatus): void {
   const t = new Table({
     style: { head: [], border: [] },
-    head: ['Member', 'Server', 'Role', 'State', 'Lag (bytes)', 'Lag (s)', 'Long-running', 'Oldest (s)', 'Disk used'],
+    head: ['Member', 'Server', 'Role', 'State', 'WAL receiver', 'Lag (bytes)', 'Lag (s)', 'Long-running', 'Oldest (s)', 'Disk used'],
   });
   for (const m of s.postgres) {
+    // The observed role; the configured one too when they differ (after a failover).
+    const role = m.role === m.configuredRole ? m.role : `${m.role} (configured ${m.configuredRole})`;
     t.push([
       m.pod ?? '',
       m.server,
-      m.role + (m.inRecovery === null ? '' : m.inRecovery ? ' (standby)' : ' (read-write)'),
+      role + (m.inRecovery === null ? '' : m.inRecovery ? ' (standby)' : ' (read-write)'),
       m.up ? (m.state ?? 'running') : 'DOWN',
+      m.inRecovery ? `${m.receiverStatus ?? 'none'}${m.upstream ? ` from ${m.upstream}` : ''}` : '',
       m.lagBytes ?? '',
       m.lagSeconds === null ? '' : m.lagSeconds.toFixed(1),
       m.longRunningQueries ?? '',
@@ -62,6 +65,13 @@ function printStatus(s: ClusterStatus): void {
     ]);
   }
   process.stdout.write(`${t.toString()}\n`);
+  if (s.topology.splitBrain) {
+    process.stdout.write(
+      `WARNING: split brain: ${s.topology.primaries.join(', ')} are all out of recovery (writable). dbpilot does not act on it; page em-dba and lead-dba (PostgresSplitBrain).\n`,
+    );
+  } else if (s.topology.primary === null) {
+    process.stdout.write('WARNING: no primary: no server is up and out of recovery.\n');
+  }
   const r = s.redis;
   const mem = r.memoryUsedBytes === null ? '' : `${(r.memoryUsedBytes / 1048576).toFixed(1)} MiB${r.memoryMaxBytes ? ` of ${(r.memoryMaxBytes / 1048576).toFixed(0)} MiB` : ''}`;
   process.stdout.write(`Redis ${r.target}: ${r.up ? 'up' : 'DOWN'}${mem ? `, memory ${mem}` : ''}${r.rejectedConnections ? `, rejected connections ${r.rejectedConnections}` : ''}\n`);

@@ -1,13 +1,21 @@
 /**
  * Assembles the collectors the configuration asks for, in one registry. An unknown or duplicate
  * collector name fails here, at start, never at scrape time.
+ *
+ * "The primary" of every collector that reads one (pg_stat_replication, pg_sizes,
+ * prisma_migrations, the database list, the filesystem's server label) is the observed primary of
+ * the scrape's topology observation (src/topology.ts), so the scrape right after a promotion reads
+ * the promoted server. pg_server starts that observation (registered first, so its collect() is
+ * called first) and the others share it.
  */
 import type { Config } from './config.js';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
 import type { PgCluster } from './integrations/postgres.js';
 import type { RedisClient } from './integrations/redis.js';
+import type { Topology } from './topology.js';
 import { CollectorRegistry, cachedCollector } from './collectors/index.js';
+import type { ObservedPrimary } from './collectors/collector.js';
 import { DatabaseList } from './collectors/databases.js';
 import { pgServerCollector } from './collectors/pg-server.js';
 import { pgStatReplicationCollector } from './collectors/pg-stat-replication.js';
@@ -26,12 +34,18 @@ export interface Exporter {
   redis: ReturnType<typeof redisCollector>;
 }
 
-export function createExporter(config: Config, metrics: Metrics, cluster: PgCluster, redis: RedisClient, logger: Logger): Exporter {
+export function createExporter(config: Config, metrics: Metrics, cluster: PgCluster, topology: Topology, redis: RedisClient, logger: Logger): Exporter {
   const registry = new CollectorRegistry(metrics, { timeoutMs: config.collectors.timeoutMs, logger });
-  const databases = new DatabaseList(cluster.primary, config.postgres.databases);
-  // Inside the collector budget, so pg_up 0 is reported rather than the whole collector timing out.
-  const pgServer = pgServerCollector(metrics, cluster, Math.floor(config.collectors.timeoutMs * 0.8));
-  const pgStatReplication = pgStatReplicationCollector(metrics, cluster);
+  // Joins the observation in flight (pg_server's, started at the same tick of the scrape); outside a
+  // scrape (the cached sizes refreshing in the background) a snapshot younger than one collector
+  // budget is as good as a new one.
+  const observedPrimary: ObservedPrimary = async () => {
+    await topology.observe(config.collectors.timeoutMs);
+    return topology.primaryServer();
+  };
+  const databases = new DatabaseList(observedPrimary, config.postgres.databases);
+  const pgServer = pgServerCollector(metrics, topology);
+  const pgStatReplication = pgStatReplicationCollector(metrics, observedPrimary);
   const redisC = redisCollector(metrics, redis);
   registry.register(pgServer);
   registry.register(pgStatReplication);
@@ -39,12 +53,12 @@ export function createExporter(config: Config, metrics: Metrics, cluster: PgClus
   registry.register(pgStatDatabaseCollector(metrics, cluster, databases));
   registry.register(
     cachedCollector(
-      pgSizesCollector(metrics, cluster, databases, config.postgres.tableSizeTopN, config.postgres.sizeRefreshSeconds),
+      pgSizesCollector(metrics, observedPrimary, databases, config.postgres.tableSizeTopN, config.postgres.sizeRefreshSeconds),
       config.postgres.sizeRefreshSeconds * 1000,
     ),
   );
-  registry.register(prismaMigrationsCollector(metrics, cluster, databases));
-  if (config.postgres.dataDirectory) registry.register(diskCollector(metrics, cluster.primary.server, config.postgres.dataDirectory));
+  registry.register(prismaMigrationsCollector(metrics, observedPrimary, databases));
+  if (config.postgres.dataDirectory) registry.register(diskCollector(metrics, observedPrimary, config.postgres.dataDirectory));
   registry.register(redisC);
   return { registry, databases, pgServer, pgStatReplication, redis: redisC };
 }

@@ -1,17 +1,28 @@
 /**
- * `dbpilot status`: the cluster right now, from the same collectors /metrics runs.
+ * `dbpilot status`: the cluster right now, from the same collectors and the same topology
+ * observation /metrics runs. Roles are observed (src/topology.ts), not configured.
  */
 import type { Gauge } from 'prom-client';
 import type { Runtime } from './runtime.js';
+import type { ObservedRole } from './topology.js';
 
 export interface MemberStatus {
   server: string;
   pod: string | null;
-  role: 'primary' | 'replica';
+  /** What the server says it is: primary, replica, fenced (by a completed failover) or unknown. */
+  role: ObservedRole;
+  /** What the configuration calls it. */
+  configuredRole: 'primary' | 'replica';
   up: boolean;
   inRecovery: boolean | null;
-  /** On the primary: the standby's state in pg_stat_replication; on a replica, its own when known. */
+  /** On the primary: `running`; on a replica: its WAL receiver's status, or the primary's pg_stat_replication state. */
   state: string | null;
+  /** A replica's WAL receiver (pg_stat_wal_receiver.status), null when none runs. */
+  receiverStatus: string | null;
+  /** Where a replica streams from (sender_host:sender_port). */
+  upstream: string | null;
+  /** Primary: current WAL position; replica: last received. */
+  lsn: string | null;
   lagBytes: number | null;
   lagSeconds: number | null;
   longRunningQueries: number | null;
@@ -20,8 +31,17 @@ export interface MemberStatus {
   error: string | null;
 }
 
+export interface TopologyStatus {
+  /** server of the observed primary, null when none or several are out of recovery. */
+  primary: string | null;
+  /** server of every server out of recovery. */
+  primaries: string[];
+  splitBrain: boolean;
+}
+
 export interface ClusterStatus {
   at: string;
+  topology: TopologyStatus;
   postgres: MemberStatus[];
   redis: { target: string; up: boolean; memoryUsedBytes: number | null; memoryMaxBytes: number | null; rejectedConnections: number | null; connectedClients: number | null };
   collectors: { name: string; success: boolean; durationSeconds: number; errors: string[] }[];
@@ -35,7 +55,8 @@ async function values(runtime: Runtime, name: string): Promise<{ labels: Record<
 
 export async function gatherStatus(runtime: Runtime): Promise<ClusterStatus> {
   const results = await runtime.exporter.registry.collect();
-  const probes = runtime.exporter.pgServer.lastProbes();
+  // The scrape's own observation (pg_server made it); observe only if that collector could not.
+  const topology = runtime.topology.last() ?? (await runtime.topology.observe(0));
   const standbys = runtime.exporter.pgStatReplication.lastRows();
   const longRunning = await values(runtime, 'pg_long_running_queries');
   const oldest = await values(runtime, 'pg_long_running_queries_oldest_seconds');
@@ -46,31 +67,39 @@ export async function gatherStatus(runtime: Runtime): Promise<ClusterStatus> {
   const max = (rows: typeof longRunning, server: string) =>
     rows.filter((r) => r.labels.server === server).reduce((a, r) => Math.max(a, r.value), 0);
 
-  const pods = new Map(runtime.cluster.all.map((s) => [s.server, s.pod ?? null]));
-  const postgres: MemberStatus[] = probes.map((p) => {
-    const size = fsSize.find((r) => r.labels.server === p.server)?.value;
-    const avail = fsAvail.find((r) => r.labels.server === p.server)?.value;
-    const hasActivity = longRunning.some((r) => r.labels.server === p.server);
-    // A standby's pg_stat_replication row on the primary, matched by its lag when it is the only one.
-    const standby = p.role === 'replica' && standbys.length === 1 ? standbys[0] : undefined;
+  const postgres: MemberStatus[] = topology.members.map((m) => {
+    const size = fsSize.find((r) => r.labels.server === m.server)?.value;
+    const avail = fsAvail.find((r) => r.labels.server === m.server)?.value;
+    const hasActivity = longRunning.some((r) => r.labels.server === m.server);
+    // A standby's pg_stat_replication row on the primary, matched when it is the only one.
+    const standby = m.inRecovery && standbys.length === 1 ? standbys[0] : undefined;
     return {
-      server: p.server,
-      pod: pods.get(p.server) ?? null,
-      role: p.role,
-      up: p.up,
-      inRecovery: p.inRecovery,
-      state: p.up ? (p.inRecovery ? (standby?.state ?? 'standby') : 'running') : null,
-      lagBytes: p.lagBytes,
-      lagSeconds: p.lagSeconds,
-      longRunningQueries: hasActivity ? sum(longRunning, p.server) : null,
-      oldestQuerySeconds: hasActivity ? max(oldest, p.server) : null,
+      server: m.server,
+      pod: m.pod,
+      role: m.role,
+      configuredRole: m.configuredRole,
+      up: m.up,
+      inRecovery: m.inRecovery,
+      state: m.up ? (m.inRecovery ? (m.receiverStatus ?? standby?.state ?? 'no WAL receiver') : 'running') : null,
+      receiverStatus: m.receiverStatus,
+      upstream: m.upstream,
+      lsn: m.lsn,
+      lagBytes: m.lagBytes,
+      lagSeconds: m.lagSeconds,
+      longRunningQueries: hasActivity ? sum(longRunning, m.server) : null,
+      oldestQuerySeconds: hasActivity ? max(oldest, m.server) : null,
       diskUsedRatio: size && avail !== undefined ? 1 - avail / size : null,
-      error: p.error,
+      error: m.error,
     };
   });
   const single = async (n: string) => (await values(runtime, n))[0]?.value ?? null;
   return {
     at: new Date().toISOString(),
+    topology: {
+      primary: topology.primary?.server ?? null,
+      primaries: topology.primaries.map((m) => m.server),
+      splitBrain: topology.splitBrain,
+    },
     postgres,
     redis: {
       target: runtime.redis.target,

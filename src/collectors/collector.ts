@@ -1,5 +1,13 @@
 import type { Gauge } from 'prom-client';
 import { safeMessage } from '../errors.js';
+import type { PgServer } from '../integrations/postgres.js';
+
+/**
+ * The primary as the scrape observed it (src/topology.ts: the server out of recovery, else the last
+ * one seen, else the configured one). Collectors that read "the primary" call it at the start of
+ * their collect, so they share the scrape's one observation instead of probing again.
+ */
+export type ObservedPrimary = () => Promise<PgServer>;
 
 /**
  * What one collection produced: values per gauge, plus the failures met on the way. A collector that

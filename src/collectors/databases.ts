@@ -1,13 +1,14 @@
-import type { PgServer } from '../integrations/postgres.js';
+import type { ObservedPrimary } from './collector.js';
 
 /**
  * The databases the per-database collectors look at: the configured list, or when none is
- * configured every connectable non-template database (re-read at most once a minute).
+ * configured every connectable non-template database of the observed primary (re-read at most
+ * once a minute).
  */
 export class DatabaseList {
   private cached: { at: number; names: string[] } | null = null;
   constructor(
-    private readonly primary: PgServer,
+    private readonly primary: ObservedPrimary,
     private readonly configured: readonly string[],
     private readonly ttlMs = 60_000,
   ) {}
@@ -19,7 +20,8 @@ export class DatabaseList {
   async get(): Promise<string[]> {
     if (this.configured.length > 0) return [...this.configured];
     if (this.cached && Date.now() - this.cached.at < this.ttlMs) return this.cached.names;
-    const rows = await this.primary.query<{ datname: string }>(
+    const primary = await this.primary();
+    const rows = await primary.query<{ datname: string }>(
       'SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname',
     );
     this.cached = { at: Date.now(), names: rows.map((r) => r.datname) };

@@ -1,11 +1,10 @@
 /**
- * Database and table sizes on the primary (runbook scenario 3, steps 2 and 3). These are the
+ * Database and table sizes on the observed primary (runbook scenario 3, steps 2 and 3). These are the
  * expensive queries — pg_database_size walks every file of the database — so the registry serves
  * them from cache and refreshes them at most every `sizeRefreshSeconds` (see cachedCollector).
  */
 import type { Metrics } from '../metrics.js';
-import type { PgCluster } from '../integrations/postgres.js';
-import { SampleSet, type Collector } from './collector.js';
+import { SampleSet, type Collector, type ObservedPrimary } from './collector.js';
 import type { DatabaseList } from './databases.js';
 
 const DB_SQL = `SELECT datname, pg_database_size(datname)::float8 AS bytes FROM pg_database WHERE datname = ANY($1::text[])`;
@@ -20,7 +19,7 @@ WHERE c.relkind IN ('r', 'p', 'm')
 ORDER BY 3 DESC
 LIMIT $1`;
 
-export function pgSizesCollector(metrics: Metrics, cluster: PgCluster, databases: DatabaseList, topN: number, refreshSeconds: number): Collector {
+export function pgSizesCollector(metrics: Metrics, observedPrimary: ObservedPrimary, databases: DatabaseList, topN: number, refreshSeconds: number): Collector {
   const note = `Refreshed at most every ${refreshSeconds} s and served from cache in between.`;
   const dbSize = metrics.gauge('pg_database_size_bytes', `Disk space used by the database. ${note}`, ['server', 'datname']);
   const tableSize = metrics.gauge(
@@ -33,7 +32,7 @@ export function pgSizesCollector(metrics: Metrics, cluster: PgCluster, databases
     gauges: [dbSize, tableSize],
     async collect() {
       const set = new SampleSet();
-      const primary = cluster.primary;
+      const primary = await observedPrimary();
       const dbs = await databases.get();
       const rows = await primary.query<{ datname: string; bytes: number }>(DB_SQL, [dbs]);
       set.statements++;

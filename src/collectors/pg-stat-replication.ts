@@ -1,11 +1,10 @@
 /**
- * pg_stat_replication on the primary (runbook: "Check replication lag"): per standby, the bytes
+ * pg_stat_replication on the observed primary (runbook: "Check replication lag"): per standby, the bytes
  * between the primary's current WAL position and what the standby replayed, and the write / flush /
  * replay lag times. Same names and labels as postgres_exporter, plus sync_state, which it lacks.
  */
 import type { Metrics } from '../metrics.js';
-import type { PgCluster } from '../integrations/postgres.js';
-import { SampleSet, type Collector } from './collector.js';
+import { SampleSet, type Collector, type ObservedPrimary } from './collector.js';
 
 // NULL lag times mean the standby has caught up and nothing new was sent: report 0, not absence.
 const SQL = `
@@ -31,7 +30,7 @@ export interface StandbyRow {
   replay_lag: number;
 }
 
-export function pgStatReplicationCollector(metrics: Metrics, cluster: PgCluster): Collector & { lastRows(): StandbyRow[] } {
+export function pgStatReplicationCollector(metrics: Metrics, observedPrimary: ObservedPrimary): Collector & { lastRows(): StandbyRow[] } {
   const labels = ['server', 'application_name', 'client_addr', 'state', 'sync_state'] as const;
   const diff = metrics.gauge('pg_stat_replication_pg_wal_lsn_diff', 'Bytes between the primary\'s current WAL position and the standby\'s replay position.', labels);
   const write = metrics.gauge('pg_stat_replication_write_lag_seconds', 'Time until the standby wrote recent WAL (0 when caught up).', labels);
@@ -44,9 +43,10 @@ export function pgStatReplicationCollector(metrics: Metrics, cluster: PgCluster)
     lastRows: () => last,
     async collect() {
       const set = new SampleSet();
-      const server = cluster.primary.server;
+      const primary = await observedPrimary();
+      const server = primary.server;
       set.statements = 1;
-      const rows = await cluster.primary.query<StandbyRow & Record<string, unknown>>(SQL);
+      const rows = await primary.query<StandbyRow & Record<string, unknown>>(SQL);
       for (const r of rows) {
         const l = { server, application_name: r.application_name, client_addr: r.client_addr, state: r.state, sync_state: r.sync_state };
         if (r.lsn_diff !== null) set.set(diff, l, r.lsn_diff);

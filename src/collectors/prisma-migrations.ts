@@ -1,11 +1,10 @@
 /**
- * _prisma_migrations on the primary, per database (runbook scenario 4: "P3009 migrate found failed
+ * _prisma_migrations on the observed primary, per database (runbook scenario 4: "P3009 migrate found failed
  * migrations"). A migration Prisma started but neither finished nor rolled back is what blocks
  * `prisma migrate deploy`. A database without the table (not managed by Prisma) counts 0.
  */
 import type { Metrics } from '../metrics.js';
-import type { PgCluster } from '../integrations/postgres.js';
-import { SampleSet, type Collector } from './collector.js';
+import { SampleSet, type Collector, type ObservedPrimary } from './collector.js';
 import type { DatabaseList } from './databases.js';
 
 // One round trip that works whether or not the table exists: the count runs through query_to_xml only
@@ -17,7 +16,7 @@ SELECT CASE WHEN to_regclass('public._prisma_migrations') IS NULL THEN 0
                     false, true, '')))[1]::text::int
        END AS failed`;
 
-export function prismaMigrationsCollector(metrics: Metrics, cluster: PgCluster, databases: DatabaseList): Collector {
+export function prismaMigrationsCollector(metrics: Metrics, observedPrimary: ObservedPrimary, databases: DatabaseList): Collector {
   const failed = metrics.gauge(
     'prisma_migrations_failed',
     'Rows of _prisma_migrations with finished_at IS NULL AND rolled_back_at IS NULL: failed or interrupted migrations that block `prisma migrate deploy`.',
@@ -28,7 +27,7 @@ export function prismaMigrationsCollector(metrics: Metrics, cluster: PgCluster, 
     gauges: [failed],
     async collect() {
       const set = new SampleSet();
-      const primary = cluster.primary;
+      const primary = await observedPrimary();
       const dbs = await databases.get();
       const results = await Promise.allSettled(
         dbs.map(async (d) => {

@@ -77,6 +77,13 @@ export const ESCALATION_TABLE: readonly EscalationRule[] = [
     alertnames: ['PostgresDiskAlmostFull'],
   },
   {
+    issue: 'Two primaries (split brain)',
+    team: 'em-dba',
+    escalateTo: 'Engineering Manager + DBA immediately',
+    from: 'design',
+    alertnames: ['PostgresSplitBrain'],
+  },
+  {
     issue: 'Slow queries / high latency',
     team: 'oncall-backend',
     escalateTo: 'On-call backend engineer',

@@ -36,6 +36,8 @@ const RUNBOOK_URL_PREFIX = 'https://github.com/lomash-wood/dbpilot/blob/main/doc
  */
 const EXPECTED_ALERTS: Record<string, { team: string; remediation: string; severity: string; receiver: string }> = {
   PostgresPrimaryDown: { team: 'lead-dba', remediation: 'primary-failover', severity: 'critical', receiver: 'dbpilot' },
+  // Issue 9 §1: two primaries page the Engineering Manager + DBA and the Lead DBA, never dbpilot.
+  PostgresSplitBrain: { team: 'em-dba', remediation: 'none', severity: 'critical', receiver: 'pagerduty-em-dba-and-lead-dba' },
   PostgresPrimaryDownUnresolved: { team: 'lead-dba', remediation: 'none', severity: 'critical', receiver: 'pagerduty-lead-dba' },
   PostgresReplicationLagHigh: { team: 'oncall-backend', remediation: 'replication-lag', severity: 'warning', receiver: 'dbpilot' },
   PostgresLongRunningQueries: { team: 'oncall-backend', remediation: 'slow-queries', severity: 'warning', receiver: 'dbpilot' },
@@ -59,6 +61,9 @@ const DBPILOT_METRICS = [
   'pg_replication_is_replica',
   'pg_replication_lag_seconds',
   'pg_replication_lag_bytes',
+  'pg_replication_wal_receiver_streaming',
+  'pg_topology_primaries',
+  'pg_topology_split_brain',
   'pg_stat_replication_pg_wal_lsn_diff',
   'pg_stat_replication_write_lag_seconds',
   'pg_stat_replication_flush_lag_seconds',
@@ -295,6 +300,22 @@ describe(`Alertmanager example (${ALERTMANAGER_FILE})`, () => {
     }
   });
 
+  it('pages both em-dba and lead-dba for a split brain: one receiver, one PagerDuty config per team', () => {
+    const config = parseYaml(readFileSync(join(REPO_ROOT, ALERTMANAGER_FILE), 'utf8')) as {
+      receivers: { name: string; pagerduty_configs?: Record<string, unknown>[]; webhook_configs?: unknown[] }[];
+    };
+    const receiver = config.receivers.find((r) => r.name === EXPECTED_ALERTS.PostgresSplitBrain!.receiver);
+    expect(receiver?.webhook_configs).toBeUndefined();
+    expect(receiver?.pagerduty_configs?.map((c) => c.routing_key_file)).toEqual([
+      '/etc/alertmanager/secrets/pagerduty-em-dba',
+      '/etc/alertmanager/secrets/pagerduty-lead-dba',
+    ]);
+    for (const c of receiver!.pagerduty_configs!) expect(c.send_resolved).toBe(true);
+    // Whatever else it carries, the alert name alone takes it there (not to em-dba's service only).
+    expect(routesTest({ alertname: 'PostgresSplitBrain', team: 'em-dba', severity: 'warning' })).toEqual(['pagerduty-em-dba-and-lead-dba']);
+    expect(routesTest({ alertname: 'PostgresSplitBrain' })).toEqual(['pagerduty-em-dba-and-lead-dba']);
+  });
+
   it.each(Object.entries(EXPECTED_ALERTS).map(([alertname, { receiver }]) => ({ alertname, receiver })))(
     'routes $alertname, with the labels its rule sets, to $receiver',
     ({ alertname, receiver }) => {
@@ -337,7 +358,7 @@ describe(`Alertmanager example (${ALERTMANAGER_FILE})`, () => {
       expect(inhibited.has(consequence), consequence).toBe(true);
     }
     // … but nothing silences the alerts that exist to page when everything else has failed.
-    for (const backstop of ['PostgresPrimaryDown', 'PostgresPrimaryDownUnresolved', 'PostgresDataCorruption', 'DbpilotDown']) {
+    for (const backstop of ['PostgresPrimaryDown', 'PostgresPrimaryDownUnresolved', 'PostgresDataCorruption', 'PostgresSplitBrain', 'DbpilotDown']) {
       expect(inhibited.has(backstop), backstop).toBe(false);
     }
   });

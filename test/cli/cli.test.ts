@@ -161,11 +161,21 @@ describe.concurrent('dbpilot CLI', { timeout: 180_000 }, () => {
     const r = await run(['status', '--json'], harnessEnv());
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
-    const s = JSON.parse(r.stdout) as { postgres: Record<string, any>[]; redis: Record<string, any>; collectors: { name: string; success: boolean }[] };
+    const s = JSON.parse(r.stdout) as {
+      topology: Record<string, any>;
+      postgres: Record<string, any>[];
+      redis: Record<string, any>;
+      collectors: { name: string; success: boolean }[];
+    };
     expect(s.postgres).toHaveLength(2);
+    const P = serverOf(inject('pgPrimaryUrl'));
     const [primary, replica] = s.postgres as [Record<string, any>, Record<string, any>];
-    expect(primary).toMatchObject({ server: serverOf(inject('pgPrimaryUrl')), role: 'primary', up: true, inRecovery: false, state: 'running', lagBytes: null, lagSeconds: null, error: null });
-    expect(replica).toMatchObject({ server: serverOf(inject('pgReplicaUrls')[0]!), role: 'replica', up: true, inRecovery: true, state: 'streaming', error: null });
+    // Roles as the servers report them, the replica's WAL receiver and where it streams from.
+    expect(s.topology).toEqual({ primary: P, primaries: [P], splitBrain: false });
+    expect(primary).toMatchObject({ server: P, role: 'primary', configuredRole: 'primary', up: true, inRecovery: false, state: 'running', receiverStatus: null, upstream: null, lagBytes: null, lagSeconds: null, error: null });
+    expect(replica).toMatchObject({ server: serverOf(inject('pgReplicaUrls')[0]!), role: 'replica', configuredRole: 'replica', up: true, inRecovery: true, state: 'streaming', receiverStatus: 'streaming', upstream: P, error: null });
+    expect(primary.lsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
+    expect(replica.lsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
     expect(typeof replica.lagBytes).toBe('number');
     expect(replica.lagBytes).toBeGreaterThanOrEqual(0);
     expect(typeof replica.lagSeconds).toBe('number');
@@ -176,6 +186,19 @@ describe.concurrent('dbpilot CLI', { timeout: 180_000 }, () => {
     expect(s.collectors.filter((c) => !c.success)).toEqual([]);
   });
 
+  it('status prints each server with its observed role, the replica\'s WAL receiver and upstream, and no warning', async () => {
+    const r = await run(['status'], harnessEnv());
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const P = serverOf(inject('pgPrimaryUrl'));
+    const R = serverOf(inject('pgReplicaUrls')[0]!);
+    // The table row whose Server column is `server`.
+    const row = (server: string) => r.stdout.split('\n').find((l) => l.split('│')[2]?.trim() === server) ?? '';
+    expect(row(P)).toMatch(/│ primary \(read-write\)\s*│ running\s*│\s*│/);
+    expect(row(R)).toMatch(new RegExp(`│ replica \\(standby\\)\\s*│ streaming\\s*│ streaming from ${P.replace(/\./g, '\\.')}\\s*│`));
+    expect(r.stdout).not.toContain('WARNING');
+  });
+
   it('status --json shows a replica on a refusing port as down, and exits 1', async () => {
     const dead = await freePort();
     const r = await run(['status', '--json'], { ...harnessEnv(), DBPILOT_REPLICA_URLS: `postgres://postgres:${SECRET}@127.0.0.1:${dead}/postgres` });
@@ -183,7 +206,8 @@ describe.concurrent('dbpilot CLI', { timeout: 180_000 }, () => {
     const s = JSON.parse(r.stdout) as { postgres: Record<string, any>[]; redis: Record<string, any> };
     const [primary, replica] = s.postgres as [Record<string, any>, Record<string, any>];
     expect(primary).toMatchObject({ role: 'primary', up: true });
-    expect(replica).toMatchObject({ server: `127.0.0.1:${dead}`, role: 'replica', up: false, inRecovery: null, state: null, lagBytes: null, lagSeconds: null });
+    // Never seen up: its configured role.
+    expect(replica).toMatchObject({ server: `127.0.0.1:${dead}`, role: 'replica', configuredRole: 'replica', up: false, inRecovery: null, state: null, receiverStatus: null, upstream: null, lagBytes: null, lagSeconds: null });
     expect(replica.error).toMatch(/ECONNREFUSED/);
     expect(s.redis.up).toBe(true);
     expect(r.stdout + r.stderr).not.toContain(SECRET);
