@@ -168,7 +168,8 @@ export function registerRemediationCommands(program: Command): void {
         const runs = id ? [store.getRun(id)].filter((x): x is RunRow => x !== null) : store.listRuns({ ...filter, limit, offset });
         if (id && runs.length === 0) throw new DbpilotError('DBPILOT_RUN_NOT_FOUND', `no remediation run ${id}`);
         if (o.json) {
-          out(JSON.stringify(runs.map((run) => ({ ...run, steps: store.steps(run.id) })), null, 2));
+          // JSON leaves DEL and C1 controls (U+007F–U+009F) raw, and a terminal acts on them: escape them too.
+          out(JSON.stringify(runs.map((run) => ({ ...run, steps: store.steps(run.id) })), null, 2).replace(/[\u007f-\u009f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`));
           return;
         }
         if (id) {

@@ -46,7 +46,7 @@ export interface LeaderElectorOptions {
    * Annotations the holder writes on the Lease while it holds it (e.g. where its webhook is reachable,
    * so a replica that is not the leader can forward to it), and removes when it releases it.
    */
-  advertise?: Record<string, string>;
+  advertise?: Record<string, string | null>;
 }
 
 /** client-go's JitterFactor: candidates spread their attempts over [retry, retry * 1.2]. */
@@ -63,7 +63,7 @@ export class LeaderElector {
   private readonly onChange: ((leader: boolean) => void) | undefined;
   private readonly now: () => number;
   private readonly date: () => Date;
-  private readonly advertise: Record<string, string>;
+  private readonly advertise: Record<string, string | null>;
 
   private running = false;
   private leading = false;
@@ -106,10 +106,15 @@ export class LeaderElector {
    * expired (as last read: at most a retry period old); null when this replica leads or nobody does.
    */
   holderAnnotation(key: string): string | null {
+    return this.otherHolder()?.annotations[key] ?? null;
+  }
+
+  /** The replica that holds an unexpired Lease when it is not this one (as last read), with what it advertised. */
+  otherHolder(): { identity: string; annotations: Record<string, string> } | null {
     const lease = this.observed;
     if (this.kube === null || lease === null || this.leading) return null;
     if (!lease.holderIdentity || lease.holderIdentity === this.identity || this.expired(lease, this.date())) return null;
-    return lease.annotations?.[key] ?? null;
+    return { identity: lease.holderIdentity, annotations: lease.annotations ?? {} };
   }
 
   /** True while this replica may act. Judged on the clock at each call, not only when a timer fires. */
@@ -187,7 +192,7 @@ export class LeaderElector {
       const lease = await kube.readLease(this.leaseName, { timeoutMs });
       if (!this.running) return;
       if (lease === null) {
-        const created = await kube.createLease(this.leaseName, this.spec(now, now, 0), { timeoutMs, annotations: this.advertise });
+        const created = await kube.createLease(this.leaseName, this.spec(now, now, 0), { timeoutMs, annotations: this.present() });
         this.observed = created;
         this.renewed(attemptStart, 'created the lease');
         return;
@@ -217,6 +222,11 @@ export class LeaderElector {
       // Leadership is not dropped here: renewDeadline decides (see armDeadline), so one failed
       // renewal does not stop a leader, and a leader that keeps failing stops in time.
     }
+  }
+
+  /** The advertised annotations that have a value (a null one is removed from the Lease, never left from a previous holder). */
+  private present(): Record<string, string> {
+    return Object.fromEntries(Object.entries(this.advertise).filter((e): e is [string, string] => e[1] !== null));
   }
 
   private spec(acquireTime: Date, renewTime: Date, leaseTransitions: number): LeaseSpecInput {

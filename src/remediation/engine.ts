@@ -27,9 +27,22 @@ export class Engine {
   private readonly executor: Executor;
   private readonly admission: Admission;
   private readonly resumer: Resumer;
+  private leaseWatch: NodeJS.Timeout | null = null;
 
   constructor(o: EngineOptions) {
     this.core = new EngineCore(o);
+    // A run paused for the Lease resumes as soon as this replica may act again, even when no change of
+    // leadership is ever announced (a renewal that lands just after the deadline, a blocked event loop).
+    this.core.onPausedForLease = () => {
+      if (this.leaseWatch || !o.requireLease) return;
+      this.leaseWatch = setInterval(() => {
+        if (this.core.closed || !o.isLeader()) return;
+        clearInterval(this.leaseWatch!);
+        this.leaseWatch = null;
+        void this.resume().catch(() => undefined);
+      }, 1000);
+      this.leaseWatch.unref();
+    };
     this.outcomes = new Outcomes(this.core);
     this.executor = new Executor(this.core, this.outcomes);
     this.admission = new Admission(this.core, this.outcomes, this.executor);
@@ -114,6 +127,8 @@ export class Engine {
 
   async close(): Promise<void> {
     this.core.closed = true;
+    if (this.leaseWatch) clearInterval(this.leaseWatch);
+    this.leaseWatch = null;
     await this.core.idle();
   }
 }

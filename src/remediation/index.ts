@@ -6,6 +6,8 @@
  * port is bound, so a process that cannot serve never acts.
  */
 import { hostname } from 'node:os';
+import { isIP } from 'node:net';
+import { safeMessage } from '../errors.js';
 import type { Runtime } from '../runtime.js';
 import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
@@ -104,6 +106,36 @@ export async function planOnly(
   return { target, plan, steps: handler.steps(plan.data as never, ctx).map((s) => ({ name: s.name, command: s.command })) };
 }
 
+const verified = new Map<string, { ok: boolean; at: number }>();
+const VERIFIED_FOR_MS = 30_000;
+
+/**
+ * The leader's advertised address, but only when it is the address of the leader's own pod: the
+ * Lease's holder names its pod, and the address must be that pod's IP as the API server reports it.
+ * Whoever could write the annotation cannot make a pod's IP say something else, so a forwarded
+ * request (with its caller's credential) never goes anywhere but to the dbpilot pod that leads.
+ */
+export async function verifiedLeaderUrl(leader: LeaderElector, kube: KubernetesClient | null, log: Logger): Promise<string | null> {
+  const holder = leader.otherHolder();
+  const url = holder?.annotations[LEADER_URL_ANNOTATION];
+  if (!kube || !holder || !url) return null;
+  const key = `${holder.identity} ${url}`;
+  const hit = verified.get(key);
+  if (hit && Date.now() - hit.at < VERIFIED_FOR_MS) return hit.ok ? url : null;
+  let ok = false;
+  try {
+    const u = new URL(url);
+    const host = u.hostname.replace(/^\[|\]$/g, '');
+    const pod = /^(.+)-\d+-[0-9a-f]{8}$/.exec(holder.identity)?.[1];
+    if ((u.protocol === 'http:' || u.protocol === 'https:') && isIP(host) && pod) ok = (await kube.readPod(pod)).podIP === host;
+    if (!ok) log.warn({ leader: holder.identity, url }, "the leader's advertised address is not its pod's IP: not forwarding to it");
+  } catch (err) {
+    log.warn({ leader: holder.identity, err: safeMessage(err) }, "could not check the leader's advertised address: not forwarding to it");
+  }
+  verified.set(key, { ok, at: Date.now() });
+  return ok ? url : null;
+}
+
 /** Where the other replicas reach this one: `webhook.advertiseUrl`, else http://$POD_IP:<listen port> in a pod. */
 export function advertisedUrl(config: Config, env: NodeJS.ProcessEnv = process.env): string | undefined {
   if (config.webhook.advertiseUrl) return config.webhook.advertiseUrl;
@@ -141,7 +173,8 @@ export async function createRemediation(runtime: Runtime, opts: RemediationOptio
     leaseDurationSeconds: config.kubernetes?.lease.durationSeconds ?? 15,
     renewDeadlineSeconds: config.kubernetes?.lease.renewDeadlineSeconds ?? 10,
     retryPeriodSeconds: config.kubernetes?.lease.retryPeriodSeconds ?? 2,
-    ...(advertiseUrl ? { advertise: { [LEADER_URL_ANNOTATION]: advertiseUrl } } : {}),
+    // Always written: a holder with no address removes the previous holder's, so nobody forwards to a stale one.
+    advertise: { [LEADER_URL_ANNOTATION]: advertiseUrl ?? null },
     logger,
     onChange: (leading) => {
       log.info({ leader: leading }, leading ? 'became leader: this replica acts' : 'not leader: this replica only exports metrics');
@@ -182,7 +215,7 @@ export async function createRemediation(runtime: Runtime, opts: RemediationOptio
     handlers,
     kube,
     instance,
-    leadership: { isLeader: () => leader.isLeader(), leaderUrl: () => leader.holderAnnotation(LEADER_URL_ANNOTATION) },
+    leadership: { isLeader: () => leader.isLeader(), leaderUrl: () => verifiedLeaderUrl(leader, kube, log) },
     async start() {
       outbox.start();
       leader.start();

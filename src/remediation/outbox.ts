@@ -54,13 +54,39 @@ export interface OutboxOptions {
   announce?: boolean;
 }
 
+/** Events larger than this are trimmed before they are queued (PagerDuty refuses events over 512 KB). */
+const MAX_EVENT_BYTES = 400 * 1024;
+
+/**
+ * Trims an event's custom_details until it serialises under the limit: the longest strings are cut
+ * first, then long lists, so a page always goes out, marked as shortened, instead of becoming a dead letter.
+ */
+export function fitEvent<E extends { payload?: { custom_details?: Record<string, unknown> } }>(event: E, maxBytes = MAX_EVENT_BYTES): E {
+  const size = (v: unknown) => Buffer.byteLength(JSON.stringify(v));
+  if (size(event) <= maxBytes || !event.payload?.custom_details) return event;
+  const details = JSON.parse(JSON.stringify(event.payload.custom_details)) as Record<string, unknown>;
+  const out = { ...event, payload: { ...event.payload, custom_details: details } };
+  for (let cap = 4096; cap >= 64 && size(out) > maxBytes; cap = Math.floor(cap / 4)) {
+    const walk = (v: unknown): unknown => {
+      if (typeof v === 'string') return v.length > cap ? `${v.slice(0, cap)}… [${v.length - cap} characters cut]` : v;
+      if (Array.isArray(v)) return (v.length > cap / 8 ? [...v.slice(0, Math.max(1, Math.floor(cap / 8))), `… and ${v.length - Math.max(1, Math.floor(cap / 8))} more`] : v).map(walk);
+      if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, walk(x)]));
+      return v;
+    };
+    out.payload.custom_details = walk(details) as Record<string, unknown>;
+  }
+  out.payload.custom_details = { ...out.payload.custom_details, shortened: `the page was cut to fit PagerDuty's size limit; the full record is in dbpilot's audit` };
+  return out;
+}
+
 /** Per routing key: its token bucket, its pause after failures, and what the logs have said about it. */
 interface TeamState {
   tokens: number;
   refilledAt: number;
   pausedUntil: number;
-  /** Consecutive failed attempts: the backoff exponent. */
+  /** Consecutive failed attempts: the backoff exponent (requests that failed together count once). */
   failures: number;
+  lastFailureAt: number;
   failingSince: number | null;
   failedAttempts: number;
   lastError: string;
@@ -74,6 +100,8 @@ export class Outbox {
   private stopped = true;
   private filling = false;
   private again = false;
+  /** One pass for any number of pages queued in the same tick (a group commit of 5,000 alerts is one pass). */
+  private kickScheduled = false;
   private abort = new AbortController();
   private readonly inFlight = new Set<Promise<void>>();
   private readonly teams = new Map<string, TeamState>();
@@ -125,11 +153,10 @@ export class Outbox {
       ...(req.class ? { class: req.class } : {}),
       timestamp: new Date().toISOString(),
     });
-    const { routing_key: _omit, ...stored } = event;
+    const { routing_key: _omit, ...stored } = fitEvent(event);
     const id = this.store.enqueueTrigger({ team: req.team, dedupKey: req.dedupKey, event: stored as Record<string, unknown> });
     this.logger.info({ team: req.team, dedupKey: req.dedupKey, summary: req.summary }, 'escalation queued');
-    // After the caller's transaction (a group commit of webhooks) has committed, never inside it.
-    setImmediate(() => this.kick());
+    this.kickSoon();
     return id;
   }
 
@@ -139,8 +166,18 @@ export class Outbox {
     if (!open) return false;
     this.store.enqueue({ team: open.team, dedupKey, action: 'resolve', event: { event_action: 'resolve', dedup_key: dedupKey } });
     this.logger.info({ team: open.team, dedupKey }, 'resolve queued');
-    setImmediate(() => this.kick());
+    this.kickSoon();
     return true;
+  }
+
+  /** A pass after the caller's transaction (a group commit of webhooks) has committed, never inside it; one for all pages of the tick. */
+  private kickSoon(): void {
+    if (this.kickScheduled) return;
+    this.kickScheduled = true;
+    setImmediate(() => {
+      this.kickScheduled = false;
+      this.kick();
+    });
   }
 
   /** The live service dispatcher delivering this store's pages, if one is running (for the CLI). */
@@ -213,7 +250,7 @@ export class Outbox {
     const now = Date.now();
     let wait: number | null = null;
     for (const team of this.store.dueTeams(now)) {
-      const st = this.state(team, now);
+      const st = this.state(this.keyOf(team), now);
       if (st.pausedUntil > now || st.failures > 0) continue;
       if (st.tokens >= 1) return 0;
       const ms = Math.ceil((1 - st.tokens) / this.ratePerMs);
@@ -222,11 +259,23 @@ export class Outbox {
     return wait;
   }
 
-  private state(team: string, now: number): TeamState {
-    let st = this.teams.get(team);
+  /**
+   * The rate limit and the backoff belong to a routing key, not to a team: teams that share one
+   * PagerDuty service share its 120 events a minute. (A team without a route is dead-lettered on its own.)
+   */
+  private keyOf(team: string): string {
+    try {
+      return routeFor(team as Team, this.config.routes);
+    } catch {
+      return `no-route:${team}`;
+    }
+  }
+
+  private state(key: string, now: number): TeamState {
+    let st = this.teams.get(key);
     if (!st) {
-      st = { tokens: this.burst, refilledAt: now, pausedUntil: 0, failures: 0, failingSince: null, failedAttempts: 0, lastError: '', lastSummaryAt: 0, inFlight: 0 };
-      this.teams.set(team, st);
+      st = { tokens: this.burst, refilledAt: now, pausedUntil: 0, failures: 0, lastFailureAt: 0, failingSince: null, failedAttempts: 0, lastError: '', lastSummaryAt: 0, inFlight: 0 };
+      this.teams.set(key, st);
     } else {
       st.tokens = Math.min(this.burst, st.tokens + (now - st.refilledAt) * this.ratePerMs);
       st.refilledAt = now;
@@ -254,22 +303,30 @@ export class Outbox {
     }
   }
 
-  /** Claims and starts what each team may send now, then sleeps until the next thing can happen. */
+  /**
+   * Claims and starts what each team may send now, then sleeps exactly until the next thing can
+   * happen (a token, the end of a pause, a row coming due, a claim expiring) — never a busy loop
+   * while a key is paused or out of tokens.
+   */
   private fill(): void {
     const now = Date.now();
     let wake = POLL_MS;
     const concurrency = this.config.concurrency;
-    for (const team of this.store.dueTeams(now)) {
-      const st = this.state(team, now);
+    for (const head of this.store.outboxHeads(now)) {
+      const team = head.team;
+      const st = this.state(this.keyOf(team), now);
+      const notBefore = Math.max(st.pausedUntil, now);
+      if (head.nextAt !== null) wake = Math.min(wake, Math.max(head.nextAt, notBefore) - now);
+      if (head.due === 0) continue;
       if (st.pausedUntil > now) {
         wake = Math.min(wake, st.pausedUntil - now);
         continue;
       }
       // After a failure, one probe at a time until PagerDuty takes an event again.
       const room = concurrency - this.inFlight.size;
-      const n = st.failures > 0 ? (st.inFlight === 0 ? 1 : 0) : Math.min(Math.floor(st.tokens), room);
+      const n = st.failures > 0 ? (st.inFlight === 0 ? 1 : 0) : Math.min(Math.floor(st.tokens), room, head.due);
       if (n <= 0) {
-        if (st.tokens < 1) wake = Math.min(wake, Math.ceil((1 - st.tokens) / this.ratePerMs));
+        if (st.tokens < 1 && st.failures === 0) wake = Math.min(wake, Math.ceil((1 - st.tokens) / this.ratePerMs));
         continue;
       }
       for (const row of this.store.claimOutbox(this.opts.owner, team, now, now + this.claimMs, n)) {
@@ -283,9 +340,8 @@ export class Outbox {
         this.inFlight.add(p);
       }
     }
-    const due = this.store.nextOutboxDue();
-    if (due !== null) wake = Math.min(wake, Math.max(0, due - now));
-    this.schedule(Math.max(wake, 5));
+    // Work finishing (a delivery) kicks again by itself; otherwise sleep until the next thing is due.
+    this.schedule(Math.max(wake, 1));
   }
 
   private schedule(delayMs: number): void {
@@ -311,6 +367,7 @@ export class Outbox {
       this.write(() => this.store.outboxDead(row.id, (err as Error).message));
       return;
     }
+    const startedAt = Date.now();
     let result: Awaited<ReturnType<typeof sendEvent>>;
     try {
       result = await sendEvent({ ...(row.event as object), routing_key: routingKey } as never, {
@@ -322,6 +379,11 @@ export class Outbox {
       result = { outcome: 'retry', message: safeMessage(err) };
     }
     const now = Date.now();
+    if (result.outcome !== 'accepted' && this.abort.signal.aborted) {
+      // Cut off by this dispatcher stopping, not by PagerDuty: give the row back untouched, count nothing.
+      this.write(() => this.store.releaseClaim(row.id, this.opts.owner));
+      return;
+    }
     if (result.outcome === 'accepted') {
       this.escalations.inc({ team, outcome: 'delivered' });
       this.logger.info({ team, dedupKey: row.dedupKey, action: row.action, attempts: row.attempts + 1 }, 'escalation delivered');
@@ -330,18 +392,24 @@ export class Outbox {
       return;
     }
     if (result.outcome === 'retry') {
-      st.failures += 1;
-      const wait = Math.max(result.retryAfterMs ?? 0, backoffMs(st.failures, { baseMs: this.config.retry.baseMs, maxMs: this.config.retry.maxMs }));
+      // Requests that were in flight together when the outage began are one failure, not eight.
+      if (startedAt >= st.lastFailureAt) st.failures += 1;
+      st.lastFailureAt = now;
+      const maxMs = this.config.retry.maxMs;
+      // Retry-After is honoured up to retry.maxMs: a proxy's "come back tomorrow" must not silence a team's pages for a day.
+      const wait = Math.max(Math.min(result.retryAfterMs ?? 0, maxMs), backoffMs(st.failures, { baseMs: this.config.retry.baseMs, maxMs }));
       st.pausedUntil = Math.max(st.pausedUntil, now + wait);
       if (result.httpStatus === 429) st.tokens = 0;
       this.escalations.inc({ team, outcome: 'retried' });
-      this.write(() => this.store.outboxRetry(row.id, st.pausedUntil, result.message));
+      this.write(() => this.store.outboxRetry(row.id, st.pausedUntil, result.message, this.opts.owner));
       this.failed(team, st, now, result.httpStatus, result.message, wait);
       return;
     }
     this.escalations.inc({ team, outcome: 'dead_letter' });
     this.logger.error({ team, dedupKey: row.dedupKey, status: result.httpStatus, err: result.message }, 'PagerDuty rejected the event: dead letter');
-    this.write(() => this.store.outboxDead(row.id, result.message));
+    this.write(() => this.store.outboxDead(row.id, result.message, this.opts.owner));
+    // PagerDuty answered: it is reachable, so a probe that meets a bad event ends the pause for the others.
+    if (st.failures > 0 || st.failingSince !== null) this.recovered(team, st, now);
   }
 
   private write(fn: () => void): void {

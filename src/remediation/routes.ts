@@ -56,8 +56,8 @@ const FORWARDED = 'x-dbpilot-forwarded';
 export interface Leadership {
   /** Whether this replica acts. */
   isLeader(): boolean;
-  /** Where the leader's webhook is reachable, as it advertised on the Lease; null when unknown. */
-  leaderUrl(): string | null;
+  /** Where the leader's webhook is reachable, as it advertised on the Lease and checked against its pod; null when unknown. */
+  leaderUrl(): Promise<string | null> | string | null;
 }
 
 /** The approver whose own bearer token this is, or null. Every configured token is compared, in constant time. */
@@ -91,7 +91,7 @@ export function remediationRoutes(engine: Engine, config: Config, metrics: Metri
    * cannot be reached, or when the request was forwarded already.
    */
   const toLeader = async (req: FastifyRequest, reply: FastifyReply, body: unknown) => {
-    const url = leadership.leaderUrl();
+    const url = await leadership.leaderUrl();
     if (!url || req.headers[FORWARDED] !== undefined) {
       return reply.code(503).header('retry-after', '1').send({ error: 'not the leader: another dbpilot replica acts', code: 'DBPILOT_NOT_LEADER' });
     }
@@ -207,6 +207,7 @@ export function remediationRoutes(engine: Engine, config: Config, metrics: Metri
         const started = engine.approve(id, by);
         const early = await Promise.race([started.then(() => null, (e: unknown) => e), new Promise((r) => setImmediate(r, 'pending'))]);
         if (early instanceof DbpilotError) return reply.code(409).send({ error: early.message, code: early.code });
+        if (early instanceof Error) throw early; // nothing was approved: a 500, never a 202
         void started.catch(() => undefined);
         return reply.code(202).send({ status: 'approved', approvedBy: by, run: engine.store.getRun(id) });
       } catch (err) {

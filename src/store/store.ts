@@ -638,13 +638,24 @@ export class Store {
    */
   enqueueTrigger(e: { team: string; dedupKey: string; event: Record<string, unknown> }, nowMs: number = Date.now()): number {
     if ('routing_key' in e.event) throw new DbpilotError('DBPILOT_STORE_SECRET', 'outbox events must not carry the routing key');
-    const last = this.stmt(`SELECT id, action, claim_until FROM outbox WHERE dedup_key = ? AND status = 'pending' ORDER BY id DESC LIMIT 1`)
-      .get(e.dedupKey) as { id: number; action: string; claim_until: number | null } | undefined;
-    if (last && last.action === 'trigger' && (last.claim_until === null || last.claim_until < nowMs)) {
-      this.stmt(`UPDATE outbox SET event = ?, team = ? WHERE id = ?`).run(JSON.stringify(e.event), e.team, last.id);
-      return last.id;
-    }
-    return this.enqueue({ ...e, action: 'trigger' });
+    // One IMMEDIATE transaction, and the update conditional on the row still being unclaimed: a
+    // dispatcher of another process that claims it meanwhile sends what it claimed, and this event
+    // gets a row of its own instead of being lost in a row already on its way.
+    return this.db.transaction(() => {
+      const last = this.stmt(`SELECT id, action FROM outbox WHERE dedup_key = ? AND status = 'pending' ORDER BY id DESC LIMIT 1`).get(e.dedupKey) as
+        | { id: number; action: string }
+        | undefined;
+      if (last && last.action === 'trigger') {
+        const changed = this.stmt(`UPDATE outbox SET event = ?, team = ? WHERE id = ? AND status = 'pending' AND (claim_until IS NULL OR claim_until < ?)`).run(
+          JSON.stringify(e.event),
+          e.team,
+          last.id,
+          nowMs,
+        ).changes;
+        if (changed === 1) return last.id;
+      }
+      return this.enqueue({ ...e, action: 'trigger' });
+    }).immediate();
   }
 
   /** Head-of-queue rows (the oldest pending row of each dedup key) that are due and not claimed by a live claim. */
@@ -662,9 +673,29 @@ export class Store {
     );
   }
 
+  /**
+   * Per team, over the head of each dedup key's queue (only heads can be sent): how many may be
+   * claimed now, and when the next of the others becomes due or its claim expires. One pass over the
+   * pending rows, so a dispatcher can sleep exactly until something can happen.
+   */
+  outboxHeads(nowMs: number): { team: string; due: number; nextAt: number | null }[] {
+    return (
+      this.stmt(
+        `WITH heads AS (SELECT min(id) AS id FROM outbox WHERE status = 'pending' GROUP BY dedup_key)
+         SELECT o.team AS team,
+                sum(CASE WHEN o.next_attempt_at <= @now AND (o.claim_until IS NULL OR o.claim_until < @now) THEN 1 ELSE 0 END) AS due,
+                min(CASE WHEN o.next_attempt_at > @now THEN max(o.next_attempt_at, coalesce(o.claim_until, 0))
+                         WHEN o.claim_until >= @now THEN o.claim_until END) AS next_at
+         FROM outbox o JOIN heads h ON h.id = o.id GROUP BY o.team ORDER BY min(o.id)`,
+      ).all({ now: nowMs }) as { team: string; due: number; next_at: number | null }[]
+    ).map((r) => ({ team: r.team, due: r.due, nextAt: r.next_at }));
+  }
+
   /** Teams that have a due, unclaimed event. */
   dueTeams(nowMs: number): string[] {
-    return (this.stmt(`SELECT DISTINCT o.team FROM outbox o WHERE ${Store.CLAIMABLE}`).all({ now: nowMs }) as { team: string }[]).map((r) => r.team);
+    return this.outboxHeads(nowMs)
+      .filter((h) => h.due > 0)
+      .map((h) => h.team);
   }
 
   /**
@@ -697,16 +728,28 @@ export class Store {
     );
   }
 
-  outboxRetry(id: number, nextAttemptAt: number, error: string): void {
-    this.stmt(`UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, claimed_by = NULL, claim_until = NULL WHERE id = ?`).run(
-      nextAttemptAt,
-      error,
-      id,
+  /** `owner`: only while that dispatcher still holds the claim (a stalled one must not clear another's live claim). Returns whether the row changed. */
+  outboxRetry(id: number, nextAttemptAt: number, error: string, owner?: string): boolean {
+    return (
+      this.stmt(
+        `UPDATE outbox SET attempts = attempts + 1, next_attempt_at = @next, last_error = @error, claimed_by = NULL, claim_until = NULL
+         WHERE id = @id AND status = 'pending' AND (@owner IS NULL OR claimed_by = @owner)`,
+      ).run({ next: nextAttemptAt, error, id, owner: owner ?? null }).changes === 1
     );
   }
 
-  outboxDead(id: number, error: string): void {
-    this.stmt(`UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ?, claimed_by = NULL, claim_until = NULL WHERE id = ?`).run(error, id);
+  outboxDead(id: number, error: string, owner?: string): boolean {
+    return (
+      this.stmt(
+        `UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = @error, claimed_by = NULL, claim_until = NULL
+         WHERE id = @id AND status = 'pending' AND (@owner IS NULL OR claimed_by = @owner)`,
+      ).run({ error, id, owner: owner ?? null }).changes === 1
+    );
+  }
+
+  /** Gives back one claimed row untouched (its request was cut off by this dispatcher stopping, not by PagerDuty). */
+  releaseClaim(id: number, owner: string): void {
+    this.stmt(`UPDATE outbox SET claimed_by = NULL, claim_until = NULL WHERE id = ? AND claimed_by = ? AND status = 'pending'`).run(id, owner);
   }
 
   /** Gives back the claims of `owner` (a dispatcher stopping with rows it did not send). */
@@ -793,9 +836,12 @@ export class Store {
    * Marks the alert resolved in every grouped page that lists it; returns the pages of which it was
    * the last open member (those pages can be resolved now).
    */
-  resolvePageMember(fingerprint: string): string[] {
+  resolvePageMember(fingerprint: string, startsAt: string): string[] {
+    // By occurrence: a late resolve of an earlier occurrence does not close the page of the one firing now.
     const keys = (
-      this.stmt(`UPDATE page_members SET resolved_at = ? WHERE fingerprint = ? AND resolved_at IS NULL RETURNING dedup_key`).all(now(), fingerprint) as { dedup_key: string }[]
+      this.stmt(`UPDATE page_members SET resolved_at = ? WHERE fingerprint = ? AND starts_at = ? AND resolved_at IS NULL RETURNING dedup_key`).all(now(), fingerprint, startsAt) as {
+        dedup_key: string;
+      }[]
     ).map((r) => r.dedup_key);
     return [...new Set(keys)].filter(
       (k) => (this.stmt(`SELECT count(*) AS n FROM page_members WHERE dedup_key = ? AND resolved_at IS NULL`).get(k) as { n: number }).n === 0,

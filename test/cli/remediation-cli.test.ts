@@ -296,16 +296,22 @@ describe('dbpilot audit: output and side effects', () => {
     // A page waiting in the outbox, PagerDuty up: a dispatcher would send it at once.
     const key = `dbpilot/AuditReadsOnly/${freshFingerprint()}`;
     readStore((st) => st.enqueue({ team: 'devops', dedupKey: key, action: 'trigger', event: { event_action: 'trigger', dedup_key: key, payload: { summary: 'x', source: 'x', severity: 'info' } } }));
-    writeFileSync(configPath, stringify({ mode: 'dry-run', handlers: { 'slow-queries': SLOW }, pagerduty: { url: pd.url } })); // no routes
     try {
+      // Routes configured and PagerDuty up: a dispatcher in these commands would send the page at once.
       const before = pd.requests.length;
       for (const args of [['audit'], ['audit', '--json'], ['plan', 'slow-queries', '--database', db.name]]) {
         const r = await dbpilot(...args);
         expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(0);
-        expect(r.stderr, args.join(' ')).toBe('');
       }
       expect(pd.requests.length - before).toBe(0);
-      expect(readStore((st) => st.outbox().find((o) => o.dedupKey === key)?.status)).toBe('pending');
+      expect(readStore((st) => st.outbox().find((o) => o.dedupKey === key))).toMatchObject({ status: 'pending', attempts: 0 });
+      // No routes at all: the commands that page nothing say nothing about paging.
+      writeFileSync(configPath, stringify({ mode: 'dry-run', handlers: { 'slow-queries': SLOW }, pagerduty: { url: pd.url } }));
+      for (const args of [['audit'], ['plan', 'slow-queries', '--database', db.name]]) {
+        const r = await dbpilot(...args);
+        expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+        expect(r.stderr, args.join(' ')).toBe('');
+      }
     } finally {
       writeFileSync(
         configPath,

@@ -304,12 +304,16 @@ function configFileOf(manifests: Manifest[], c: K8s, dir: string): string {
  */
 const API_CALLS: Record<string, { apiGroup: string; resource: string; verb: string; usedBy: string }> = {
   'core.readNamespacedSecret': { apiGroup: '', resource: 'secrets', verb: 'get', usedBy: 'readSecretKey' },
-  'core.patchNamespacedSecret': { apiGroup: '', resource: 'secrets', verb: 'patch', usedBy: 'replaceSecretKey' },
+  'core.patchNamespacedSecret': { apiGroup: '', resource: 'secrets', verb: 'patch', usedBy: 'replaceSecretKey / patchSecretKeyIfUnchanged' },
   'apps.patchNamespacedDeployment': { apiGroup: 'apps', resource: 'deployments', verb: 'patch', usedBy: 'rolloutRestart' },
   'apps.patchNamespacedStatefulSet': { apiGroup: 'apps', resource: 'statefulsets', verb: 'patch', usedBy: 'rolloutRestart' },
   'apps.readNamespacedDeployment': { apiGroup: 'apps', resource: 'deployments', verb: 'get', usedBy: 'readRolloutStatus / waitForRollout' },
   'apps.readNamespacedStatefulSet': { apiGroup: 'apps', resource: 'statefulsets', verb: 'get', usedBy: 'readRolloutStatus / waitForRollout' },
   'core.listNamespacedPod': { apiGroup: '', resource: 'pods', verb: 'list', usedBy: 'listPods' },
+  'core.readNamespacedPod': { apiGroup: '', resource: 'pods', verb: 'get', usedBy: 'readPod (the primary pod when a failover is confirmed; the leader pod before forwarding to it)' },
+  'core.readNamespacedConfigMap': { apiGroup: '', resource: 'configmaps', verb: 'get', usedBy: 'readConfigMap (the failover intent)' },
+  'core.createNamespacedConfigMap': { apiGroup: '', resource: 'configmaps', verb: 'create', usedBy: 'createConfigMap (the failover intent)' },
+  'core.replaceNamespacedConfigMap': { apiGroup: '', resource: 'configmaps', verb: 'update', usedBy: 'replaceConfigMap (the failover intent)' },
   'core.patchNamespacedPod': { apiGroup: '', resource: 'pods', verb: 'patch', usedBy: 'labelPod' },
   'core.readNamespacedPersistentVolumeClaim': { apiGroup: '', resource: 'persistentvolumeclaims', verb: 'get', usedBy: 'readPvc' },
   'core.patchNamespacedPersistentVolumeClaim': { apiGroup: '', resource: 'persistentvolumeclaims', verb: 'patch', usedBy: 'resizePvc' },
@@ -328,6 +332,7 @@ const RESOURCE_OF: Record<string, string> = {
   Pod: 'pods',
   PersistentVolumeClaim: 'persistentvolumeclaims',
   Lease: 'leases',
+  ConfigMap: 'configmaps',
 };
 const GROUP_OF: Record<string, string> = { core: '', apps: 'apps', coordination: 'coordination.k8s.io' };
 
@@ -386,7 +391,7 @@ describe('the Kubernetes API calls dbpilot makes', () => {
     walk('src');
     expect(offenders).toEqual([]);
     // The leader elector uses the client's Lease methods.
-    const leader = read('src/remediation/leader.ts');
+    const leader = read('src/coordination/leader.ts');
     for (const m of ['readLease', 'createLease', 'replaceLease']) expect(leader).toContain(`kube.${m}(`);
   });
 });
@@ -440,7 +445,7 @@ describe('Helm chart', () => {
         expect((rule.resources as string[]).every((r) => !r.includes('/')), 'no subresources').toBe(true);
       }
       // create and list cannot be limited by name: a rule that did so would silently deny them.
-      for (const verb of ['coordination.k8s.io/leases:create', 'core/pods:list']) {
+      for (const verb of ['coordination.k8s.io/leases:create', 'core/configmaps:create', 'core/pods:list']) {
         expect(g.get(verb)!.some((names) => names.length === 0), verb).toBe(true);
       }
     });
@@ -573,6 +578,8 @@ describe('Helm chart', () => {
     expect(names('apps/deployments:patch')).toEqual(config.kubernetes.deployments);
     expect(names('apps/statefulsets:patch')).toEqual([config.kubernetes.redisStatefulSet]);
     for (const v of ['get', 'update', 'delete']) expect(names(`coordination.k8s.io/leases:${v}`)).toEqual([config.kubernetes.lease.name]);
+    // The failover intent beside the Lease, and nothing else of the namespace's ConfigMaps.
+    for (const v of ['get', 'update']) expect(names(`core/configmaps:${v}`)).toEqual([`${config.kubernetes.lease.name}-failover`]);
     // The eight services of DESIGN.md.
     expect(config.kubernetes.deployments).toHaveLength(8);
 

@@ -13,6 +13,10 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { K8sStandIn } from '../support/k8s-standin.js';
+import { Engine } from '../../src/remediation/engine.js';
+import { HandlerRegistry } from '../../src/remediation/registry.js';
+import { Metrics } from '../../src/metrics.js';
+import { createLogger } from '../../src/logger.js';
 import { PagerDutyStandin } from '../support/pagerduty-standin.js';
 import { freshFingerprint, gate, groupPageKey, payload, scriptedHandler, startRemediation, until, type RemediationHarness } from '../support/remediation.js';
 
@@ -88,6 +92,70 @@ describe('admission of a group commit', () => {
     await h.settle();
     expect(h.store.listRuns({ fingerprint: bad.fingerprint })).toHaveLength(1);
     expect(pd.acceptedCount(key, 'trigger')).toBe(1);
+  });
+});
+
+describe('savepoints and occurrences', () => {
+  it('an alert whose admission fails after its run row was written leaves no trace but its refusal', async () => {
+    const h = await harness({ config: { handlers: { 'redis-failure': { mode: 'off' } } } });
+    const handler = scriptedHandler('redis-failure');
+    // The team is read after the mode-off run row is written: throwing there rolls back that row.
+    let poison = '';
+    Object.defineProperty(handler, 'team', {
+      get() {
+        if (poison) {
+          const f = poison;
+          poison = '';
+          throw new Error(`no team for ${f}`);
+        }
+        return 'devops';
+      },
+    });
+    h.remediation.handlers.register(handler);
+    // No team label: the team comes from the handler.
+    const noTeam = (instance: string) => ({ labels: { alertname: 'RedisDown', remediation: 'redis-failure', instance }, fingerprint: freshFingerprint() });
+    const bad = noTeam('bad');
+    const good = noTeam('good');
+    poison = bad.fingerprint;
+    const body = payload([bad, good], { groupKey: '{}:{alertname="RedisDown"}' });
+    expect((await h.webhook(body)).statusCode).toBe(202);
+    await h.settle();
+    // The row the savepoint rolled back is gone: the one left is the refusal, with its reason.
+    expect(h.store.listRuns({ fingerprint: bad.fingerprint }).map((r) => [r.status, r.reason])).toEqual([['escalated', `refused: no team for ${bad.fingerprint}`]]);
+    expect(h.store.listRuns({ fingerprint: good.fingerprint }).map((r) => r.status)).toEqual(['skipped']);
+    // The grouped page lists each alert once, the refused one with its reason (nothing the rolled-back part queued).
+    const key = groupPageKey(body, 'devops');
+    await until(() => pd.acceptedCount(key, 'trigger') === 1, 'the group page');
+    const alerts = (pd.accepted.find((e) => e.dedupKey === key)!.event.payload as { custom_details: { alerts: { fingerprint: string; reason: string }[] } }).custom_details.alerts;
+    expect(alerts.map((x) => [x.fingerprint, x.reason]).sort()).toEqual(
+      [
+        [bad.fingerprint, `refused: no team for ${bad.fingerprint}`],
+        [good.fingerprint, 'handler redis-failure is off'],
+      ].sort(),
+    );
+  });
+
+  it('a late resolve of an earlier occurrence does not resolve the group page of the occurrence firing now', async () => {
+    const h = await harness();
+    const groupKey = '{}:{alertname="Recurring"}';
+    const fp = freshFingerprint();
+    const labels = { alertname: 'Recurring', remediation: 'restart-it', team: 'devops' };
+    const first = { labels, fingerprint: fp, startsAt: '2026-11-27T10:00:00.000Z' };
+    const second = { labels, fingerprint: fp, startsAt: '2026-11-27T11:00:00.000Z' };
+    const key = groupPageKey(payload([first], { groupKey }), 'devops');
+    await h.webhook(payload([first], { groupKey }));
+    await h.settle();
+    await h.webhook(payload([{ ...first, status: 'resolved' }], { groupKey }));
+    await h.settle();
+    await until(() => pd.acceptedCount(key, 'resolve') === 1, 'the first occurrence resolved');
+    await h.webhook(payload([second], { groupKey }));
+    await h.settle();
+    await until(() => pd.acceptedCount(key, 'trigger') === 2, 'the second occurrence paged');
+    // A second Alertmanager sends the first occurrence's resolve again, late.
+    await h.webhook(payload([{ ...first, status: 'resolved' }], { groupKey }));
+    await h.settle();
+    expect(pd.acceptedCount(key, 'resolve')).toBe(1);
+    expect(h.store.openPageMembers(key).map((m) => m.startsAt)).toEqual([second.startsAt]);
   });
 });
 
@@ -220,6 +288,42 @@ describe('resume', () => {
     expect(after.reason).toMatch(/^left in flight 6\d\d s ago; too old to resume safely$/);
     expect(handler.executed).toEqual([]);
     expect(h.store.lockHolder(run.target)).toBeNull();
+  });
+
+  it('a run paused for the Lease resumes once this replica may act again, even when no change of leadership is announced', async () => {
+    const h = await harness({ config: AUTO, start: false });
+    let leading = true;
+    const stepGate = gate();
+    const handler = scriptedHandler('redis-failure', { duringStep: (step) => (step === 'restartThing' ? stepGate.wait() : undefined) });
+    const registry = new HandlerRegistry().register(handler);
+    // An engine of its own on the harness's store, whose leadership the test decides — and never announces.
+    const engine = new Engine({
+      config: h.config,
+      store: h.store,
+      handlers: registry,
+      ctx: { config: h.config, cluster: h.runtime.cluster, topology: { primaryServer: () => h.runtime.cluster.primary }, redis: h.runtime.redis, kube: null, intents: { where: 'x', read: async () => ({ intent: null, version: null }), write: async () => '' }, logger: createLogger('silent') },
+      outbox: h.outbox,
+      metrics: new Metrics({ processMetrics: false }),
+      logger: createLogger('silent'),
+      isLeader: () => leading,
+      requireLease: true,
+      instance: `unannounced/${process.pid}/0badc0de`,
+    });
+    try {
+      const a = redisAlert('unannounced');
+      const info = { alertname: 'RedisDown', labels: a.labels, annotations: {}, fingerprint: a.fingerprint, startsAt: new Date().toISOString() };
+      const running = engine.onFiring(info);
+      await stepGate.reached;
+      leading = false;
+      stepGate.open();
+      const paused = await running;
+      expect(paused?.status).toBe('running');
+      expect(h.store.steps(paused!.id).map((s) => s.status)).toEqual(['done', 'planned']);
+      leading = true; // the Lease is renewed again; nobody calls resume()
+      await until(() => h.store.getRun(paused!.id)?.status === 'succeeded', 'the paused run to resume by itself', 10_000);
+    } finally {
+      await engine.close();
+    }
   });
 
   it('a run paused because the Lease was lost resumes when this process wins the Lease back, and releases its target', async () => {

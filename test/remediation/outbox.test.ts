@@ -193,3 +193,89 @@ describe('outcomes', () => {
     await until(() => a.store.outboxPending() === 0, 'the slow page recorded too', 10_000);
   });
 });
+
+describe('review findings', () => {
+  it('sleeps while a key is paused instead of waking every few milliseconds', async () => {
+    const pd = await standin({ rateLimit: null });
+    pd.respondWith(503, 1000, { retryAfter: 2 }); // every attempt: come back in 2 s
+    const cfg = pagerdutyConfig(pd, { retry: { baseMs: 10, maxMs: 5000 } });
+    const a = dispatcher('service', cfg);
+    for (let i = 0; i < 20; i++) trigger(a.outbox, 'devops', `dbpilot/Paused/${i}`);
+    let passes = 0;
+    const heads = a.store.outboxHeads.bind(a.store);
+    a.store.outboxHeads = (now) => {
+      passes += 1;
+      return heads(now);
+    };
+    a.outbox.start();
+    // The first burst fails together: one failure, one 2 s pause for the key.
+    await until(() => a.log.find(/PagerDuty delivery failing/).length === 1 && a.store.outbox().every((r) => r.claimedBy === null), 'the first burst failed and answered');
+    const sent = pd.requests.length;
+    const before = passes;
+    await new Promise((r) => setTimeout(r, 1000)); // well inside the 2 s pause: nothing may be sent
+    expect(pd.requests).toHaveLength(sent);
+    expect(passes - before, 'dispatcher passes during one second of a pause').toBeLessThanOrEqual(2);
+    pd.reset(); // PagerDuty answers again
+    await until(() => a.store.outboxPending() === 0, 'all delivered after the pause', 15_000);
+  });
+
+  it('teams that share one routing key share its rate: no 429', async () => {
+    const pd = await standin({ rateLimit: { events: 10, windowMs: 1000 } });
+    const key = 'SHARED00000000000000000000000009';
+    const cfg = pagerdutyConfig(pd, { routes: { 'lead-dba': key, 'em-dba': key, 'oncall-backend': key, devops: key }, rateLimit: { perMinute: 300, burst: 5 } });
+    const a = dispatcher('service', cfg);
+    for (let i = 0; i < 12; i++) {
+      trigger(a.outbox, 'devops', `dbpilot/SharedA/${i}`);
+      trigger(a.outbox, 'oncall-backend', `dbpilot/SharedB/${i}`);
+    }
+    a.outbox.start();
+    await until(() => a.store.outboxPending() === 0, 'all 24 delivered', 30_000);
+    expect(pd.throttled).toBe(0);
+    expect(pd.accepted).toHaveLength(24);
+  });
+
+  it('honours Retry-After only up to retry.maxMs: a "come back tomorrow" does not silence a team for a day', async () => {
+    const pd = await standin({ rateLimit: null });
+    pd.respondWith(429, 1, { retryAfter: 86_400 });
+    const cfg = pagerdutyConfig(pd, { retry: { baseMs: 10, maxMs: 500 } });
+    const a = dispatcher('service', cfg);
+    trigger(a.outbox, 'devops', 'dbpilot/Tomorrow/0');
+    a.outbox.start();
+    await until(() => a.store.outbox()[0]!.attempts === 1, 'the throttled attempt');
+    expect(a.store.outbox()[0]!.nextAttemptAt).toBeLessThanOrEqual(Date.now() + 500);
+    await until(() => pd.acceptedCount('dbpilot/Tomorrow/0') === 1, 'the page delivered after at most retry.maxMs', 10_000);
+  });
+
+  it('stopping while a request is in flight gives the row back untouched: no attempt counted, no backoff, no outage logged', async () => {
+    const pd = await standin({ rateLimit: null });
+    pd.respondWith(202, 1, { delayMs: 20_000 });
+    const cfg = pagerdutyConfig(pd, { timeoutMs: 30_000 });
+    const a = dispatcher('service', cfg);
+    trigger(a.outbox, 'devops', 'dbpilot/Stopping/0');
+    a.outbox.start();
+    await until(() => pd.requests.length === 1, 'the request in flight');
+    await a.outbox.stop();
+    const [row] = a.store.outbox();
+    expect(row).toMatchObject({ status: 'pending', attempts: 0, claimedBy: null });
+    expect(row!.nextAttemptAt).toBeLessThanOrEqual(Date.now());
+    expect(a.log.find(/PagerDuty delivery failing/)).toEqual([]);
+    pd.reset();
+  });
+
+  it('a page too large for PagerDuty is cut to fit and delivered, not dead-lettered', async () => {
+    const pd = await standin({ rateLimit: null });
+    const a = dispatcher('service', pagerdutyConfig(pd));
+    a.outbox.trigger({
+      team: 'devops',
+      dedupKey: 'dbpilot/Huge/0',
+      summary: 'a page with huge labels',
+      severity: 'warning',
+      details: { seen: 'x', tried: 'nothing', verified: 'nothing', alerts: Array.from({ length: 50 }, (_, i) => ({ i, labels: { description: 'z'.repeat(16_000) } })) },
+    });
+    a.outbox.start();
+    await until(() => pd.acceptedCount('dbpilot/Huge/0') === 1, 'the page accepted');
+    const details = (pd.accepted[0]!.event.payload as { custom_details: Record<string, unknown> }).custom_details;
+    expect(details.shortened).toMatch(/cut to fit/);
+    expect(a.store.outbox({ status: 'dead' })).toEqual([]);
+  });
+});

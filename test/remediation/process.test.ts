@@ -309,6 +309,8 @@ describe('dbpilot serve as a process', () => {
       const advertise = (port: number) => ({ ...over, webhook: { advertiseUrl: `http://127.0.0.1:${port}` } });
       const fileA = await writeConfig(dir, 'lease-a', configDoc(portA, path.join(dir, 'lease-a.sqlite'), advertise(portA)));
       const fileB = await writeConfig(dir, 'lease-b', configDoc(portB, path.join(dir, 'lease-b.sqlite'), advertise(portB)));
+      // Their pods, as the API server knows them: a follower forwards only to the leader pod's own IP.
+      for (const name of ['dbpilot-lease-a', 'dbpilot-lease-b']) k8s.seedPod({ name, namespace, podIP: '127.0.0.1' });
       const both = await Promise.all([start('dbpilot-lease-a', fileA), start('dbpilot-lease-b', fileB)]);
 
       const leaderValues = async () => Promise.all(both.map((p) => p.metric('dbpilot_leader')));

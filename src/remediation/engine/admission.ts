@@ -299,6 +299,6 @@ export class Admission {
     }
     o.outbox.resolve(dedupKeyFor(a.alertname, a.fingerprint));
     // A grouped page resolves with the last of its alerts.
-    for (const key of store.resolvePageMember(a.fingerprint)) o.outbox.resolve(key);
+    for (const key of store.resolvePageMember(a.fingerprint, a.startsAt)) o.outbox.resolve(key);
   }
 }

@@ -51,6 +51,8 @@ export class EngineCore {
   /** The steps acting now: aborted when this process must stop acting. */
   readonly stepControllers = new Set<AbortController>();
   closed = false;
+  /** Called when a run pauses because this replica is not the leader (the engine then watches for the Lease). */
+  onPausedForLease: () => void = () => undefined;
 
   constructor(readonly o: EngineOptions) {
     this.remediations = o.metrics.counter('dbpilot_remediations_total', 'Remediation runs by handler and final outcome.', ['handler', 'outcome']);

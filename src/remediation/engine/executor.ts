@@ -65,6 +65,7 @@ export class Executor {
         if (stop) {
           leftForResume = true;
           o.logger.warn({ run: run.id, nextStep: step.name, why: stop }, 'run paused between steps; it resumes from its last verified step');
+          if (!this.core.closed) this.core.onPausedForLease();
           return store.getRun(run.id);
         }
         const resumed = row?.status === 'running' || row?.status === 'error' || row?.status === 'check_failed';
@@ -73,6 +74,7 @@ export class Executor {
           if (result.stop === 'paused') {
             leftForResume = true;
             o.logger.warn({ run: run.id, step: step.name, why: result.reason }, 'run paused within a step; it resumes from its last verified step');
+            if (!this.core.closed) this.core.onPausedForLease();
             return store.getRun(run.id);
           }
           const undone = result.stop === 'precondition' ? await this.undo(run, done) : [];

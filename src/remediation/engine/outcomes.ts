@@ -63,7 +63,8 @@ export class Outcomes {
     }
     if (!store.setRunStatus(run.id, status, { reason, from: [...open] })) {
       // Cancelled while the page was being prepared: the alert has resolved, so resolve the page too.
-      if (escalation || notify) this.core.o.outbox.resolve(dedupKeyFor(a.alertname, a.fingerprint));
+      // (Another process that finished the run first keeps its page.)
+      if ((escalation || notify) && store.getRun(run.id)?.status === 'cancelled') this.core.o.outbox.resolve(dedupKeyFor(a.alertname, a.fingerprint));
       return store.getRun(run.id);
     }
     this.core.logger.info({ run: run.id, handler: handler.name, status, reason }, 'remediation run finished');

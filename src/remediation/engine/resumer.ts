@@ -37,6 +37,8 @@ export class Resumer {
       // Executing here now, or being planned here now: not left in flight. A run of this process that
       // is `running` but not executing was paused when the Lease was lost, and is resumed below.
       if (this.core.executing.has(run.id) || (run.status === 'planning' && run.owner === o.instance)) continue;
+      // A run another live process owns (an on-call's CLI that just approved it) is that process's to execute.
+      if (run.status === 'running' && run.owner && run.owner !== o.instance && ownerAlive(run.owner)) continue;
       if (!o.handlers.has(run.handler)) continue;
       const a = this.core.alertOf(run);
       const handler = o.handlers.get(run.handler);
