@@ -116,7 +116,8 @@ export function buildProgram(): Command {
         const s = await gatherStatus(runtime);
         if (o.json) process.stdout.write(`${JSON.stringify(s, null, 2)}\n`);
         else printStatus(s);
-        process.exitCode = s.postgres.every((m) => m.up) && s.redis.up ? 0 : 1;
+        // Split brain is never healthy, even with every server up.
+        process.exitCode = s.postgres.every((m) => m.up) && s.redis.up && !s.topology.splitBrain ? 0 : 1;
       } finally {
         await runtime.close();
       }
