@@ -29,6 +29,8 @@ async function serve(opts: GlobalOpts): Promise<void> {
   const { config, source } = loadConfig({ file: opts.config });
   const logger = createLogger(config.logLevel);
   logger.info({ config: source ?? 'defaults', version: VERSION }, 'configuration loaded');
+  const { failpointsArmed } = await import('./failpoints.js');
+  if (failpointsArmed().length) logger.warn({ failpoints: failpointsArmed() }, 'failpoints armed (DBPILOT_FAILPOINTS): this process kills itself there; tests only');
   if (!config.webhook.token && !config.webhook.basicAuth) {
     logger.warn('webhook.token is not set: the Alertmanager webhook refuses every request');
   }

@@ -11,7 +11,7 @@ import { ConfigError, redactUrl, safeMessage } from './errors.js';
 import { TEAMS } from './remediation/escalation.js';
 import { MODES, type Mode } from './modes.js';
 import { HANDLER_NAMES, databaseName, type HandlerName } from './remediation/handlers/options.js';
-import { handlersSchema } from './remediation/handlers/index.js';
+import { failoverSettings, handlersSchema } from './remediation/handlers/index.js';
 
 export { MODES, type Mode } from './modes.js';
 export { HANDLER_NAMES, type HandlerName } from './remediation/handlers/options.js';
@@ -46,6 +46,11 @@ const pgServer = z.strictObject({
   url: postgresUrl,
   /** The Kubernetes pod the runbook's kubectl lines name (e.g. postgres-primary-0). */
   pod: z.string().min(1).optional(),
+  /**
+   * host:port the services reach this server at (what a failover writes into their DATABASE_URL when
+   * this server becomes primary); default: the host:port of `url`.
+   */
+  serviceHost: hostPort.optional(),
 });
 
 const configSchema = z.strictObject({
@@ -129,13 +134,22 @@ const configSchema = z.strictObject({
       }),
     )
     .default([]),
-  failover: z
-    .strictObject({
-      maxLagBytes: z.number().int().min(0).default(1024 * 1024),
-      confirmProbes: z.number().int().min(1).default(3),
-      confirmIntervalMs: z.number().int().min(0).default(500),
-    })
-    .prefault({}),
+  /** The primary-failover handler's settings (declared beside the handler). */
+  failover: failoverSettings.prefault({}),
+  /**
+   * The services of the runbook, with the health URL each answers `{ "database": "healthy" }` on:
+   * probed by the exporter and checked by a failover after the restarts.
+   */
+  services: z
+    .array(
+      z.strictObject({
+        name: z.string().min(1),
+        healthUrl: z.string().url(),
+        /** The Deployment that runs it, when it is one of kubernetes.deployments. */
+        deployment: z.string().min(1).optional(),
+      }),
+    )
+    .default([]),
   /** Per handler: its mode, the engine's policy bounds and its own options, as each handler declares them. */
   handlers: handlersSchema.prefault({}),
   /** Alert names mapped to a handler, for alerts whose `remediation` label is absent or names no handler. */

@@ -57,7 +57,7 @@ export interface IntentStore {
 }
 
 /** Whether a failover is under way: recorded and neither done nor aborted. */
-export function isOpen(intent: Intent | null): intent is Intent {
+export function isOpen(intent: Intent | null): boolean {
   return intent !== null && intent.phase !== 'done' && intent.phase !== 'aborted';
 }
 
@@ -126,5 +126,55 @@ export class LocalIntentStore implements IntentStore {
     const version = this.store.writeIntent(this.name, JSON.stringify(next), expected === null ? null : Number(expected));
     if (version === null) throw new IntentConflictError(this.where);
     return String(version);
+  }
+}
+
+/** Phases after which the old primary counts as fenced for the topology (it shows as `fenced`, not as a primary that is down). */
+const FENCED_FROM: readonly FailoverPhase[] = ['promoted', 'repointed', 'restarted', 'done'];
+
+/**
+ * Remembers the intent last read or written, so the exporter can tell — synchronously, at every
+ * scrape — which server a failover fenced; refreshed by every read and write of this process and by
+ * a slow poll that notices what other instances wrote.
+ */
+export class CachingIntentStore implements IntentStore {
+  private last: Intent | null = null;
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly inner: IntentStore) {}
+
+  get where(): string {
+    return this.inner.where;
+  }
+
+  async read(): Promise<VersionedIntent> {
+    const v = await this.inner.read();
+    this.last = v.intent;
+    return v;
+  }
+
+  async write(next: Intent, expected: string | null): Promise<string> {
+    const version = await this.inner.write(next, expected);
+    this.last = next;
+    return version;
+  }
+
+  /** The `server` labels a failover fenced: its old primary, once the promotion is done. */
+  fenced(): ReadonlySet<string> {
+    const i = this.last;
+    return i && FENCED_FROM.includes(i.phase) ? new Set([i.oldPrimary]) : new Set();
+  }
+
+  poll(everyMs: number, onError: (err: unknown) => void): void {
+    if (this.timer) return;
+    const tick = () => void this.read().catch(onError);
+    tick();
+    this.timer = setInterval(tick, everyMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
   }
 }

@@ -132,6 +132,41 @@ export class PgServer {
     return client;
   }
 
+  /**
+   * One probe on a fresh connection (never a pooled one, which may hide or outlive a dead server):
+   * connect and read the recovery state, all within `timeoutMs`. Never throws.
+   */
+  async probe(timeoutMs: number): Promise<{ ok: true; inRecovery: boolean; ms: number } | { ok: false; error: string; ms: number }> {
+    const started = Date.now();
+    const client = new pg.Client({
+      connectionString: this.opts.url,
+      connectionTimeoutMillis: timeoutMs,
+      query_timeout: timeoutMs,
+      statement_timeout: timeoutMs,
+      application_name: APPLICATION_NAME,
+    });
+    client.on('error', () => undefined);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const answer = (async () => {
+        await client.connect();
+        return (await client.query<{ r: boolean }>('SELECT pg_is_in_recovery() AS r')).rows[0]!.r;
+      })();
+      const inRecovery = await Promise.race([
+        answer,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+        }),
+      ]);
+      return { ok: true, inRecovery, ms: Date.now() - started };
+    } catch (err) {
+      return { ok: false, error: safeMessage(err), ms: Date.now() - started };
+    } finally {
+      clearTimeout(timer);
+      void client.end().catch(() => undefined);
+    }
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     await Promise.allSettled([...this.pools.values()].map((p) => p.end()));

@@ -16,6 +16,7 @@ import type { KubernetesClient } from '../integrations/kubernetes.js';
 import type { Team } from './escalation.js';
 import type { HandlerName } from './handlers/options.js';
 import type { IntentStore } from '../coordination/intent.js';
+import type { Topology } from '../topology.js';
 
 export interface AlertInfo {
   alertname: string;
@@ -25,13 +26,12 @@ export interface AlertInfo {
   startsAt: string;
   /** The Alertmanager group the alert came in (its notification's groupKey), when it came by webhook. */
   groupKey?: string;
+  /** For work carried on from a recorded intent: the run that recorded it (not continued again where that run is known). */
+  continues?: string;
 }
 
-/** What handlers need of the observed topology (src/topology.ts implements it). */
-export interface TopologyView {
-  /** The observed primary, else the last one observed, else the configured one. */
-  primaryServer(): PgServer;
-}
+/** What handlers use of the observed topology (src/topology.ts). */
+export type TopologyView = Pick<Topology, 'primaryServer' | 'observe' | 'last'>;
 
 export interface HandlerContext {
   config: Config;
@@ -60,6 +60,10 @@ export interface PriorStep {
 
 /** What the engine gives a step while it runs. */
 export interface StepContext {
+  /** The run this step belongs to. */
+  runId: string;
+  /** This process as it owns runs (`<pod>/<pid>/<token>`). */
+  owner: string;
   /**
    * Aborted when this process must stop acting: it lost the Lease (the CLI: the run's lock), it is
    * shutting down, or the step's deadline passed. A step passes it to every wait and request.

@@ -20,8 +20,8 @@ import { LeaderElector } from '../coordination/leader.js';
 import { builtHandlers } from './handlers/index.js';
 import { processOwner } from './owner.js';
 import { LEADER_URL_ANNOTATION, type Leadership } from './routes.js';
-import type { AlertInfo, HandlerContext, Plan, TopologyView } from './handler.js';
-import { KubernetesIntentStore, LocalIntentStore, type IntentStore } from '../coordination/intent.js';
+import type { AlertInfo, HandlerContext, Plan } from './handler.js';
+import { CachingIntentStore, KubernetesIntentStore, LocalIntentStore, type IntentStore } from '../coordination/intent.js';
 
 export interface Remediation {
   store: Store;
@@ -70,10 +70,6 @@ async function loadKubernetes(config: Config): Promise<KubernetesClient | null> 
   return new KubernetesClient({ namespace: config.kubernetes.namespace, ...(config.kubernetes.kubeconfig ? { kubeconfigPath: config.kubernetes.kubeconfig } : {}) });
 }
 
-/** The observed topology (src/topology.ts) when the runtime has one, else the configured primary. */
-function topologyOf(runtime: Runtime): TopologyView {
-  return (runtime as { topology?: TopologyView }).topology ?? { primaryServer: () => runtime.cluster.primary };
-}
 
 /** Where a multi-step run's intent lives: a ConfigMap beside the Lease when Kubernetes is configured, else the store. */
 function intentStore(config: Config, kube: KubernetesClient | null, store: Store | null): IntentStore {
@@ -83,7 +79,7 @@ function intentStore(config: Config, kube: KubernetesClient | null, store: Store
 }
 
 function handlerContext(runtime: Runtime, logger: Logger, kube: KubernetesClient | null, intents: IntentStore): HandlerContext {
-  return { config: runtime.config, cluster: runtime.cluster, topology: topologyOf(runtime), redis: runtime.redis, kube, intents, logger };
+  return { config: runtime.config, cluster: runtime.cluster, topology: runtime.topology, redis: runtime.redis, kube, intents, logger };
 }
 
 /**
@@ -162,6 +158,9 @@ export async function createRemediation(runtime: Runtime, opts: RemediationOptio
   const kube = await loadKubernetes(config);
   const advertiseUrl = advertisedUrl(config);
   const store = new Store(config.store.path);
+  // The failover intent, remembered so every scrape knows which server a failover fenced.
+  const intents = new CachingIntentStore(intentStore(config, kube, store));
+  runtime.setFencedSource(() => intents.fenced());
   const instance = processOwner(opts.label ?? process.env.POD_NAME ?? hostname());
   const outbox = new Outbox(store, config.pagerduty, metrics, logger.child({ component: 'outbox' }), { owner: instance, announce: opts.announce ?? true });
   let engine: Engine | null = null;
@@ -198,7 +197,7 @@ export async function createRemediation(runtime: Runtime, opts: RemediationOptio
     config,
     store,
     handlers,
-    ctx: handlerContext(runtime, log, kube, intentStore(config, kube, store)),
+    ctx: handlerContext(runtime, log, kube, intents),
     outbox,
     metrics,
     logger: log,
@@ -219,9 +218,12 @@ export async function createRemediation(runtime: Runtime, opts: RemediationOptio
     async start() {
       outbox.start();
       leader.start();
+      // Another instance's failover shows here within a few seconds.
+      intents.poll(5000, (err) => log.warn({ err: safeMessage(err) }, 'could not read the failover intent'));
     },
     async close() {
       // The Lease is released last: another replica must not act while this one finishes its step.
+      intents.stop();
       await eng.close();
       await leader.stop();
       await outbox.stop();

@@ -27,6 +27,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isMap, isScalar, isSeq, parseDocument, stringify, type Document, type YAMLMap } from 'yaml';
+import pg from 'pg';
 import { parseConfig } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
 import type { RunRow } from '../../src/store/store.js';
@@ -204,14 +205,17 @@ function localiseAlertmanagerConfig(
     }
     const pagerdutyConfigs = receiver.get('pagerduty_configs');
     if (pagerdutyConfigs !== undefined) {
-      const team = /^pagerduty-(.+)$/.exec(name)?.[1] ?? '';
-      if (!isTeam(team)) return fail(`receiver ${name} pages no known team`);
+      // pagerduty-<team>, or pagerduty-<team>-and-<team> for a receiver that pages several teams at once.
+      const teams = (/^pagerduty-(.+)$/.exec(name)?.[1] ?? '').split('-and-');
+      if (!teams.every((t) => isTeam(t))) return fail(`receiver ${name} pages no known team`);
       if (!isSeq(pagerdutyConfigs)) return fail(`receiver ${name} pagerduty_configs is not a list`);
+      if (pagerdutyConfigs.items.length !== teams.length) fail(`receiver ${name} has ${pagerdutyConfigs.items.length} pagerduty_configs for ${teams.length} team(s)`);
       for (const [j, pc] of pagerdutyConfigs.items.entries()) {
         if (!isMap(pc)) return fail(`receiver ${name} pagerduty_configs[${j}] is not a mapping`);
         const at = `receivers[${i}] (${name}).pagerduty_configs[${j}]`;
         for (const inline of ['routing_key', 'service_key', 'service_key_file']) if (pc.has(inline)) fail(`${at} has ${inline}`);
         const file = pc.get('routing_key_file');
+        const team = teams[j] as Team;
         if (typeof file !== 'string' || path.basename(file) !== `pagerduty-${team}`) fail(`${at}.routing_key_file is ${String(file)}, not the pagerduty-${team} secret`);
         pc.set('routing_key_file', local.keyFile(team));
         replaced.push(`${at}.routing_key_file`);
@@ -281,7 +285,8 @@ describe('the Alertmanager example, pointed at this machine', () => {
 
   it('replaces exactly the webhook URL, the secret files and the PagerDuty URL', () => {
     const { yaml, replaced } = localiseAlertmanagerConfig(example(), local);
-    expect(replaced).toHaveLength(1 + 2 + 4);
+    // The PagerDuty URL; the webhook URL and its token file; one routing key file per team, and two for the receiver that pages em-dba and lead-dba at once.
+    expect(replaced).toHaveLength(1 + 2 + 4 + 2);
     expect(replaced).toContain('global.pagerduty_url');
     // Routing, inhibition and receiver settings are the example's own.
     const before = parseDocument(example()).toJS() as Record<string, unknown>;
@@ -428,6 +433,9 @@ describe('alert path: dbpilot → Prometheus → Alertmanager → dbpilot webhoo
         webhook: { token: TOKEN },
         pagerduty: { url: pd.url, routes: { ...TEAM_KEYS }, source: 'dbpilot-e2e', timeoutMs: 2000 },
         store: { path: path.join(dir, 'dbpilot.sqlite') },
+        // The failover acts (no Kubernetes here: it promotes, and records its intent in the store).
+        handlers: { 'primary-failover': { mode: 'auto' } },
+        failover: { confirmProbes: 3, confirmIntervalMs: 300 },
       },
       {},
     );
@@ -628,7 +636,7 @@ describe('alert path: dbpilot → Prometheus → Alertmanager → dbpilot webhoo
     expect(await runs('RedisDown')).toHaveLength(1);
   });
 
-  it('primary SIGKILLed: PostgresPrimaryDown reaches dbpilot after its `for: 2s`, with pg_up 0 scraped inside the scrape timeout', { timeout: 60_000 }, async () => {
+  it('primary SIGKILLed: PostgresPrimaryDown reaches dbpilot after its `for: 2s`, dbpilot fails over, the alert resolves, and so does the page', { timeout: 120_000 }, async () => {
     const holdFor = await forMs('PostgresPrimaryDown');
     expect(holdFor).toBe(2_000);
     expect(await promAlert('PostgresPrimaryDown')).toBeUndefined();
@@ -660,14 +668,30 @@ describe('alert path: dbpilot → Prometheus → Alertmanager → dbpilot webhoo
     const window = `${Math.ceil((Date.now() - killedAt) / 1000) + 1}s`;
     const upSince = await promQuery(`min_over_time(up{job="dbpilot"}[${window}])`);
     expect(upSince.map((r) => r.value[1])).toEqual(['1']);
-    const pgUp = await promQuery(`pg_up{job="dbpilot", role="primary", server="${primaryServer}"}`);
+    // (min over the window: once the failover is done the old primary's series carries role="fenced".)
+    const pgUp = await promQuery(`min_over_time(pg_up{job="dbpilot", role="primary", server="${primaryServer}"}[${window}])`);
     expect(pgUp.map((r) => r.value[1])).toEqual(['0']);
 
-    const run = await until(async () => (await runs('PostgresPrimaryDown')).find((x) => x.fingerprint === got.alert.fingerprint), 'the PostgresPrimaryDown run', 10_000);
-    expect(run).toMatchObject({ handler: 'primary-failover', status: 'escalated' });
-    const dedupKey = groupDedupKey('lead-dba', got.groupKey);
-    const page = await until(() => pd.accepted.find((e) => e.dedupKey === dedupKey && e.action === 'trigger'), `the lead-dba page ${dedupKey}`, 15_000);
+    // dbpilot fails over: the replica is promoted and accepts writes.
+    const run = await until(
+      async () => (await runs('PostgresPrimaryDown')).find((x) => x.fingerprint === got.alert.fingerprint && !['planning', 'running'].includes(x.status)),
+      'the PostgresPrimaryDown run to end',
+      30_000,
+    );
+    expect(run, run.reason ?? '').toMatchObject({ handler: 'primary-failover', status: 'succeeded' });
+    const promoted = new pg.Client({ connectionString: cluster!.replicas[0]!.url() });
+    await promoted.connect();
+    expect((await promoted.query<{ r: boolean }>('SELECT pg_is_in_recovery() AS r')).rows[0]!.r).toBe(false);
+    await promoted.end();
+    const dedupKey = `dbpilot/PostgresPrimaryDown/${got.alert.fingerprint}`;
+    const page = await until(() => pd.accepted.find((e) => e.dedupKey === dedupKey && e.action === 'trigger'), `the lead-dba note ${dedupKey}`, 15_000);
     expect(page.routingKey).toBe(TEAM_KEYS['lead-dba']);
+    expect((page.event.payload as { severity: string }).severity).toBe('info');
+    // The new topology makes Prometheus resolve the alert; Alertmanager's resolved notification resolves the page, once.
+    const resolvedAt = await until(() => arrival('PostgresPrimaryDown', 'resolved', killedAt), 'PostgresPrimaryDown (resolved) at dbpilot\'s webhook', 60_000);
+    delays.push(`PostgresPrimaryDown resolved: primary killed → resolved notification at dbpilot after ${seconds(resolvedAt.at - killedAt)}`);
+    await until(() => (pd.acceptedCount(dedupKey, 'resolve') === 1 ? true : undefined), 'the page resolved', 15_000);
+    expect(pd.accepted.filter((e) => e.dedupKey === dedupKey).map((e) => e.action)).toEqual(['trigger', 'resolve']);
 
     // An earlier Redis incident stays resolved exactly once: this one resolved nothing of it.
     expect(redisResolves()).toBe(redisResolvesBefore);

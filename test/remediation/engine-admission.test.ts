@@ -301,7 +301,7 @@ describe('resume', () => {
       config: h.config,
       store: h.store,
       handlers: registry,
-      ctx: { config: h.config, cluster: h.runtime.cluster, topology: { primaryServer: () => h.runtime.cluster.primary }, redis: h.runtime.redis, kube: null, intents: { where: 'x', read: async () => ({ intent: null, version: null }), write: async () => '' }, logger: createLogger('silent') },
+      ctx: { config: h.config, cluster: h.runtime.cluster, topology: h.runtime.topology, redis: h.runtime.redis, kube: null, intents: { where: 'x', read: async () => ({ intent: null, version: null }), write: async () => '' }, logger: createLogger('silent') },
       outbox: h.outbox,
       metrics: new Metrics({ processMetrics: false }),
       logger: createLogger('silent'),

@@ -14,6 +14,7 @@ import { createRemediation, type Remediation } from '../../src/remediation/index
 import type { AlertInfo } from '../../src/remediation/handler.js';
 import { classifySessions, redactQuery, slowQueriesHandler } from '../../src/remediation/handlers/slow-queries.js';
 import { createPgCluster } from '../../src/integrations/postgres.js';
+import { Topology } from '../../src/topology.js';
 import { until } from '../support/remediation.js';
 import { PagerDutyStandin } from '../support/pagerduty-standin.js';
 
@@ -426,7 +427,7 @@ describe('slow-queries safety rails on a real PostgreSQL', () => {
     return {
       config: runtime.config,
       cluster,
-      topology: { primaryServer: () => cluster.primary },
+      topology: new Topology(cluster, { probeBudgetMs: 2000 }),
       redis: runtime.redis,
       kube: null,
       intents: { where: 'nowhere', read: async () => ({ intent: null, version: null }), write: async () => '' },
@@ -435,7 +436,7 @@ describe('slow-queries safety rails on a real PostgreSQL', () => {
   }
 
   /** What the engine gives a step: an abort signal that never fires here, and no Lease to lose. */
-  const step = () => ({ signal: new AbortController().signal, deadline: Date.now() + 60_000, assertCanAct: () => undefined, logger: createLogger('silent') });
+  const step = () => ({ runId: 'test-run', owner: 'test/1/00000000', signal: new AbortController().signal, deadline: Date.now() + 60_000, assertCanAct: () => undefined, logger: createLogger('silent') });
 
   it('identifies its sessions across connections whose TimeZone and DateStyle differ', async () => {
     const { r, runtime } = await makeRemediation('auto');

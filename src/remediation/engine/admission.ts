@@ -191,11 +191,9 @@ export class Admission {
   }
 
   private async continueFiring(run: RunRow, handler: Handler, a: AlertInfo, mode: Mode): Promise<RunRow | null> {
-    if (mode === 'auto' || mode === 'approve') {
-      const blocked = this.policyBlock(handler, run.target);
-      if (blocked) return this.outcomes.finish(run, handler, a, 'skipped', blocked, null, { seen: a.annotations.summary ?? a.alertname, tried: `nothing: ${blocked}`, verified: 'nothing' });
-    }
-    return this.planAndAct(run, handler, a, mode);
+    // Cooldown and the attempt limit are checked once the plan shows there is something to do: a late
+    // repeat of an alert whose problem is gone (the failover already done) finds nothing and pages nobody.
+    return this.planAndAct(run, handler, a, mode, mode === 'auto' || mode === 'approve');
   }
 
   createPlanningRun(handler: Handler, a: AlertInfo, target: string, mode: Mode | 'manual', origin: 'alertmanager' | 'cli' | 'intent'): RunRow | null {
@@ -235,7 +233,7 @@ export class Admission {
     return null;
   }
 
-  async planAndAct(run: RunRow, handler: Handler, a: AlertInfo, mode: Mode | 'manual'): Promise<RunRow | null> {
+  async planAndAct(run: RunRow, handler: Handler, a: AlertInfo, mode: Mode | 'manual', policy = false): Promise<RunRow | null> {
     const { store, o } = this.core;
     let plan: Plan;
     try {
@@ -256,6 +254,10 @@ export class Admission {
       // A dry-run that found nothing to do is still a dry-run: it did not act, so it did not succeed at acting.
       if (mode === 'dry-run') return this.outcomes.finish(run, handler, a, 'dry_run', `dry-run: nothing to do: ${plan.summary}`, plan.data, null);
       return this.outcomes.finish(run, handler, a, 'succeeded', `nothing to do: ${plan.summary}`, plan.data, null);
+    }
+    if (policy) {
+      const blocked = this.policyBlock(handler, run.target);
+      if (blocked) return this.outcomes.finish(run, handler, a, 'skipped', blocked, plan.data, { seen: plan.summary, tried: `nothing: ${blocked}`, verified: 'nothing' });
     }
     const steps = handler.steps(plan.data, o.ctx);
     store.putSteps(run.id, steps.map((s) => ({ name: s.name, command: s.command })));

@@ -11,6 +11,7 @@ import type { RunRow } from '../../store/store.js';
 import type { AlertInfo, CheckResult, Handler, PriorStep, Step, StepContext } from '../handler.js';
 import { ownerAlive } from '../owner.js';
 import { StopActingError, type EngineCore } from './core.js';
+import { failpoint } from '../../failpoints.js';
 import type { Outcomes, PlannedRun } from './outcomes.js';
 
 const DEFAULT_STEP_TIMEOUT_MS = 60_000;
@@ -144,6 +145,8 @@ export class Executor {
     const timeoutMs = step.timeoutMs ?? DEFAULT_STEP_TIMEOUT_MS;
     const timer = setTimeout(() => ac.abort(new Error(`step ${step.name} did not finish within ${timeoutMs} ms`)), timeoutMs);
     const ctx: StepContext = {
+      runId: run.id,
+      owner: this.core.o.instance,
       signal: ac.signal,
       deadline: Date.now() + timeoutMs,
       logger: this.core.logger.child({ run: run.id, step: step.name }),
@@ -181,9 +184,11 @@ export class Executor {
       }
       store.stepStarted(run.id, idx); // before the action: a crash from here on is visible on restart
       logger.info({ run: run.id, step: step.name, command: step.command }, 'step started');
+      failpoint(`${step.name}:before-run`);
       let output: unknown;
       try {
         output = await step.run(prior, ctx);
+        failpoint(`${step.name}:after-run`);
         store.stepOutput(run.id, idx, output ?? null);
       } catch (err) {
         if (err instanceof StopActingError || ctx.signal.reason instanceof StopActingError) {
@@ -208,6 +213,7 @@ export class Executor {
     }
     this.core.store.stepFinished(run.id, idx, check.ok ? 'done' : 'check_failed', { output: output ?? null, check });
     this.core.logger.info({ run: run.id, step: step.name, ok: check.ok, detail: check.detail }, 'step checked');
+    failpoint(`${step.name}:after-check`);
     if (!check.ok) return { ok: false, reason: `check after ${step.name} failed: ${check.detail}` };
     prior.set(step.name, { output, check });
     return { ok: true };

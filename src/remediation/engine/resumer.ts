@@ -88,6 +88,7 @@ export class Resumer {
         continue;
       }
       for (const a of alerts) {
+        if (a.continues && store.getRun(a.continues)) continue; // this store has the run that recorded it: resume() handles it
         if (store.listRuns({ fingerprint: a.fingerprint, handler: name, limit: 1 }).some((r) => r.startsAt === a.startsAt)) continue;
         const run = this.admission.createPlanningRun(handler, a, handler.target(a, o.ctx), 'auto', 'intent');
         if (!run) continue;

@@ -7,11 +7,13 @@
 import { z } from 'zod';
 import { genericOptions } from './options.js';
 import { slowQueriesHandler, slowQueriesOptions } from './slow-queries.js';
+import { primaryFailoverHandler, primaryFailoverOptions } from './primary-failover.js';
+import { rebuildReplicaHandler, rebuildReplicaOptions } from './rebuild-replica.js';
 import type { Handler } from '../handler.js';
 
 export const handlersSchema = z.strictObject({
-  'primary-failover': genericOptions.optional(),
-  'rebuild-replica': genericOptions.optional(),
+  'primary-failover': primaryFailoverOptions.prefault({}),
+  'rebuild-replica': rebuildReplicaOptions.prefault({}),
   'slow-queries': slowQueriesOptions.prefault({}),
   'disk-full': genericOptions.optional(),
   'prisma-migration': genericOptions.optional(),
@@ -20,10 +22,10 @@ export const handlersSchema = z.strictObject({
   'data-corruption': genericOptions.optional(),
 });
 
-/** Top-level configuration blocks that belong to a handler (the runbook's `failover:` block). */
-export const handlerBlocks = {};
+/** The runbook's top-level `failover:` block belongs to the primary-failover handler. */
+export { failoverSettings } from './primary-failover.js';
 
 /** A fresh instance of every handler of this build. */
 export function builtHandlers(): Handler[] {
-  return [slowQueriesHandler() as Handler];
+  return [slowQueriesHandler() as Handler, primaryFailoverHandler() as Handler, rebuildReplicaHandler() as Handler];
 }
