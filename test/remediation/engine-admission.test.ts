@@ -17,6 +17,8 @@ import { Engine } from '../../src/remediation/engine.js';
 import { HandlerRegistry } from '../../src/remediation/registry.js';
 import { Metrics } from '../../src/metrics.js';
 import { createLogger } from '../../src/logger.js';
+import type { Handler } from '../../src/remediation/handler.js';
+import { z } from 'zod';
 import { PagerDutyStandin } from '../support/pagerduty-standin.js';
 import { freshFingerprint, gate, groupPageKey, payload, scriptedHandler, startRemediation, until, type RemediationHarness } from '../support/remediation.js';
 
@@ -210,6 +212,141 @@ describe('a storm stays readable', () => {
     await h.webhook(payload([{ ...second, status: 'resolved' }], { groupKey }));
     await h.settle();
     await until(() => pd.acceptedCount(key, 'resolve') === 1, 'the page resolved with the last alert');
+  });
+});
+
+describe('scoped locks', () => {
+  it('a run on a wider target waits for a narrower one acting, keeps new narrower ones out meanwhile, then acts', async () => {
+    const h = await harness({ config: { handlers: { 'redis-failure': { mode: 'auto', cooldownSeconds: 0 }, 'disk-full': { mode: 'auto', cooldownSeconds: 0, lockWaitSeconds: 30 } } } });
+    const gateB = gate();
+    const narrow = scriptedHandler('redis-failure', { duringStep: (step) => (step === 'restartThing' ? gateB.wait() : undefined) });
+    const wide = scriptedHandler('disk-full');
+    wide.target = () => 'fake'; // the whole of `fake`: wider than fake/<instance>
+    h.remediation.handlers.register(narrow).register(wide);
+    const b = { labels: { alertname: 'Narrow', remediation: 'redis-failure', instance: 'one' }, fingerprint: freshFingerprint() };
+    expect((await h.webhook(payload([b]))).statusCode).toBe(202);
+    await gateB.reached;
+    const a = { labels: { alertname: 'Wide', remediation: 'disk-full' }, fingerprint: freshFingerprint() };
+    expect((await h.webhook(payload([a]))).statusCode).toBe(202);
+    await until(() => h.store.lockConflicts('fake', 'x').some((l) => l.target === 'fake' && l.state === 'waiting'), 'the wide run to wait');
+    // A new narrow run meanwhile is kept out by the waiting wide one.
+    const c = { labels: { alertname: 'Narrow2', remediation: 'redis-failure', instance: 'two' }, fingerprint: freshFingerprint() };
+    expect((await h.webhook(payload([c]))).statusCode).toBe(202);
+    await until(() => h.store.listRuns({ fingerprint: c.fingerprint })[0]?.status === 'skipped', 'the new narrow run to be skipped');
+    expect(h.store.listRuns({ fingerprint: c.fingerprint })[0]!.reason).toMatch(/^target fake\/two is locked by run [0-9a-f-]+ on fake$/);
+    expect(wide.executed).toEqual([]);
+    gateB.open();
+    await h.settle();
+    expect(h.store.listRuns({ fingerprint: b.fingerprint })[0]?.status).toBe('succeeded');
+    expect(h.store.listRuns({ fingerprint: a.fingerprint })[0]?.status).toBe('succeeded');
+    expect(wide.executed).toEqual([`${a.fingerprint}:restartThing`, `${a.fingerprint}:verifyThing`]);
+    expect(h.store.lockConflicts('fake', 'x')).toEqual([]);
+  });
+
+  it('a wider run that waited its lockWaitSeconds in vain gives up, acts on nothing, and pages', async () => {
+    const h = await harness({ config: { handlers: { 'redis-failure': { mode: 'auto', cooldownSeconds: 0 }, 'disk-full': { mode: 'auto', cooldownSeconds: 0, lockWaitSeconds: 1 } } } });
+    const gateB = gate();
+    const narrow = scriptedHandler('redis-failure', { duringStep: (step) => (step === 'restartThing' ? gateB.wait() : undefined) });
+    const wide = scriptedHandler('disk-full');
+    wide.target = () => 'fake';
+    h.remediation.handlers.register(narrow).register(wide);
+    expect((await h.webhook(payload([{ labels: { alertname: 'Narrow', remediation: 'redis-failure', instance: 'one' }, fingerprint: freshFingerprint() }]))).statusCode).toBe(202);
+    await gateB.reached;
+    const a = { labels: { alertname: 'Wide', remediation: 'disk-full', team: 'devops' }, fingerprint: freshFingerprint() };
+    await h.webhook(payload([a]));
+    await until(() => h.store.listRuns({ fingerprint: a.fingerprint })[0]?.status === 'skipped', 'the wide run to give up', 10_000);
+    expect(h.store.listRuns({ fingerprint: a.fingerprint })[0]!.reason).toMatch(/^waited 1 s for run [0-9a-f-]+ on fake\/one to end; nothing was done$/);
+    expect(wide.executed).toEqual([]);
+    await until(() => pd.acceptedCount(`dbpilot/Wide/${a.fingerprint}`, 'trigger') === 1, 'the page');
+    gateB.open();
+    await h.settle();
+  });
+});
+
+describe('plans and steps', () => {
+  it('a step stops within itself when the Lease is lost (its signal aborts), and the run is resumed later', async () => {
+    const h = await harness({ config: AUTO, start: false });
+    let leading = true;
+    const started = gate();
+    const checked: string[] = [];
+    const handler: Handler<{ n: number }> = {
+      name: 'redis-failure',
+      team: 'devops',
+      target: () => 'fake/abort',
+      plan: async () => ({ summary: 'wait until told to stop', data: { n: 1 } }),
+      steps: () => [
+        {
+          name: 'longWait',
+          command: 'sleep forever',
+          idempotent: true,
+          run: (_prior, ctx) =>
+            new Promise((_, reject) => {
+              void started.wait();
+              ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason), { once: true });
+            }),
+          check: async () => {
+            checked.push('longWait');
+            return { ok: true, detail: 'verified on the live system' };
+          },
+        },
+      ],
+    };
+    const engine = new Engine({
+      config: h.config,
+      store: h.store,
+      handlers: new HandlerRegistry().register(handler as Handler),
+      ctx: { config: h.config, cluster: h.runtime.cluster, topology: h.runtime.topology, redis: h.runtime.redis, kube: null, intents: { where: 'x', read: async () => ({ intent: null, version: null }), write: async () => '' }, logger: createLogger('silent') },
+      outbox: h.outbox,
+      metrics: new Metrics({ processMetrics: false }),
+      logger: createLogger('silent'),
+      isLeader: () => leading,
+      requireLease: true,
+      instance: `abort/${process.pid}/0abc0def`,
+    });
+    try {
+      const running = engine.onFiring({ alertname: 'RedisDown', labels: { alertname: 'RedisDown', remediation: 'redis-failure' }, annotations: {}, fingerprint: freshFingerprint(), startsAt: new Date().toISOString() });
+      await started.reached;
+      leading = false;
+      engine.stopActing('this replica lost the leader Lease');
+      const paused = await running;
+      expect(paused?.status).toBe('running');
+      expect(h.store.steps(paused!.id).map((s) => [s.name, s.status, s.attempts])).toEqual([['longWait', 'running', 1]]);
+      leading = true;
+      await until(() => h.store.getRun(paused!.id)?.status === 'succeeded', 'the run resumed and verified', 10_000);
+      expect(checked).toEqual(['longWait']);
+      expect((h.store.steps(paused!.id)[0]!.check as { detail: string }).detail).toBe('verified on the live system (verified after restart)');
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it('a plan this build cannot carry on (its schema refuses it) is escalated on resume, never executed', async () => {
+    const h = await harness({ config: AUTO, start: false });
+    const handler = scriptedHandler('redis-failure');
+    (handler as { planSchema?: unknown }).planSchema = z.strictObject({ fingerprint: z.string(), steps: z.array(z.string()), version: z.literal(2) });
+    h.remediation.handlers.register(handler);
+    const run = leftInFlight(h, freshFingerprint());
+    await h.engine.resume();
+    await h.engine.idle();
+    const after = h.store.getRun(run.id)!;
+    expect(after.status).toBe('escalated');
+    expect(after.reason).toMatch(/^the recorded plan is not one this build of redis-failure can carry on \(version: /);
+    expect(handler.executed).toEqual([]);
+  });
+
+  it('an approval after the plan waited longer than approveMaxAgeSeconds is refused and the run escalated', async () => {
+    const h = await harness({ config: { handlers: { 'redis-failure': { mode: 'approve', approveMaxAgeSeconds: 10 } } } });
+    const handler = scriptedHandler('redis-failure');
+    h.remediation.handlers.register(handler);
+    const a = redisAlert('stale');
+    await h.webhook(payload([a]));
+    await h.settle();
+    const [run] = h.store.listRuns({ fingerprint: a.fingerprint });
+    expect(run?.status).toBe('awaiting_approval');
+    backdate(h.storePath, run!.id, { runAgoMs: 60_000 });
+    await expect(h.engine.approve(run!.id, 'alice')).rejects.toThrow(/cannot be approved: its plan waited 6\d s for approval \(at most 10 s\)/);
+    expect(h.store.getRun(run!.id)).toMatchObject({ status: 'escalated', approvedBy: 'alice' });
+    expect(handler.executed).toEqual([]);
   });
 });
 
