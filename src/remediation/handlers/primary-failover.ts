@@ -511,8 +511,9 @@ export function primaryFailoverHandler(): Handler<FailoverPlan> {
             // Requested once: a continuing instance finds restartedAt in the intent and does not restart twice.
             const { intent } = await ctx.intents.read();
             if (intent?.restartedAt && intent.targetPrimary === target.server) return { restartedAt: intent.restartedAt, requested: [], failed: [], again: false };
-            const at = new Date();
-            await intentPhase('repointed', { restartedAt: at.toISOString() });
+            // Whole seconds, as kubectl writes restartedAt: the intent holds exactly what the deployments get.
+            const at = new Date(Math.floor(Date.now() / 1000) * 1000);
+            await intentPhase('repointed', { restartedAt: at.toISOString().replace(/\.\d{3}Z$/, 'Z') });
             const results = await Promise.allSettled(
               plan.deployments.map(async (d) => {
                 sc.assertCanAct();
@@ -521,7 +522,7 @@ export function primaryFailoverHandler(): Handler<FailoverPlan> {
             );
             const requested = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value.d] : []));
             const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [{ deployment: plan.deployments[i]!, error: safeMessage(r.reason) }] : []));
-            return { restartedAt: at.toISOString(), requested, failed, again: true };
+            return { restartedAt: at.toISOString().replace(/\.\d{3}Z$/, 'Z'), requested, failed, again: true };
           },
           async check(output) {
             const o = output as { failed?: { deployment: string; error: string }[] } | null;
