@@ -589,8 +589,12 @@ describe('Helm chart', () => {
     expect(none.has('apps/deployments:patch')).toBe(false);
 
     // Pods and PVCs are limited when named.
-    const named = grants(one(render({ values: { rbac: { podNames: ['postgres-primary-0', 'postgres-replica-0'], pvcNames: ['data-postgres-primary-0'] } } }), 'Role'));
-    expect(named.get('core/pods:patch')).toEqual([['postgres-primary-0', 'postgres-replica-0']]);
+    const named = grants(one(render({ values: { rbac: { podNames: ['postgres-replica-1'], pvcNames: ['data-postgres-primary-0'] } } }), 'Role'));
+    // The PostgreSQL pods of config.postgres, dbpilot's own two pods, and the ones named.
+    const pods = ['postgres-primary-0', 'postgres-replica-0', 'dbpilot-0', 'dbpilot-1', 'postgres-replica-1'];
+    expect(named.get('core/pods:patch')).toEqual([pods]);
+    expect(named.get('core/pods:get')).toEqual([pods]);
+    expect(grants(one(render(), 'Role')).get('core/pods:get')).toEqual([pods.slice(0, 4)]);
     expect(named.get('core/pods:list')).toEqual([[]]);
     expect(named.get('core/persistentvolumeclaims:patch')).toEqual([['data-postgres-primary-0']]);
   });

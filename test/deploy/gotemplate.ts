@@ -599,6 +599,7 @@ function baseFuncs(): Record<string, Fn> {
     toYaml: (v) => toYaml(v),
     sha256sum: (s) => createHash('sha256').update(wantString('sha256sum', s)).digest('hex'),
     list: (...items) => items,
+    until: (n) => Array.from({ length: Number(wantInt('until', n)) }, (_, i) => BigInt(i)),
     append: (l, v) => {
       if (l === null || l === undefined) return [v];
       if (!Array.isArray(l)) throw new Error(`cannot push on type ${goType(l)}`);
