@@ -15,11 +15,12 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import Table from 'cli-table3';
 import { cleanupAll, installSignalHandlers, interrupted } from './cleanup.js';
 import { buildDataset, type Dataset } from './dataset.js';
+import { failoverSection } from './failover.js';
 import { scrapeSection } from './scrape.js';
 import { webhookSection } from './webhook.js';
 import { UsageError, type OptionValues, type Section, type SectionContext, type TargetCheck } from './section.js';
 
-const SECTIONS: Section[] = [scrapeSection, webhookSection];
+const SECTIONS: Section[] = [scrapeSection, webhookSection, failoverSection];
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const WORK_DIR = path.join(ROOT, '.bench');
