@@ -32,10 +32,10 @@ export const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
     await runtime.exporter.registry.collect();
     if (wantsOpenMetrics(req.headers.accept)) {
       reply.type(Registry.OPENMETRICS_CONTENT_TYPE);
-      return runtime.metrics.openMetrics.metrics();
+      return runtime.metrics.openMetrics();
     }
     reply.type(Registry.PROMETHEUS_CONTENT_TYPE);
-    return runtime.metrics.prometheus.metrics();
+    return runtime.metrics.text();
   });
 
   fastify.get('/health', async (_req, reply) => {
