@@ -12,6 +12,8 @@ import { TEAMS } from './remediation/escalation.js';
 import { MODES, type Mode } from './modes.js';
 import { HANDLER_NAMES, databaseName, type HandlerName } from './remediation/handlers/options.js';
 import { failoverSettings, handlersSchema } from './remediation/handlers/index.js';
+import { validate as validateCron } from 'node-cron';
+import { instanceIdentifierProblem, snapshotIdentifierProblem } from './integrations/rds.js';
 
 export { MODES, type Mode } from './modes.js';
 export { HANDLER_NAMES, type HandlerName } from './remediation/handlers/options.js';
@@ -187,12 +189,56 @@ const configSchema = z.strictObject({
       concurrency: z.number().int().min(1).max(64).default(8),
     })
     .prefault({}),
+  /** AWS RDS (src/integrations/rds.ts, src/scheduler/): snapshots, retention, the snapshot before a risky step, restores. */
   aws: z
     .strictObject({
-      region: z.string().min(1),
-      dbInstanceIdentifier: z.string().min(1),
-      snapshotSchedule: z.string().min(1).optional(),
+      region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d+$/, 'expected an AWS region such as eu-west-2'),
+      /** The production instance: what dbpilot snapshots, and what a restore never targets. */
+      dbInstanceIdentifier: z.string().superRefine((v, c) => {
+        const p = instanceIdentifierProblem(v);
+        if (p) c.addIssue({ code: 'custom', message: p });
+      }),
+      /** node-cron expression (5 fields, or 6 with seconds) for the scheduled snapshot; absent = no schedule. */
+      snapshotSchedule: z
+        .string()
+        .min(1)
+        .refine((v) => validateCron(v), 'not a valid cron expression (e.g. "0 3 * * *")')
+        .optional(),
+      /** The time zone the schedule is read in (snapshot names are UTC whatever this says). */
+      snapshotTimezone: z
+        .string()
+        .refine((tz) => {
+          try {
+            new Intl.DateTimeFormat('en', { timeZone: tz });
+            return true;
+          } catch {
+            return false;
+          }
+        }, 'not an IANA time zone')
+        .default('Etc/UTC'),
+      /** dbpilot's own manual snapshots older than this are deleted after each scheduled snapshot (never the newest). */
       snapshotRetentionDays: z.number().int().min(1).default(14),
+      /** The name prefix, `<prefix>-manual-YYYYMMDDHHMM`; default: the instance identifier without `-prod` (lomash-wood-prod → lomash-wood). */
+      snapshotPrefix: z
+        .string()
+        .superRefine((v, c) => {
+          const p = snapshotIdentifierProblem(`${v}-manual-000000000000`);
+          if (p) c.addIssue({ code: 'custom', message: `${v}-manual-YYYYMMDDHHMM is not a valid snapshot name: ${p}` });
+        })
+        .optional(),
+      /** How long a snapshot may take to become available before dbpilot gives up waiting (and pages). */
+      snapshotTimeoutMinutes: z.number().positive().max(24 * 60).default(60),
+      /** How often a snapshot being made is polled. */
+      snapshotPollSeconds: z.number().positive().max(300).default(15),
+      /** Take (and wait for) a snapshot before every step a handler marks risky. */
+      snapshotBeforeRiskySteps: z.boolean().default(true),
+      /** How often the exported dbpilot_rds_last_snapshot_timestamp_seconds is re-read from RDS. */
+      metricRefreshSeconds: z.number().int().min(1).max(86_400).default(300),
+      /** Attempts per RDS request (the SDK's standard retry strategy: throttling, 5xx, timeouts, network errors). */
+      maxAttempts: z.number().int().min(1).max(20).default(5),
+      requestTimeoutMs: z.number().int().min(100).max(300_000).default(15_000),
+      /** Another RDS endpoint (a VPC interface endpoint); default AWS's regional one. */
+      endpoint: z.string().url().optional(),
     })
     .optional(),
   store: z.strictObject({ path: z.string().min(1).default('./data/dbpilot.sqlite') }).prefault({}),

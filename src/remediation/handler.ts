@@ -13,6 +13,7 @@ import { UnknownTargetError } from '../errors.js';
 import type { PgCluster, PgServer } from '../integrations/postgres.js';
 import type { RedisClient } from '../integrations/redis.js';
 import type { KubernetesClient } from '../integrations/kubernetes.js';
+import type { RdsOperations } from '../integrations/rds.js';
 import type { Team } from './escalation.js';
 import type { HandlerName } from './handlers/options.js';
 import type { IntentStore } from '../coordination/intent.js';
@@ -43,6 +44,11 @@ export interface HandlerContext {
   kube: KubernetesClient | null;
   /** Where a multi-step run records its intent for every dbpilot instance (the Kubernetes API, else the store). */
   intents: IntentStore;
+  /**
+   * The production RDS instance (`aws:`): snapshot(reason), growStorage(toGiB) with checkStorage and
+   * checkStorageGrowth, describeInstance. Null or absent when `aws:` is not configured.
+   */
+  rds?: RdsOperations | null;
   logger: Logger;
 }
 

@@ -22,6 +22,8 @@ import { processOwner } from './owner.js';
 import { LEADER_URL_ANNOTATION, type Leadership } from './routes.js';
 import type { AlertInfo, HandlerContext, Plan } from './handler.js';
 import { CachingIntentStore, KubernetesIntentStore, LocalIntentStore, type IntentStore } from '../coordination/intent.js';
+import type { RdsBackups } from '../scheduler/backups.js';
+import type { SnapshotScheduler } from '../scheduler/snapshots.js';
 
 export interface Remediation {
   store: Store;
@@ -30,6 +32,10 @@ export interface Remediation {
   leader: LeaderElector;
   handlers: HandlerRegistry;
   kube: KubernetesClient | null;
+  /** The RDS instance's backups (`aws:` configured), else null. */
+  rds: RdsBackups | null;
+  /** The scheduled snapshot (`aws.snapshotSchedule`), running only while this replica leads; else null. */
+  scheduler: SnapshotScheduler | null;
   /** This process as it owns runs, locks and outbox claims. */
   instance: string;
   /** Who acts, and where to forward what only the leader may do. */
@@ -78,8 +84,8 @@ function intentStore(config: Config, kube: KubernetesClient | null, store: Store
   return { where: 'nowhere', read: async () => ({ intent: null, version: null }), write: async () => { throw new Error('no store to record an intent in'); } };
 }
 
-function handlerContext(runtime: Runtime, logger: Logger, kube: KubernetesClient | null, intents: IntentStore): HandlerContext {
-  return { config: runtime.config, cluster: runtime.cluster, topology: runtime.topology, redis: runtime.redis, kube, intents, logger };
+function handlerContext(runtime: Runtime, logger: Logger, kube: KubernetesClient | null, intents: IntentStore, rds: RdsBackups | null = null): HandlerContext {
+  return { config: runtime.config, cluster: runtime.cluster, topology: runtime.topology, redis: runtime.redis, kube, intents, rds, logger };
 }
 
 /**
@@ -95,11 +101,17 @@ export async function planOnly(
   const handler = handlers.get(handlerName);
   const kube = await loadKubernetes(runtime.config);
   // Read-only: the intent is read where it lives (Kubernetes), never from a store this command would create.
-  const ctx = handlerContext(runtime, runtime.logger.child({ component: 'remediation' }), kube, intentStore(runtime.config, kube, null));
-  const a: AlertInfo = manualAlert(handlerName, labels);
-  const target = handler.target(a, ctx);
-  const plan = await handler.plan(a, ctx);
-  return { target, plan, steps: handler.steps(plan.data as never, ctx).map((s) => ({ name: s.name, command: s.command })) };
+  // RDS read-only too: no store, so a plan that describes the instance records nothing.
+  const rds = runtime.config.aws ? await (await import('../scheduler/backups.js')).createBackups(runtime.config.aws, { store: null, logger: runtime.logger.child({ component: 'rds' }) }) : null;
+  try {
+    const ctx = handlerContext(runtime, runtime.logger.child({ component: 'remediation' }), kube, intentStore(runtime.config, kube, null), rds);
+    const a: AlertInfo = manualAlert(handlerName, labels);
+    const target = handler.target(a, ctx);
+    const plan = await handler.plan(a, ctx);
+    return { target, plan, steps: handler.steps(plan.data as never, ctx).map((s) => ({ name: s.name, command: s.command })) };
+  } finally {
+    rds?.close();
+  }
 }
 
 const verified = new Map<string, { ok: boolean; at: number }>();
@@ -163,6 +175,25 @@ export async function createRemediation(runtime: Runtime, opts: RemediationOptio
   runtime.setFencedSource(() => intents.fenced());
   const instance = processOwner(opts.label ?? process.env.POD_NAME ?? hostname());
   const outbox = new Outbox(store, config.pagerduty, metrics, logger.child({ component: 'outbox' }), { owner: instance, announce: opts.announce ?? true });
+  // RDS only when configured: the AWS SDK is loaded, and credentials looked up, by nothing else.
+  let rds: RdsBackups | null = null;
+  let scheduler: SnapshotScheduler | null = null;
+  if (config.aws) {
+    const { createBackups } = await import('../scheduler/backups.js');
+    rds = await createBackups(config.aws, { store, logger: logger.child({ component: 'rds' }), owner: instance });
+    rds.registerMetric(metrics);
+    if (config.aws.snapshotSchedule) {
+      const { SnapshotScheduler } = await import('../scheduler/snapshots.js');
+      scheduler = new SnapshotScheduler({
+        backups: rds,
+        pager: outbox,
+        schedule: config.aws.snapshotSchedule,
+        timezone: config.aws.snapshotTimezone,
+        logger: logger.child({ component: 'scheduler' }),
+        canAct: () => leader.isLeader(),
+      });
+    }
+  }
   let engine: Engine | null = null;
   let resumed = false;
   const leader = new LeaderElector({
@@ -183,6 +214,9 @@ export async function createRemediation(runtime: Runtime, opts: RemediationOptio
         resumed = true;
         void engine.resume().catch((err: Error) => log.error({ err: err.message }, 'resume failed'));
       }
+      // The scheduled snapshot runs on the leader only.
+      if (leading) scheduler?.start();
+      else void scheduler?.stop();
       if (!leading) {
         resumed = false;
         // Within the step, not only between steps: every step acting now is aborted and waits for resume.
@@ -197,7 +231,7 @@ export async function createRemediation(runtime: Runtime, opts: RemediationOptio
     config,
     store,
     handlers,
-    ctx: handlerContext(runtime, log, kube, intents),
+    ctx: handlerContext(runtime, log, kube, intents, rds),
     outbox,
     metrics,
     logger: log,
@@ -213,6 +247,8 @@ export async function createRemediation(runtime: Runtime, opts: RemediationOptio
     leader,
     handlers,
     kube,
+    rds,
+    scheduler,
     instance,
     leadership: { isLeader: () => leader.isLeader(), leaderUrl: () => verifiedLeaderUrl(leader, kube, log) },
     async start() {
@@ -224,9 +260,11 @@ export async function createRemediation(runtime: Runtime, opts: RemediationOptio
     async close() {
       // The Lease is released last: another replica must not act while this one finishes its step.
       intents.stop();
+      await scheduler?.close();
       await eng.close();
       await leader.stop();
       await outbox.stop();
+      rds?.close();
       store.close();
     },
   };

@@ -78,6 +78,30 @@ export interface PageMember {
   resolvedAt: string | null;
 }
 
+/** An RDS snapshot dbpilot asked for (see the snapshots migration). */
+export interface SnapshotRow {
+  id: number;
+  snapshotId: string;
+  instance: string;
+  /** What started it: schedule, risky-step, cli, handler. */
+  trigger: string;
+  reason: string;
+  runId: string | null;
+  requestedBy: string;
+  /** True when this request used a snapshot that was already being made. */
+  joined: boolean;
+  /** `creating`, `available`, `failed`, `deleted`. */
+  status: string;
+  requestedAt: string;
+  finishedAt: string | null;
+  /** SnapshotCreateTime as RDS reported it. */
+  snapshotTime: string | null;
+  sizeGiB: number | null;
+  errorCode: string | null;
+  error: string | null;
+  deletedAt: string | null;
+}
+
 export interface OutboxRow {
   id: number;
   team: string;
@@ -182,6 +206,28 @@ const MIGRATIONS: string[] = [
   `ALTER TABLE locks ADD COLUMN state TEXT NOT NULL DEFAULT 'held';
    ALTER TABLE runs ADD COLUMN alert_resolved_at TEXT;
    CREATE TABLE intents (name TEXT PRIMARY KEY, value TEXT NOT NULL, version INTEGER NOT NULL, updated_at TEXT NOT NULL);`,
+  // RDS snapshots dbpilot asked for: one row per request (a request that joined a snapshot already being
+  // made has a row of its own naming the same snapshot), written before CreateDBSnapshot is sent.
+  `CREATE TABLE snapshots (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     snapshot_id TEXT NOT NULL,
+     instance TEXT NOT NULL,
+     kind TEXT NOT NULL,
+     reason TEXT NOT NULL,
+     run_id TEXT,
+     requested_by TEXT NOT NULL,
+     joined INTEGER NOT NULL DEFAULT 0,
+     status TEXT NOT NULL,
+     requested_at TEXT NOT NULL,
+     finished_at TEXT,
+     snapshot_time TEXT,
+     size_gib INTEGER,
+     error_code TEXT,
+     error TEXT,
+     deleted_at TEXT
+   );
+   CREATE INDEX snapshots_instance ON snapshots(instance, status, requested_at);
+   CREATE INDEX snapshots_snapshot ON snapshots(snapshot_id);`,
 ];
 
 /** Lock keys are paths: `a` contains `a/b` and `a/b/c`. */
@@ -251,6 +297,27 @@ function toOutbox(r: Record<string, unknown>): OutboxRow {
     createdAt: r.created_at as string,
     deliveredAt: (r.delivered_at as string | null) ?? null,
     claimedBy: (r.claimed_by as string | null) ?? null,
+  };
+}
+
+function toSnapshot(r: Record<string, unknown>): SnapshotRow {
+  return {
+    id: r.id as number,
+    snapshotId: r.snapshot_id as string,
+    instance: r.instance as string,
+    trigger: r.kind as string,
+    reason: r.reason as string,
+    runId: (r.run_id as string | null) ?? null,
+    requestedBy: r.requested_by as string,
+    joined: r.joined === 1,
+    status: r.status as string,
+    requestedAt: r.requested_at as string,
+    finishedAt: (r.finished_at as string | null) ?? null,
+    snapshotTime: (r.snapshot_time as string | null) ?? null,
+    sizeGiB: (r.size_gib as number | null) ?? null,
+    errorCode: (r.error_code as string | null) ?? null,
+    error: (r.error as string | null) ?? null,
+    deletedAt: (r.deleted_at as string | null) ?? null,
   };
 }
 
@@ -846,6 +913,61 @@ export class Store {
     return [...new Set(keys)].filter(
       (k) => (this.stmt(`SELECT count(*) AS n FROM page_members WHERE dedup_key = ? AND resolved_at IS NULL`).get(k) as { n: number }).n === 0,
     );
+  }
+
+  // ---- RDS snapshots ----
+
+  /** Records a snapshot request before it is sent to RDS (or as it joins one being made); returns the row id. */
+  snapshotRequested(s: { snapshotId: string; instance: string; trigger: string; reason: string; runId?: string | null; requestedBy: string; joined?: boolean }): number {
+    const res = this.stmt(
+      `INSERT INTO snapshots (snapshot_id, instance, kind, reason, run_id, requested_by, joined, status, requested_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'creating', ?)`,
+    ).run(s.snapshotId, s.instance, s.trigger, s.reason, s.runId ?? null, s.requestedBy, s.joined ? 1 : 0, now());
+    return Number(res.lastInsertRowid);
+  }
+
+  /** The outcome of a snapshot request: `available` (with RDS's time and size) or `failed` (with the error). */
+  snapshotFinished(id: number, f: { status: 'available' | 'failed'; snapshotTime?: string | null; sizeGiB?: number | null; errorCode?: string | null; error?: string | null; joined?: boolean }): void {
+    this.stmt(
+      `UPDATE snapshots SET status = @status, finished_at = @t, snapshot_time = coalesce(@snapshotTime, snapshot_time), size_gib = coalesce(@sizeGiB, size_gib),
+         error_code = @errorCode, error = @error, joined = coalesce(@joined, joined) WHERE id = @id`,
+    ).run({
+      id,
+      status: f.status,
+      t: now(),
+      snapshotTime: f.snapshotTime ?? null,
+      sizeGiB: f.sizeGiB ?? null,
+      errorCode: f.errorCode ?? null,
+      error: f.error ?? null,
+      joined: f.joined === undefined ? null : f.joined ? 1 : 0,
+    });
+  }
+
+  /** Changes which snapshot a request row names (a request that turned out to join another one). */
+  snapshotRenamed(id: number, snapshotId: string): void {
+    this.stmt(`UPDATE snapshots SET snapshot_id = ?, joined = 1 WHERE id = ?`).run(snapshotId, id);
+  }
+
+  /** Marks every row of a snapshot deleted (retention deleted it in RDS). */
+  snapshotDeleted(snapshotId: string): void {
+    this.stmt(`UPDATE snapshots SET status = 'deleted', deleted_at = ? WHERE snapshot_id = ? AND deleted_at IS NULL`).run(now(), snapshotId);
+  }
+
+  /** Snapshot requests of an instance, newest first. */
+  listSnapshots(instance: string, limit = 100): SnapshotRow[] {
+    return (this.stmt(`SELECT * FROM snapshots WHERE instance = ? ORDER BY requested_at DESC, id DESC LIMIT ?`).all(instance, Math.min(Math.max(limit, 1), Store.MAX_LIST)) as Record<string, unknown>[]).map(toSnapshot);
+  }
+
+  /** The newest snapshot of the instance this store saw become available (and not deleted since). */
+  lastAvailableSnapshot(instance: string): SnapshotRow | null {
+    const r = this.stmt(`SELECT * FROM snapshots WHERE instance = ? AND status = 'available' ORDER BY coalesce(snapshot_time, finished_at) DESC, id DESC LIMIT 1`).get(instance) as
+      | Record<string, unknown>
+      | undefined;
+    return r ? toSnapshot(r) : null;
+  }
+
+  /** Requests left `creating` (the process stopped while waiting): checked against RDS on start. */
+  pendingSnapshots(instance: string): SnapshotRow[] {
+    return (this.stmt(`SELECT * FROM snapshots WHERE instance = ? AND status = 'creating' ORDER BY id`).all(instance) as Record<string, unknown>[]).map(toSnapshot);
   }
 
   close(): void {

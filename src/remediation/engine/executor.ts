@@ -165,8 +165,63 @@ export class Executor {
     };
   }
 
+  /**
+   * Before a step marked risky, where RDS is configured: a snapshot of the instance, waited for until
+   * available, recorded as a step row of its own (`snapshot:<step>`, after the plan's steps, like an
+   * undo). Taken before the step's precondition is checked, so the precondition sees the live system
+   * as it is after the wait. A snapshot that fails stops the run before the step acts; a lost Lease
+   * leaves it for resume, which waits for the same snapshot (its id is recorded as soon as it is known).
+   */
+  private async snapshotBefore(run: RunRow, step: Step): Promise<StepResult> {
+    const { store, logger, o } = this.core;
+    const rds = o.ctx.rds;
+    const aws = o.config.aws;
+    if (!rds || !aws || !aws.snapshotBeforeRiskySteps) return { ok: true };
+    const name = `snapshot:${step.name}`;
+    const rowOf = () => store.steps(run.id).find((r) => r.name === name);
+    let row = rowOf();
+    if (row?.status === 'done') return { ok: true };
+    if (!row) {
+      store.appendSteps(run.id, [{ name, command: rds.snapshotCommand() }]);
+      row = rowOf()!;
+    }
+    const idx = row.idx;
+    const recorded = (row.output as { snapshotId?: unknown } | null)?.snapshotId;
+    const { ctx, done } = this.stepContext(run, { ...step, name, timeoutMs: aws.snapshotTimeoutMinutes * 60_000 + 60_000 });
+    try {
+      store.stepStarted(run.id, idx);
+      logger.info({ run: run.id, step: step.name }, 'risky step: taking an RDS snapshot first');
+      const reason = `before step ${step.name} of run ${run.id} (${run.handler})`;
+      const opts = {
+        signal: ctx.signal,
+        assertCanAct: ctx.assertCanAct,
+        runId: run.id,
+        trigger: 'risky-step' as const,
+        requestedBy: o.instance,
+        onStarted: (snapshotId: string) => store.stepOutput(run.id, idx, { snapshotId }),
+      };
+      const snap = typeof recorded === 'string' ? await rds.waitForSnapshot(recorded, reason, opts) : await rds.snapshot(reason, opts);
+      store.stepFinished(run.id, idx, 'done', {
+        output: snap,
+        check: { ok: true, detail: `snapshot ${snap.snapshotId} is available${snap.joined ? ' (one already being made was used)' : ''}, ${Math.round(snap.waitedMs / 1000)} s` },
+      });
+      return { ok: true };
+    } catch (err) {
+      if (err instanceof StopActingError || ctx.signal.reason instanceof StopActingError) return { ok: false, reason: safeMessage(err), stop: 'paused' };
+      store.stepFinished(run.id, idx, 'error', { error: safeMessage(err) });
+      logger.warn({ run: run.id, step: step.name, err: safeMessage(err) }, 'no snapshot before a risky step: the step does not run');
+      return { ok: false, reason: `no RDS snapshot could be taken first, so the step did not run: ${safeMessage(err)}`, stop: 'precondition' };
+    } finally {
+      done();
+    }
+  }
+
   private async runStep(run: RunRow, idx: number, step: Step, prior: Map<string, PriorStep>): Promise<StepResult> {
     const { store, logger } = this.core;
+    if (step.risky) {
+      const snap = await this.snapshotBefore(run, step);
+      if (!snap.ok) return snap;
+    }
     const { ctx, done } = this.stepContext(run, step);
     try {
       if (step.precondition) {
