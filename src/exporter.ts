@@ -26,6 +26,9 @@ import { prismaMigrationsCollector } from './collectors/prisma-migrations.js';
 import { diskCollector } from './collectors/disk.js';
 import { redisCollector } from './collectors/redis.js';
 
+/** How soon a failed size refresh is tried again (at most sizeRefreshSeconds). */
+const SIZE_RETRY_MS = 5000;
+
 export interface Exporter {
   registry: CollectorRegistry;
   databases: DatabaseList;
@@ -46,16 +49,26 @@ export function createExporter(config: Config, metrics: Metrics, cluster: PgClus
   const databases = new DatabaseList(observedPrimary, config.postgres.databases);
   const pgServer = pgServerCollector(metrics, topology);
   const pgStatReplication = pgStatReplicationCollector(metrics, observedPrimary);
-  const redisC = redisCollector(metrics, redis);
+  // The same share of the collector budget as each PostgreSQL probe (src/runtime.ts), so a frozen Redis
+  // is redis_up 0 inside the budget whatever redis.commandTimeoutMs says.
+  const redisC = redisCollector(metrics, redis, Math.floor(config.collectors.timeoutMs * 0.8));
   registry.register(pgServer);
   registry.register(pgStatReplication);
   registry.register(pgStatActivityCollector(metrics, cluster, databases, config.postgres.longRunningQuerySeconds));
   registry.register(pgStatDatabaseCollector(metrics, cluster, databases));
+  const sizeRefreshMs = config.postgres.sizeRefreshSeconds * 1000;
   registry.register(
-    cachedCollector(
-      pgSizesCollector(metrics, observedPrimary, databases, config.postgres.tableSizeTopN, config.postgres.sizeRefreshSeconds),
-      config.postgres.sizeRefreshSeconds * 1000,
-    ),
+    cachedCollector(pgSizesCollector(metrics, observedPrimary, databases, config.postgres.tableSizeTopN, config.postgres.sizeRefreshSeconds), {
+      refreshMs: sizeRefreshMs,
+      // A failed refresh is retried after 5 s (or sizeRefreshSeconds, if shorter): the collector is back
+      // to 1 within seconds of PostgreSQL, and a server that is down sees one size query every 5 s.
+      retryMs: Math.min(SIZE_RETRY_MS, sizeRefreshMs),
+      waitMs: Math.floor(config.collectors.timeoutMs * 0.8),
+      lastSuccess: metrics.gauge(
+        'dbpilot_pg_sizes_last_success_timestamp_seconds',
+        'Unix time of the size refresh whose pg_database_size_bytes / pg_table_size_bytes are served; their age is time() minus this. Older than sizeRefreshSeconds while refreshes fail (dbpilot_collector_success{collector="pg_sizes"} 0): the last good sizes stay served meanwhile.',
+      ),
+    }),
   );
   registry.register(prismaMigrationsCollector(metrics, observedPrimary, databases));
   if (config.postgres.dataDirectory) registry.register(diskCollector(metrics, observedPrimary, config.postgres.dataDirectory));

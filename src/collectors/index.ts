@@ -8,7 +8,7 @@ import type { Gauge } from 'prom-client';
 import { CollectorTimeoutError, RegistryError, safeMessage } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
-import type { Collector, SampleSet } from './collector.js';
+import { SampleSet, type Collector } from './collector.js';
 
 export interface CollectorResult {
   success: boolean;
@@ -112,20 +112,50 @@ export class CollectorRegistry {
   }
 }
 
+export interface CacheOptions {
+  /** A successful refresh is served for this long; the first scrape after it starts the next one (in the background). */
+  refreshMs: number;
+  /**
+   * A failed refresh is tried again at the first scrape at least this long after it — not after a whole
+   * refreshMs, so the collector follows a server that is back, and not at every scrape, so a server
+   * that is down is asked at most once per retryMs.
+   */
+  retryMs: number;
+  /** How long a scrape waits for a refresh it started when there is nothing good to serve or the last one failed; inside the collector budget. */
+  waitMs: number;
+  /** Set to the time (Unix seconds) of the refresh whose values are served; absent until one succeeded. */
+  lastSuccess?: Gauge<string>;
+  now?: () => number;
+}
+
 /**
- * Serves a collector's last result and refreshes it in the background at most every `refreshMs`,
- * so an expensive query (pg_database_size over many tables) never sits in a scrape's path. Only the
- * very first scrape waits, within the registry's time budget.
+ * Serves a collector's last good result and refreshes it at most every `refreshMs`, so an expensive
+ * query (pg_database_size over many tables) never sits in a scrape's path: a due refresh runs in the
+ * background and the scrape serves the cached values.
+ *
+ * A refresh that fails does not replace the last good values: they stay served, with their time in
+ * `lastSuccess` (so their age is visible), while the collector reports the failure
+ * (dbpilot_collector_success 0 with the reason) until a refresh succeeds again. The failed refresh is
+ * retried after `retryMs`, and a scrape that starts a retry waits for it (within `waitMs`), so the
+ * scrape after the server is back reports success and fresh values. Before any refresh succeeded
+ * there is nothing to serve: the collector fails with the reason (or "first refresh still running").
  */
-export function cachedCollector(inner: Collector, refreshMs: number, now: () => number = Date.now): Collector & { lastRefresh(): number | null } {
-  let last: { at: number; set: SampleSet | null; error: unknown } | null = null;
+export function cachedCollector(inner: Collector, opts: CacheOptions): Collector & { lastRefresh(): number | null } {
+  const now = opts.now ?? Date.now;
+  let good: { at: number; set: SampleSet } | null = null;
+  let failed: { at: number; error: unknown } | null = null;
   let refreshing: Promise<void> | null = null;
   const refresh = () => {
     refreshing ??= inner
       .collect(new AbortController().signal)
       .then(
-        (set) => void (last = { at: now(), set, error: null }),
-        (error: unknown) => void (last = { at: now(), set: null, error }),
+        (set) => {
+          // A refresh that reached only part of its source (one database failed) is served — its values
+          // are the newest there are — and still counts as failed, so it is retried like one.
+          good = { at: now(), set };
+          failed = set.errors.length > 0 ? { at: good.at, error: new Error(set.errors.join('; ')) } : null;
+        },
+        (error: unknown) => void (failed = { at: now(), error }),
       )
       .finally(() => {
         refreshing = null;
@@ -134,22 +164,35 @@ export function cachedCollector(inner: Collector, refreshMs: number, now: () => 
   };
   return {
     name: inner.name,
-    gauges: inner.gauges,
-    lastRefresh: () => last?.at ?? null,
+    gauges: opts.lastSuccess ? [...inner.gauges, opts.lastSuccess] : inner.gauges,
+    lastRefresh: () => good?.at ?? null,
     async collect(signal) {
-      if (!last || now() - last.at >= refreshMs) {
+      const t = now();
+      const due = failed ? t - failed.at >= opts.retryMs : good === null || t - good.at >= opts.refreshMs;
+      if (due) {
         const p = refresh();
-        if (!last) {
-          await Promise.race([p, new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }))]);
+        if (good === null || failed !== null) {
+          let timer: NodeJS.Timeout | undefined;
+          await Promise.race([
+            p,
+            new Promise((resolve) => {
+              timer = setTimeout(resolve, opts.waitMs);
+              signal.addEventListener('abort', resolve, { once: true });
+            }),
+          ]).finally(() => clearTimeout(timer));
         }
       }
-      if (!last) throw new Error(`${inner.name}: first refresh still running`);
-      if (last.error) throw last.error;
-      const set = last.set!;
-      const statements = set.statements;
+      const served = good as { at: number; set: SampleSet } | null;
+      const failure = failed as { at: number; error: unknown } | null;
+      if (served === null) throw failure ? failure.error : new Error(`${inner.name}: first refresh still running`);
+      const out = new SampleSet();
+      for (const [gauge, samples] of served.set.values) out.values.set(gauge, samples);
+      if (opts.lastSuccess) out.set(opts.lastSuccess, {}, served.at / 1000);
+      if (failure) out.fail(failure.error);
       // The refresh's statements are counted once, by the first scrape that serves it.
-      set.statements = 0;
-      return Object.assign(Object.create(set) as SampleSet, { statements });
+      out.statements = served.set.statements;
+      served.set.statements = 0;
+      return out;
     },
     close: inner.close ? () => inner.close!() : undefined,
   } as Collector & { lastRefresh(): number | null };

@@ -2,8 +2,12 @@
  * pg_server: reachability, observed role and recovery state of every configured server (runbook:
  * "Verify Database Health" — pg_isready, "Check if replica is behind", Scenario 1 step 3
  * `pg_is_in_recovery()`). It reports the scrape's topology observation (src/topology.ts) and
- * sends no query of its own. It never fails as a whole: a server that does not answer within the
- * connect/query timeouts is pg_up 0, which is the signal the failover alert waits for.
+ * sends no query of its own. A server that does not answer within the connect/query timeouts (or the
+ * probe's bound) is pg_up 0 — the signal the failover alert waits for — and, since the collector
+ * could not read that server, the collector reports failure too (dbpilot_collector_success 0, the
+ * server and why in the log and `dbpilot status`), as every collector does that cannot read its
+ * source. Its other values (the servers that answered, pg_up 0 for the one that did not) are still
+ * exported.
  */
 import type { Metrics } from '../metrics.js';
 import type { PgServer } from '../integrations/postgres.js';
@@ -159,6 +163,10 @@ export function pgServerCollector(metrics: Metrics, topology: Topology): Collect
       set.statements = snapshot.members.length;
       for (const m of snapshot.members) {
         set.set(up, { server: m.server, role: m.role }, m.up ? 1 : 0);
+        if (!m.up) {
+          const why = m.error ?? 'no answer';
+          set.fail(why.startsWith(`postgres ${m.server}`) ? why : `postgres ${m.server}: ${why}`);
+        }
         if (!m.up || m.inRecovery === null) continue;
         set.set(isReplica, { server: m.server }, m.inRecovery ? 1 : 0);
         if (m.inRecovery) {

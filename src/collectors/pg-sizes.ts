@@ -1,7 +1,8 @@
 /**
  * Database and table sizes on the observed primary (runbook scenario 3, steps 2 and 3). These are the
  * expensive queries — pg_database_size walks every file of the database — so the registry serves
- * them from cache and refreshes them at most every `sizeRefreshSeconds` (see cachedCollector).
+ * them from cache and refreshes them at most every `sizeRefreshSeconds`; a failed refresh is retried
+ * after a few seconds while the last good sizes stay served (see cachedCollector).
  */
 import type { Metrics } from '../metrics.js';
 import { SampleSet, type Collector, type ObservedPrimary } from './collector.js';
@@ -20,7 +21,7 @@ ORDER BY 3 DESC
 LIMIT $1`;
 
 export function pgSizesCollector(metrics: Metrics, observedPrimary: ObservedPrimary, databases: DatabaseList, topN: number, refreshSeconds: number): Collector {
-  const note = `Refreshed at most every ${refreshSeconds} s and served from cache in between.`;
+  const note = `Refreshed at most every ${refreshSeconds} s and served from cache in between; after a failed refresh the last good values stay served (their time: dbpilot_pg_sizes_last_success_timestamp_seconds) and the refresh is retried within seconds.`;
   const dbSize = metrics.gauge('pg_database_size_bytes', `Disk space used by the database. ${note}`, ['server', 'datname']);
   const tableSize = metrics.gauge(
     'pg_table_size_bytes',

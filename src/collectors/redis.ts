@@ -1,14 +1,22 @@
 /**
  * Redis INFO (runbook scenario 5, steps 1 and 2): up, memory, rejected connections, clients. Same
- * names as redis_exporter. When Redis does not answer, redis_up is 0 and the collector still
- * succeeds: "down" is a measurement, not a collector failure.
+ * names as redis_exporter.
+ *
+ * When Redis does not answer INFO (refused, reset, or frozen until the command timeout), two things
+ * are true and both are said: `redis_up 0` — the measurement RedisDown alerts on — and the collector
+ * failed (`dbpilot_collector_success{collector="redis"} 0`, the reason in the log and in `dbpilot
+ * status`), because it could not read its source and every other redis_* value is missing. A
+ * collector reports success only when it read what it reads. The INFO call is bounded by `budgetMs`
+ * (inside the collector budget), so even with a command timeout longer than the budget redis_up 0 is
+ * exported rather than the whole collector timing out with no redis_up at all.
  */
 import type { Metrics } from '../metrics.js';
 import type { RedisClient } from '../integrations/redis.js';
+import { safeMessage } from '../errors.js';
 import { SampleSet, type Collector } from './collector.js';
 import { parseRedisInfo, redisHealth } from './redis-info.js';
 
-export function redisCollector(metrics: Metrics, client: RedisClient): Collector & { lastUp(): boolean | null } {
+export function redisCollector(metrics: Metrics, client: RedisClient, budgetMs: number): Collector & { lastUp(): boolean | null } {
   const up = metrics.gauge('redis_up', 'Whether Redis answered INFO within the timeouts (1) or not (0).');
   const used = metrics.gauge('redis_memory_used_bytes', 'used_memory from INFO memory.');
   const max = metrics.gauge('redis_memory_max_bytes', 'maxmemory from INFO memory (0 = no limit).');
@@ -22,11 +30,19 @@ export function redisCollector(metrics: Metrics, client: RedisClient): Collector
     async collect() {
       const set = new SampleSet();
       let text: string;
+      let timer: NodeJS.Timeout | undefined;
       try {
-        text = await client.info();
-      } catch {
+        text = await Promise.race([
+          client.info(),
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(() => reject(new Error(`redis ${client.target}: no answer within ${budgetMs} ms`)), budgetMs);
+          }),
+        ]);
+      } catch (err) {
         lastUp = false;
-        return set.set(up, {}, 0);
+        return set.set(up, {}, 0).fail(safeMessage(err));
+      } finally {
+        clearTimeout(timer);
       }
       lastUp = true;
       const h = redisHealth(parseRedisInfo(text));

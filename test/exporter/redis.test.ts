@@ -1,7 +1,13 @@
 /**
- * Redis INFO against a private Redis that the test stops, kills and starts again (the shared
+ * Redis INFO against a private Redis that the test stops, kills, freezes and starts again (the shared
  * PostgreSQL cluster is only read).
+ *
+ * What the two signals mean when Redis does not answer: `redis_up 0` is the measurement (RedisDown
+ * fires on it); the redis collector could not read its source, so it reports failure too
+ * (`dbpilot_collector_success{collector="redis"} 0`) with the reason, and no other redis_* value is
+ * claimed. Neither waits out the collector budget.
  */
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startRedis, type RedisNode } from '../support/redis-server.js';
 import { find, scrape, value, type ScrapeResult } from '../support/scrape.js';
@@ -33,29 +39,54 @@ describe('Redis up and down (private Redis)', () => {
   /** Log entries written since `mark` (a count of lines). */
   const logSince = (mark: number) => svc.log.entries().slice(mark);
 
-  function expectRedisUp(r: ScrapeResult): void {
+  function expectRedisUp(r: ScrapeResult, s: TestService = svc): void {
     expect(value(r.metrics, 'redis_up')).toBe(1);
     expect(value(r.metrics, 'redis_memory_used_bytes')).toBeGreaterThan(100_000);
     expect(value(r.metrics, 'redis_memory_max_bytes')).toBe(0); // no maxmemory configured
     expect(value(r.metrics, 'redis_rejected_connections_total')).toBe(0);
     expect(value(r.metrics, 'redis_connected_clients')).toBeGreaterThanOrEqual(1);
     expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'redis' })).toBe(1);
+    expect(s.runtime.exporter.registry.last.get('redis')).toMatchObject({ success: true, errors: [] });
   }
 
-  function expectRedisDown(r: ScrapeResult): void {
+  /** Redis did not answer: redis_up 0, the collector failed with `why`, inside its budget; nothing else failed. */
+  function expectRedisDown(r: ScrapeResult, s: TestService = svc, why: RegExp = /ECONNREFUSED|ECONNRESET|Connection is closed|Stream isn't writeable/i): void {
     expect(r.status).toBe(200);
     expect(value(r.metrics, 'redis_up')).toBe(0);
     // No values are claimed for a Redis that did not answer (a 0 for redis_rejected_connections_total
     // would also look like a counter reset, and increase() would fire on recovery). Soft, so the rest
     // of the outage behaviour is still checked.
     expect.soft(otherRedisSeries(r), 'redis_* series other than redis_up while Redis is down').toEqual([]);
-    // "Down" is a measurement, not a collector failure: the Redis collector answered inside its
-    // budget (a collector that runs out of it is marked failed with a timeout), and so did every
-    // other one, so the dead Redis did not hold the scrape up.
-    expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'redis' })).toBe(1);
-    expect(svc.runtime.exporter.registry.last.get('redis')).toMatchObject({ success: true, errors: [] });
-    expect(find(r.metrics, 'dbpilot_collector_success').filter((s) => s.value !== 1)).toEqual([]);
+    // The collector could not read Redis: it says so, and why. Its reason is Redis', not the collector
+    // budget's (a collector that runs out of it is cut off with "did not finish within"): redis_up 0
+    // came from the collector itself, so the dead Redis did not hold the scrape up.
+    expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'redis' })).toBe(0);
+    const last = s.runtime.exporter.registry.last.get('redis')!;
+    expect(last.success).toBe(false);
+    expect(last.errors).toHaveLength(1);
+    expect(last.errors[0]).toMatch(why);
+    expect(last.errors[0]).not.toMatch(/did not finish within/);
+    expect(find(r.metrics, 'dbpilot_collector_success').filter((x) => x.value !== 1 && x.labels.collector !== 'redis')).toEqual([]);
     expect(value(r.metrics, 'pg_up', { role: 'primary' })).toBe(1);
+  }
+
+  /** SIGSTOP the Redis process (its pid from INFO server): connections stay open, nothing answers. */
+  async function freeze(): Promise<() => void> {
+    const client = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 0 });
+    client.on('error', () => {});
+    await client.connect();
+    const info = await client.info('server');
+    client.disconnect();
+    const pid = Number(/^process_id:(\d+)/m.exec(info)?.[1]);
+    expect(pid).toBeGreaterThan(0);
+    process.kill(pid, 'SIGSTOP');
+    return () => {
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch {
+        // gone
+      }
+    };
   }
 
   it('reports INFO values while Redis runs', async () => {
@@ -94,6 +125,45 @@ describe('Redis up and down (private Redis)', () => {
     expect(h.status).toBe(200);
     expect(h.body).toEqual({ database: 'healthy', redis: 'healthy' });
     expect(logSince(down).some((e) => e.msg === 'Redis connection restored')).toBe(true);
+  });
+
+  it('a frozen Redis (SIGSTOP) is redis_up 0 and a failed redis collector, with the reason, inside the budget', async () => {
+    const mark = svc.log.lines.length;
+    const thaw = await freeze();
+    try {
+      for (let i = 0; i < 2; i++) expectRedisDown(await scrape(svc.url), svc, /timed out|no answer within/i);
+      const h = await getJson(`${svc.url}/health`);
+      expect(h.status).toBe(503);
+      expect(h.body).toEqual({ database: 'healthy', redis: 'unhealthy' });
+    } finally {
+      thaw();
+    }
+    // Logged once, with the reason, on the transition (not on every scrape of the outage).
+    const failed = logSince(mark).filter((e) => e.msg === 'collector failed' && e.collector === 'redis');
+    expect(failed).toHaveLength(1);
+    expect(JSON.stringify(failed[0]!.errors)).toMatch(/timed out|no answer within/i);
+    await expect.poll(async () => value((await scrape(svc.url)).metrics, 'dbpilot_collector_success', { collector: 'redis' }), { timeout: 10_000, interval: 100 }).toBe(1);
+    expectRedisUp(await scrape(svc.url));
+    expect(logSince(mark).some((e) => e.msg === 'collector recovered' && e.collector === 'redis')).toBe(true);
+  });
+
+  it('a frozen Redis is redis_up 0 even when redis.commandTimeoutMs outlasts the collector budget', async () => {
+    // The schema accepts it; redis_up must still be exported (a missing redis_up is no sample for
+    // `redis_up == 0`, and RedisDown would never fire).
+    const slow = await startTestService(
+      makeConfig({ postgres: { databases: ['postgres'] }, redis: { url: redis.url, commandTimeoutMs: 5000 }, collectors: { timeoutMs: TIMEOUT_MS } }),
+    );
+    try {
+      expectRedisUp(await scrape(slow.url), slow);
+      const thaw = await freeze();
+      try {
+        expectRedisDown(await scrape(slow.url), slow, new RegExp(`no answer within ${Math.floor(TIMEOUT_MS * 0.8)} ms`));
+      } finally {
+        thaw();
+      }
+    } finally {
+      await slow.close();
+    }
   });
 
   it('a killed Redis is redis_up 0 too, and comes back', async () => {

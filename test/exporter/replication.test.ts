@@ -88,6 +88,11 @@ describe('replication and reachability (private cluster)', () => {
     return [...s.runtime.exporter.registry.last].filter(([, r]) => r.errors.some((e) => e.includes('did not finish within'))).map(([name]) => name);
   }
 
+  /** Why a collector failed on the last scrape (empty when it succeeded). */
+  function failures(s: TestService, collector: string): string[] {
+    return s.runtime.exporter.registry.last.get(collector)?.errors ?? [];
+  }
+
   /** The replica has replayed everything the primary has written so far. */
   async function waitCaughtUp(): Promise<void> {
     const { lsn } = await one<{ lsn: string }>(primaryUrl, 'SELECT pg_current_wal_lsn()::text AS lsn');
@@ -211,9 +216,10 @@ describe('replication and reachability (private cluster)', () => {
     expect(r.status).toBe(200);
     expect(value(r.metrics, 'pg_up', { server: R, role: 'replica' })).toBe(0);
     expect(value(r.metrics, 'pg_up', { server: P, role: 'primary' })).toBe(1);
-    // pg_server measures "down"; it does not fail because of it. The connection was refused, and
-    // nothing waited out a budget for a server that is not there.
-    expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'pg_server' })).toBe(1);
+    // pg_server could not read the replica: it says so, naming it and why (the refused connection),
+    // and still exports what it measured. Nothing waited out a budget for a server that is not there.
+    expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'pg_server' })).toBe(0);
+    expect(failures(svc, 'pg_server')).toEqual([expect.stringMatching(new RegExp(`^postgres ${R}: .*(${GONE.source})`))]);
     expect(probe(svc, R)).toMatchObject({ up: false, error: expect.stringMatching(GONE) });
     expect(outOfBudget(svc)).toEqual([]);
     // Nothing is claimed about a server that did not answer.
@@ -266,10 +272,13 @@ describe('replication and reachability (private cluster)', () => {
       expect(r.status).toBe(200);
       expect(value(r.metrics, 'pg_up', { server: P, role: 'primary' })).toBe(0);
       expect(value(r.metrics, 'pg_up', { server: R, role: 'replica' })).toBe(1);
-      // pg_server answered inside its budget (else it would be marked failed with a timeout) because
-      // the probe of the hung primary was given up on a timeout: the pool's connect or query timeout,
-      // or the probe's own bound, whichever came first.
-      expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'pg_server' })).toBe(1);
+      // pg_server answered inside its budget (else it would be cut off with "did not finish within")
+      // because the probe of the hung primary was given up on a timeout: the pool's connect or query
+      // timeout, or the probe's own bound, whichever came first. It reports the primary it could not
+      // read as its failure.
+      expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'pg_server' })).toBe(0);
+      expect(outOfBudget(svc)).not.toContain('pg_server');
+      expect(failures(svc, 'pg_server')).toEqual([expect.stringMatching(new RegExp(`^postgres ${P}: .*(timeout|no answer within \\d+ ms)`, 'i'))]);
       expect(probe(svc, P)).toMatchObject({ up: false, error: expect.stringMatching(/timeout|no answer within \d+ ms/i) });
       expect(probe(svc, R)).toMatchObject({ up: true, error: null });
     } finally {
@@ -296,7 +305,8 @@ describe('replication and reachability (private cluster)', () => {
         // The 3 s timeouts would outlast the collector budget: the probe's own bound ended it, inside
         // the budget, so pg_server still reports (a collector past its budget reports nothing).
         expect(probe(slow, P)).toEqual(expect.objectContaining({ up: false, error: `no answer within ${PROBE_BUDGET_MS} ms` }));
-        expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'pg_server' })).toBe(1);
+        expect(outOfBudget(slow)).not.toContain('pg_server');
+        expect(failures(slow, 'pg_server')).toEqual([`postgres ${P}: no answer within ${PROBE_BUDGET_MS} ms`]);
         expect(find(r.metrics, 'pg_up'), 'pg_up series while the primary hangs').toEqual([
           { name: 'pg_up', labels: { server: P, role: 'primary' }, value: 0 },
           { name: 'pg_up', labels: { server: R, role: 'replica' }, value: 1 },
@@ -332,7 +342,8 @@ describe('replication and reachability (private cluster)', () => {
       expect(value(r.metrics, 'pg_up', { server: R, role: 'replica' })).toBe(1);
       expect(value(r.metrics, 'pg_replication_is_replica', { server: R })).toBe(1);
       expect(find(r.metrics, 'pg_replication_is_replica', { server: P })).toHaveLength(0);
-      expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'pg_server' })).toBe(1);
+      expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'pg_server' })).toBe(0);
+      expect(failures(svc, 'pg_server')).toEqual([expect.stringMatching(new RegExp(`^postgres ${P}: `))]);
       // Collectors that need the primary fail, and say so, without failing the scrape.
       expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'pg_stat_replication' })).toBe(0);
       expect(value(r.metrics, 'redis_up')).toBe(1);

@@ -1,9 +1,14 @@
 /**
  * pg_database_size_bytes and pg_table_size_bytes on the shared primary: the N largest tables per
- * database, served from a cache that is refreshed at most every sizeRefreshSeconds.
+ * database, served from a cache that is refreshed at most every sizeRefreshSeconds. And on a private
+ * cluster that the test freezes: a failed refresh is retried within seconds, not after a whole
+ * sizeRefreshSeconds, while the last good sizes stay served with their time.
  */
+import fs from 'node:fs';
+import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { startPgCluster, type PgCluster } from '../support/pg-cluster.js';
 import { find, scrape, value } from '../support/scrape.js';
 import { createTempDatabase, makeConfig, pgQuery, serverOf, startTestService, type TempDatabase, type TestService } from '../support/service.js';
 
@@ -68,7 +73,7 @@ describe('database and table sizes', () => {
   it('says in HELP that sizes are cached, and serves them from the cache', async () => {
     const r = await scrape(svc.url);
     for (const name of ['pg_table_size_bytes', 'pg_database_size_bytes']) {
-      expect(r.metrics.help.get(name), name).toMatch(/Refreshed at most every 60 s and served from cache in between\./);
+      expect(r.metrics.help.get(name), name).toMatch(/Refreshed at most every 60 s and served from cache in between; after a failed refresh the last good values stay served/);
     }
     expect(r.metrics.help.get('pg_table_size_bytes')).toMatch(/\b10 largest tables per database\b/);
 
@@ -94,5 +99,97 @@ describe('database and table sizes', () => {
     } finally {
       await quick.close();
     }
+  });
+});
+
+/** SIGSTOP the postmaster and every backend of a data directory; returns the function that resumes them. */
+function freeze(dataDir: string): () => void {
+  const postmaster = Number(fs.readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  const pids = [postmaster];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === postmaster) pids.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  for (const pid of pids) process.kill(pid, 'SIGSTOP');
+  return () => {
+    for (const pid of pids) {
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch {
+        // gone
+      }
+    }
+  };
+}
+
+describe('a size refresh that fails while PostgreSQL hangs (private cluster)', () => {
+  const REFRESH_S = 12;
+  let cluster: PgCluster;
+  let svc: TestService;
+  let P = '';
+
+  beforeAll(async () => {
+    cluster = await startPgCluster({ replicas: 0 });
+    P = `127.0.0.1:${cluster.primary.port}`;
+    svc = await startTestService(
+      makeConfig({
+        postgres: { primary: { url: cluster.primary.url() }, replicas: [], databases: ['postgres'], sizeRefreshSeconds: REFRESH_S },
+        collectors: { timeoutMs: 800 },
+      }),
+    );
+  });
+  afterAll(async () => {
+    await svc?.close();
+    await cluster?.stop();
+  });
+
+  it('serves the last good sizes with their time, reports the failure, and is back to 1 within seconds of PostgreSQL', async () => {
+    const first = await scrape(svc.url);
+    expect(value(first.metrics, 'dbpilot_collector_success', { collector: 'pg_sizes' })).toBe(1);
+    const goodSize = value(first.metrics, 'pg_database_size_bytes', { server: P, datname: 'postgres' });
+    const goodAt = value(first.metrics, 'dbpilot_pg_sizes_last_success_timestamp_seconds');
+    expect(Math.abs(goodAt * 1000 - Date.now())).toBeLessThan(REFRESH_S * 1000);
+
+    // Hang the server once the next refresh is due: that refresh fails.
+    await sleep(Math.max(0, goodAt * 1000 + REFRESH_S * 1000 - Date.now()));
+    let failedSeenAt = 0;
+    const thaw = freeze(cluster.primary.dataDir);
+    try {
+      await expect
+        .poll(async () => value((await scrape(svc.url)).metrics, 'dbpilot_collector_success', { collector: 'pg_sizes' }), { timeout: 10_000, interval: 100 })
+        .toBe(0);
+      failedSeenAt = Date.now();
+      const during = await scrape(svc.url);
+      expect(value(during.metrics, 'dbpilot_collector_success', { collector: 'pg_sizes' })).toBe(0);
+      // The reason is PostgreSQL's (a timeout), not the collector budget's.
+      const why = svc.runtime.exporter.registry.last.get('pg_sizes')!.errors;
+      expect(why).toHaveLength(1);
+      expect(why[0]).toMatch(/timeout|timed out/i);
+      // The last good sizes are still served, with the time they were read: their age shows.
+      expect(value(during.metrics, 'pg_database_size_bytes', { server: P, datname: 'postgres' })).toBe(goodSize);
+      expect(value(during.metrics, 'dbpilot_pg_sizes_last_success_timestamp_seconds')).toBe(goodAt);
+      expect(during.metrics.help.get('dbpilot_pg_sizes_last_success_timestamp_seconds')).toMatch(/age is time\(\) minus this/);
+    } finally {
+      thaw();
+    }
+
+    // PostgreSQL is back: the failed refresh is retried at a scrape within seconds, and that scrape
+    // reports success with fresh sizes — well before a whole sizeRefreshSeconds after the failure.
+    await expect
+      .poll(async () => value((await scrape(svc.url)).metrics, 'dbpilot_collector_success', { collector: 'pg_sizes' }), { timeout: 20_000, interval: 100 })
+      .toBe(1);
+    const backAt = Date.now();
+    expect(backAt - failedSeenAt).toBeLessThan(REFRESH_S * 1000);
+    const after = await scrape(svc.url);
+    expect(value(after.metrics, 'pg_up', { server: P, role: 'primary' })).toBe(1);
+    const freshAt = value(after.metrics, 'dbpilot_pg_sizes_last_success_timestamp_seconds');
+    expect(freshAt * 1000).toBeGreaterThan(failedSeenAt);
+    expect(freshAt * 1000).toBeLessThanOrEqual(backAt);
+    expect(find(after.metrics, 'pg_database_size_bytes', { server: P, datname: 'postgres' })).toHaveLength(1);
   });
 });
