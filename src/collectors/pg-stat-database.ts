@@ -1,15 +1,21 @@
 /**
  * pg_stat_database.checksum_failures on every server (runbook escalation: "Data corruption
  * suspected → Engineering Manager + DBA immediately"). NULL when data checksums are off: then no
- * series is exported rather than a reassuring 0.
+ * series is exported rather than a reassuring 0 — and, so that this silence is not mistaken for
+ * "no corruption", whether checksums are on is exported per server as pg_settings_data_checksums
+ * (`SHOW data_checksums`; postgres_exporter's name and labels for the same setting), in the same
+ * statement.
  */
 import type { Metrics } from '../metrics.js';
 import type { PgCluster } from '../integrations/postgres.js';
 import { SampleSet, type Collector } from './collector.js';
 import type { DatabaseList } from './databases.js';
 
-const SQL = `SELECT datname, checksum_failures::float8 AS checksum_failures
-FROM pg_stat_database WHERE datname IS NOT NULL AND checksum_failures IS NOT NULL`;
+// One row per database with a count, or one row of NULLs when there is none (checksums off): the
+// setting comes along either way.
+const SQL = `SELECT current_setting('data_checksums') AS data_checksums, d.datname, d.checksum_failures::float8 AS checksum_failures
+FROM (SELECT 1) AS one
+LEFT JOIN pg_stat_database AS d ON d.datname IS NOT NULL AND d.checksum_failures IS NOT NULL`;
 
 export function pgStatDatabaseCollector(metrics: Metrics, cluster: PgCluster, databases: DatabaseList): Collector {
   const failures = metrics.gauge(
@@ -17,17 +23,26 @@ export function pgStatDatabaseCollector(metrics: Metrics, cluster: PgCluster, da
     'Data page checksum failures detected in the database since statistics were reset (a cumulative count; any increase means corruption).',
     ['server', 'datname'],
   );
+  const checksums = metrics.gauge(
+    'pg_settings_data_checksums',
+    'Whether data page checksums are on for the server (SHOW data_checksums: 1 on, 0 off). Off means pg_stat_database_checksum_failures is absent and corruption goes undetected (enable with initdb --data-checksums or pg_checksums --enable).',
+    ['server'],
+  );
   return {
     name: 'pg_stat_database',
-    gauges: [failures],
+    gauges: [failures, checksums],
     async collect() {
       const set = new SampleSet();
       const results = await Promise.allSettled(
         cluster.all.map(async (s) => {
-          const rows = await s.query<{ datname: string; checksum_failures: number }>(SQL);
+          const rows = await s.query<{ data_checksums: string; datname: string | null; checksum_failures: number | null }>(SQL);
           set.statements++;
+          if (rows[0]) set.set(checksums, { server: s.server }, rows[0].data_checksums === 'on' ? 1 : 0);
           const wanted = databases.isConfigured ? new Set(await databases.get()) : null;
-          for (const r of rows) if (!wanted || wanted.has(r.datname)) set.set(failures, { server: s.server, datname: r.datname }, r.checksum_failures);
+          for (const r of rows) {
+            if (r.datname === null || r.checksum_failures === null) continue;
+            if (!wanted || wanted.has(r.datname)) set.set(failures, { server: s.server, datname: r.datname }, r.checksum_failures);
+          }
         }),
       );
       for (const r of results) if (r.status === 'rejected') set.fail(r.reason);

@@ -372,9 +372,12 @@ async function createReplica(primary: PgServer, name: string, baseDir: string): 
 /**
  * Starts a primary and `replicas` (default 1) streaming replicas named replica1, replica2, …
  * Resolves once every replica shows as `streaming` in the primary's pg_stat_replication.
+ * `dataChecksums` (default true) is initdb's --data-checksums; replicas inherit it.
  */
-export async function startPgCluster(opts: { replicas?: number } = {}): Promise<PgCluster> {
+export async function startPgCluster(opts: { replicas?: number; dataChecksums?: boolean } = {}): Promise<PgCluster> {
   const replicaCount = opts.replicas ?? 1;
+  // On by default (pg_rewind needs it, see below); `false` for a cluster like one initialised without -k.
+  const dataChecksums = opts.dataChecksums ?? true;
   const baseDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dbpilot-pg-'));
   ownByPostgres(baseDir);
 
@@ -404,7 +407,7 @@ export async function startPgCluster(opts: { replicas?: number } = {}): Promise<
     nodes.push(primary);
     // --data-checksums also makes hint-bit changes WAL-logged, which pg_rewind needs.
     await runPg('initdb', [
-      '-D', primary.dataDir, '--data-checksums', '-A', 'trust', '-U', 'postgres',
+      '-D', primary.dataDir, ...(dataChecksums ? ['--data-checksums'] : []), '-A', 'trust', '-U', 'postgres',
       '-E', 'UTF8', '--locale=C', '--no-sync', '--no-instructions',
     ]);
     fs.appendFileSync(path.join(primary.dataDir, 'postgresql.conf'), POSTGRESQL_CONF);
