@@ -475,7 +475,7 @@ export interface RestoreToTimeInput extends RestoreShape {
   tags: Record<string, string>;
 }
 
-const q = (v: string) => (/^[A-Za-z0-9._:/=+@-]+$/.test(v) ? v : `'${v.replace(/'/g, "'\\''")}'`);
+const q = (v: string) => (/^[A-Za-z0-9._:/=+@,-]+$/.test(v) ? v : `'${v.replace(/'/g, "'\\''")}'`);
 
 function shapeFlags(s: RestoreShape): string[] {
   const f: string[] = [];
