@@ -25,6 +25,7 @@ import { pgSizesCollector } from './collectors/pg-sizes.js';
 import { prismaMigrationsCollector } from './collectors/prisma-migrations.js';
 import { diskCollector } from './collectors/disk.js';
 import { redisCollector } from './collectors/redis.js';
+import { serviceHealthCollector } from './collectors/service-health.js';
 
 /** How soon a failed size refresh is tried again (at most sizeRefreshSeconds). */
 const SIZE_RETRY_MS = 5000;
@@ -73,5 +74,8 @@ export function createExporter(config: Config, metrics: Metrics, cluster: PgClus
   registry.register(prismaMigrationsCollector(metrics, observedPrimary, databases));
   if (config.postgres.dataDirectory) registry.register(diskCollector(metrics, observedPrimary, config.postgres.dataDirectory));
   registry.register(redisC);
+  // The services of the runbook (the list the failover checks after its restarts), each probed within
+  // the same share of the collector budget as a PostgreSQL server.
+  if (config.services.length > 0) registry.register(serviceHealthCollector(metrics, config.services, Math.floor(config.collectors.timeoutMs * 0.8)));
   return { registry, databases, pgServer, pgStatReplication, redis: redisC };
 }

@@ -7,10 +7,13 @@
  *
  * Nothing is allow-listed that dbpilot could show: counters that exist only after an event get
  * that event first (a webhook for an alert without a handler, escalated to the PagerDuty
- * stand-in), the filesystem gauges get `postgres.dataDirectory`, and prisma_migrations_failed a
- * database with a `_prisma_migrations` table.
+ * stand-in), the filesystem gauges get `postgres.dataDirectory`, prisma_migrations_failed a
+ * database with a `_prisma_migrations` table, and the service_health gauges a service whose health
+ * URL (a small HTTP server of the test's own) answers.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -76,8 +79,14 @@ describe('every metric the rules and the dashboard query is exposed by a live db
   const dir = mkdtempSync(path.join(tmpdir(), 'dbpilot-live-metrics-'));
   const logLines: string[] = [];
   let base = '';
+  // A service whose health endpoint answers the runbook's shape, so the service_health gauges exist.
+  const health = http.createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ database: 'healthy', redis: 'healthy' }));
+  });
 
   beforeAll(async () => {
+    await new Promise<void>((resolve) => health.listen(0, '127.0.0.1', resolve));
     const [c, r] = await Promise.allSettled([startPgCluster({ replicas: 1 }), startRedis()]);
     cluster = c.status === 'fulfilled' ? c.value : undefined;
     redis = r.status === 'fulfilled' ? r.value : undefined;
@@ -107,6 +116,7 @@ describe('every metric the rules and the dashboard query is exposed by a live db
           dataDirectory: primary.dataDir,
         },
         redis: { url: redis!.url },
+        services: [{ name: 'auth-service', healthUrl: `http://127.0.0.1:${(health.address() as AddressInfo).port}/health`, deployment: 'auth-service' }],
         webhook: { token: TOKEN },
         pagerduty: { url: pd.url, routes: { ...TEAM_KEYS }, source: 'dbpilot-live-metrics', timeoutMs: 2000 },
         store: { path: path.join(dir, 'dbpilot.sqlite') },
@@ -120,7 +130,7 @@ describe('every metric the rules and the dashboard query is exposed by a live db
 
   afterAll(async () => {
     await service?.close().catch(() => undefined);
-    await Promise.allSettled([cluster?.stop(), redis?.stop(), pd.close()]);
+    await Promise.allSettled([cluster?.stop(), redis?.stop(), pd.close(), new Promise((resolve) => health.close(resolve))]);
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -202,6 +212,8 @@ describe('every metric the rules and the dashboard query is exposed by a live db
     expect(find(live, 'pg_filesystem_size_bytes', { server: P, path: cluster!.primary.dataDir })[0]?.value).toBeGreaterThan(0);
     expect(find(live, 'prisma_migrations_failed', { server: P, datname: DB })[0]?.value).toBe(0);
     expect(find(live, 'dbpilot_remediations_total', { handler: 'redis-failure', outcome: 'escalated' })[0]?.value).toBe(1);
+    expect(find(live, 'service_health_database', { service: 'auth-service', state: 'healthy' })[0]?.value).toBe(1);
+    expect(find(live, 'pg_settings_data_checksums', { server: P })[0]?.value).toBe(1);
     expect(logLines.filter((l) => /"msg":"collector failed"/.test(l))).toEqual([]);
   });
 });
