@@ -191,7 +191,7 @@ export class Executor {
     try {
       store.stepStarted(run.id, idx);
       logger.info({ run: run.id, step: step.name }, 'risky step: taking an RDS snapshot first');
-      const reason = `before step ${step.name} of run ${run.id} (${run.handler})`;
+      const reason = `before step ${step.name} of ${run.handler} run ${run.id}`;
       const opts = {
         signal: ctx.signal,
         assertCanAct: ctx.assertCanAct,
