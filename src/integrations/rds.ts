@@ -265,6 +265,10 @@ const CREDENTIALS = new Set([
   'MissingAuthenticationToken',
   'InvalidSignatureException',
   'AuthFailure',
+  // STS, when the IRSA web-identity token is refused (wrong audience, expired, the role's trust policy).
+  'InvalidIdentityToken',
+  'IDPRejectedClaim',
+  'ExpiredTokenException',
 ]);
 const ACCESS_DENIED = new Set(['AccessDenied', 'AccessDeniedException', 'UnauthorizedOperation', 'NotAuthorized']);
 
