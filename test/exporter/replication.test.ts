@@ -155,9 +155,9 @@ describe('replication and reachability (private cluster)', () => {
 
     const replicaDiff = `SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8 AS d`;
     const primaryDiff = `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8 AS d FROM pg_stat_replication WHERE application_name = 'replica1'`;
-    const before = { r: (await one<{ d: number }>(replicaUrl, replicaDiff)).d, p: (await one<{ d: number }>(primaryUrl, primaryDiff)).d };
+    const before = { r: (await one<{ d: number }>(replicaUrl, replicaDiff)).d, p: (await one<{ d: number }>(primaryUrl, primaryDiff)).d, age: await replayAge() };
     const r = await scrape(svc.url);
-    const after = { r: (await one<{ d: number }>(replicaUrl, replicaDiff)).d, p: (await one<{ d: number }>(primaryUrl, primaryDiff)).d };
+    const after = { r: (await one<{ d: number }>(replicaUrl, replicaDiff)).d, p: (await one<{ d: number }>(primaryUrl, primaryDiff)).d, age: await replayAge() };
     expect(r.status).toBe(200);
     expect(before.r).toBeGreaterThan(100_000); // 2000 rows of 200 bytes
     expect(before.p).toBeGreaterThan(100_000);
@@ -168,9 +168,72 @@ describe('replication and reachability (private cluster)', () => {
     const lsnDiff = value(r.metrics, 'pg_stat_replication_pg_wal_lsn_diff', standby());
     expect(lsnDiff).toBeGreaterThanOrEqual(before.p);
     expect(lsnDiff).toBeLessThanOrEqual(after.p);
-    // With WAL waiting, the age of the last replayed transaction is the delay.
-    expect(value(r.metrics, 'pg_replication_lag_seconds', { server: R })).toBeGreaterThanOrEqual(1);
+    // With WAL waiting, the age of the last replayed transaction is the delay: in seconds, as the
+    // replica itself computes it just before and just after the scrape (it only grows while paused).
+    const lagSeconds = value(r.metrics, 'pg_replication_lag_seconds', { server: R });
+    expect(before.age).toBeGreaterThan(1);
+    expect(lagSeconds).toBeGreaterThanOrEqual(before.age);
+    expect(lagSeconds).toBeLessThanOrEqual(after.age);
     expect(value(r.metrics, 'pg_replication_is_replica', { server: R })).toBe(1);
+
+    await perStandbyLagWhilePaused();
+  }
+
+  /**
+   * pg_stat_replication's write / flush / replay lag of the paused standby, as the primary computes
+   * them (seconds since it flushed WAL the standby has not written / flushed / replayed yet). With
+   * replay paused, replay lag keeps growing with every status report of the standby while write and
+   * flush lag stay what they were when the standby wrote the WAL: replay lag exceeds write lag.
+   * Each exported value is compared with the primary's own figures read just before and just after
+   * the scrape, so a value in milliseconds, or one column exported as another, cannot pass.
+   */
+  async function perStandbyLagWhilePaused(): Promise<void> {
+    const LAGS = `SELECT EXTRACT(EPOCH FROM write_lag)::float8 AS write, EXTRACT(EPOCH FROM flush_lag)::float8 AS flush,
+                         EXTRACT(EPOCH FROM replay_lag)::float8 AS replay
+                  FROM pg_stat_replication WHERE application_name = 'replica1'`;
+    type Lags = { write: number | null; flush: number | null; replay: number | null };
+    const lags = () => one<Lags>(primaryUrl, LAGS);
+    // The standby has reported replay as behind since the pause, for longer than it took to write and
+    // flush the WAL: by the primary's own figures, replay lag now exceeds write and flush lag.
+    await expect
+      .poll(
+        async () => {
+          const l = await lags();
+          return (l.replay ?? 0) > Math.max(l.write ?? 0, l.flush ?? 0);
+        },
+        { timeout: 15_000, interval: 50 },
+      )
+      .toBe(true);
+    const exported = (m: Awaited<ReturnType<typeof scrape>>['metrics'], kind: string) => value(m, `pg_stat_replication_${kind}_lag_seconds`, standby());
+
+    const b1 = await lags();
+    const s1 = await scrape(svc.url);
+    const a1 = await lags();
+    const replay1 = exported(s1.metrics, 'replay');
+    expect(replay1).toBeGreaterThanOrEqual(b1.replay!);
+    expect(replay1).toBeLessThanOrEqual(a1.replay!);
+    // Write and flush lag: what the primary said before or after (a status report may fall in between).
+    expect([b1.write ?? 0, a1.write ?? 0]).toContain(exported(s1.metrics, 'write'));
+    expect([b1.flush ?? 0, a1.flush ?? 0]).toContain(exported(s1.metrics, 'flush'));
+
+    // Time passes while replay stays paused: the primary's replay lag grows past what was exported.
+    await expect.poll(async () => (await lags()).replay!, { timeout: 15_000, interval: 100 }).toBeGreaterThan(a1.replay!);
+    const b2 = await lags();
+    const s2 = await scrape(svc.url);
+    const a2 = await lags();
+    const replay2 = exported(s2.metrics, 'replay');
+    expect(replay2).toBeGreaterThanOrEqual(b2.replay!);
+    expect(replay2).toBeLessThanOrEqual(a2.replay!);
+    expect(replay2).toBeGreaterThan(replay1);
+    // Seconds, against another clock too: the WAL waiting to be replayed was all written after the
+    // last transaction the replica replayed, so the primary's replay lag cannot exceed that
+    // transaction's age as the replica computes it.
+    expect(replay2).toBeLessThanOrEqual(await replayAge());
+    // Replay lag exceeds write lag (and flush lag), in the same scrape and on the primary's own figures.
+    expect(b2.replay!).toBeGreaterThan(b2.write ?? 0);
+    expect(replay2).toBeGreaterThan(exported(s2.metrics, 'write'));
+    expect(replay2).toBeGreaterThan(exported(s2.metrics, 'flush'));
+    for (const kind of ['write', 'flush']) expect(exported(s2.metrics, kind), kind).toBeGreaterThanOrEqual(0);
   }
 
   it('after resume and catch-up, an idle primary shows exactly 0 lag, however long it stays idle', async () => {
