@@ -94,7 +94,7 @@ export class RdsBackups implements RdsOperations {
   private readonly owner: string;
   /** The snapshot this process is taking now (joined by every other request meanwhile). */
   private inflight: { started: Promise<string>; done: Promise<SnapshotResult> } | null = null;
-  /** Epoch seconds of the newest available manual snapshot RDS reported; 0 when there is none; null before the first successful read. */
+  /** Epoch seconds of dbpilot's newest available snapshot as RDS reported it; 0 when there is none; null before the first successful read. */
   private lastSnapshotSeconds: number | null = null;
   private lastReadAt = 0;
   private reading: Promise<void> | null = null;
@@ -310,7 +310,7 @@ export class RdsBackups implements RdsOperations {
   async retention(opts: { canAct: () => boolean; signal?: AbortSignal }): Promise<RetentionResult> {
     const cutoff = this.now().getTime() - this.o.aws.snapshotRetentionDays * 86_400_000;
     const manual = await this.o.client.listSnapshots(this.instance, { type: 'manual', ...(opts.signal ? { signal: opts.signal } : {}) });
-    const mine = manual.filter((s) => s.type === 'manual' && s.dbpilot && isDbpilotSnapshotName(this.prefix, s.id) && s.instance.toLowerCase() === this.instance);
+    const mine = manual.filter((s) => this.isMine(s));
     const available = mine.filter((s): s is SnapshotInfo & { createdAt: Date } => s.status === 'available' && s.createdAt !== null).sort((a, b) => b.createdAt.getTime() - a.createdAt.getTime());
     const newest = available[0];
     const old = available.filter((s) => s !== newest && s.createdAt.getTime() < cutoff).reverse();
@@ -372,12 +372,21 @@ export class RdsBackups implements RdsOperations {
     if (this.lastSnapshotSeconds === null || s > this.lastSnapshotSeconds) this.lastSnapshotSeconds = s;
   }
 
-  /** Reads the newest available manual snapshot of the instance from RDS (single flight). */
+  /** Whether a snapshot is one of dbpilot's own of this instance (the managed-by tag, dbpilot's name, this instance). */
+  private isMine(s: SnapshotInfo): boolean {
+    return s.type === 'manual' && s.dbpilot && isDbpilotSnapshotName(this.prefix, s.id) && s.instance.toLowerCase() === this.instance;
+  }
+
+  /**
+   * Reads the newest available snapshot dbpilot made of the instance from RDS (single flight). Only
+   * dbpilot's own: RdsSnapshotStale is about the schedule, and a snapshot someone took by hand must
+   * not hide a schedule that stopped working.
+   */
   refreshLastSnapshot(): Promise<void> {
     this.reading ??= (async () => {
       try {
         const manual = await this.o.client.listSnapshots(this.instance, { type: 'manual' });
-        const newest = manual.filter((s) => s.status === 'available' && s.createdAt).sort((a, b) => b.createdAt!.getTime() - a.createdAt!.getTime())[0];
+        const newest = manual.filter((s) => this.isMine(s) && s.status === 'available' && s.createdAt).sort((a, b) => b.createdAt!.getTime() - a.createdAt!.getTime())[0];
         this.lastSnapshotSeconds = newest ? Math.floor(newest.createdAt!.getTime() / 1000) : 0;
         this.lastReadAt = Date.now();
         if (this.readFailedLogged) this.log.info('RDS snapshots can be read again');
@@ -403,7 +412,7 @@ export class RdsBackups implements RdsOperations {
     const self = this;
     metrics.gauge(
       'dbpilot_rds_last_snapshot_timestamp_seconds',
-      `Creation time (Unix seconds) of the newest available manual RDS snapshot of ${this.instance}, whoever made it; 0 when there is none. Read from RDS every aws.metricRefreshSeconds (cached in between).`,
+      `Creation time (Unix seconds) of the newest available RDS snapshot dbpilot made of ${this.instance} (tagged ${MANAGED_BY_TAG}=${MANAGED_BY_VALUE}); 0 when there is none or RDS cannot be read. Read from RDS every aws.metricRefreshSeconds (cached in between).`,
       [],
       async function () {
         if (Date.now() - self.lastReadAt >= self.o.aws.metricRefreshSeconds * 1000) {
@@ -412,8 +421,9 @@ export class RdsBackups implements RdsOperations {
         }
         // Before RDS has answered (or while it cannot be read): what this pod's store saw, else 0 — so a
         // dbpilot that can never read RDS makes RdsSnapshotStale fire instead of hiding it.
+        if (self.lastSnapshotSeconds !== null) return this.set(self.lastSnapshotSeconds);
         const local = self.o.store?.lastAvailableSnapshot(self.instance)?.snapshotTime;
-        this.set(self.lastSnapshotSeconds ?? (local ? Math.floor(Date.parse(local) / 1000) : 0));
+        this.set(local ? Math.floor(Date.parse(local) / 1000) : 0);
       },
     );
   }

@@ -313,14 +313,16 @@ describe('dbpilot_rds_last_snapshot_timestamp_seconds', () => {
     return m ? Number(m[1]) : undefined;
   }
 
-  it('is the newest available manual snapshot RDS has (whoever made it), re-read after metricRefreshSeconds, 0 when there is none', async () => {
+  it('is the newest available snapshot dbpilot made (not someone else’s), re-read after metricRefreshSeconds, 0 when there is none', async () => {
     const b = await make({ metricRefreshSeconds: 1 });
     const metrics = new Metrics({ processMetrics: false });
     b.registerMetric(metrics, 2000);
     expect(await gauge(metrics)).toBe(0);
     const t = new Date(Date.now() - 3 * 3600_000);
-    standin.seedSnapshot({ id: 'someones-backup', instance: 'lomash-wood-prod', createdAt: t });
-    standin.seedSnapshot({ id: 'still-creating', instance: 'lomash-wood-prod', status: 'creating', createdAt: new Date() });
+    standin.seedSnapshot({ id: 'lomash-wood-manual-202601010300', instance: 'lomash-wood-prod', createdAt: t, tags: { [MANAGED_BY_TAG]: 'dbpilot' } });
+    // Not counted: a newer one by hand (no tag), one still being made.
+    standin.seedSnapshot({ id: 'someones-backup', instance: 'lomash-wood-prod', createdAt: new Date(Date.now() - 60_000) });
+    standin.seedSnapshot({ id: 'lomash-wood-manual-202601010400', instance: 'lomash-wood-prod', status: 'creating', createdAt: new Date(), tags: { [MANAGED_BY_TAG]: 'dbpilot' } });
     // Cached between reads: a 1 s scrape is not an RDS API call.
     const reads = standin.calls('DescribeDBSnapshots').length;
     expect(await gauge(metrics)).toBe(0);
@@ -328,7 +330,8 @@ describe('dbpilot_rds_last_snapshot_timestamp_seconds', () => {
     await new Promise((r) => setTimeout(r, 1100));
     await gauge(metrics);
     await until(async () => (await gauge(metrics)) === Math.floor(t.getTime() / 1000));
-    // A snapshot dbpilot takes shows at once.
+    // A snapshot dbpilot takes shows at once (the one still creating would be joined: out of the way).
+    standin.snapshots.delete('lomash-wood-manual-202601010400');
     const s = await b.snapshot('t');
     expect(await gauge(metrics)).toBe(Math.floor(Date.parse(s.snapshotTime!) / 1000));
     b.close();
