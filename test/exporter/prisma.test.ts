@@ -34,10 +34,15 @@ describe('prisma_migrations_failed', () => {
     await Promise.allSettled([withTable?.drop(), without?.drop()]);
   });
 
+  /** The runbook's own count (Scenario 4: migrations started but neither finished nor rolled back), run by the test. */
+  const serverCount = async () =>
+    (await pgQuery<{ n: number }>(withTable.url, 'SELECT count(*)::int AS n FROM _prisma_migrations WHERE finished_at IS NULL AND rolled_back_at IS NULL'))[0]!.n;
+
   it('counts the one failed migration, and 0 for a database without _prisma_migrations', async () => {
     const r = await scrape(svc.url);
     expect(r.status).toBe(200);
-    expect(value(r.metrics, 'prisma_migrations_failed', { server: P, datname: withTable.name })).toBe(1);
+    expect(await serverCount()).toBe(1);
+    expect(value(r.metrics, 'prisma_migrations_failed', { server: P, datname: withTable.name })).toBe(await serverCount());
     expect(value(r.metrics, 'prisma_migrations_failed', { server: P, datname: without.name })).toBe(0);
     expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'prisma_migrations' })).toBe(1);
     expect(svc.log.entries().filter((e) => e.msg === 'collector failed')).toEqual([]);
@@ -51,11 +56,13 @@ describe('prisma_migrations_failed', () => {
     );
     let r = await scrape(svc.url);
     expect(value(r.metrics, 'prisma_migrations_failed', { server: P, datname: withTable.name })).toBe(2);
+    expect(await serverCount()).toBe(2);
 
     // What `prisma migrate resolve --rolled-back` does.
     await pgQuery(withTable.url, `UPDATE _prisma_migrations SET rolled_back_at = now() WHERE migration_name = '20240301000000_add_payments'`);
     r = await scrape(svc.url);
     expect(value(r.metrics, 'prisma_migrations_failed', { server: P, datname: withTable.name })).toBe(1);
+    expect(await serverCount()).toBe(1);
     expect(value(r.metrics, 'prisma_migrations_failed', { server: P, datname: without.name })).toBe(0);
     expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'prisma_migrations' })).toBe(1);
   });

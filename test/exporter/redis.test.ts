@@ -7,8 +7,10 @@
  * (`dbpilot_collector_success{collector="redis"} 0`) with the reason, and no other redis_* value is
  * claimed. Neither waits out the collector budget.
  */
+import net from 'node:net';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { parseRedisInfo } from '../../src/collectors/redis-info.js';
 import { startRedis, type RedisNode } from '../support/redis-server.js';
 import { find, scrape, value, type ScrapeResult } from '../support/scrape.js';
 import { getJson, makeConfig, startTestService, type TestService } from '../support/service.js';
@@ -94,6 +96,61 @@ describe('Redis up and down (private Redis)', () => {
     expectRedisUp(r);
     expect(r.metrics.type.get('redis_up')).toBe('gauge');
     expect(find(r.metrics, 'redis_up')[0]!.labels).toEqual({});
+  });
+
+  it('the values are what Redis itself says in INFO around the scrape: memory, maxmemory, clients, rejected connections', async () => {
+    const client = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 0 });
+    client.on('error', () => {});
+    await client.connect();
+    const info = async () => parseRedisInfo(await client.info());
+    const num = (i: Map<string, string>, k: string) => Number(i.get(k));
+    try {
+      await client.config('SET', 'maxmemory', String(96 * 1024 * 1024));
+      // A megabyte of data, so used_memory is well above what an empty Redis uses.
+      await client.set('value-test', 'x'.repeat(1024 * 1024));
+      // Connections refused for maxclients are what rejected_connections counts: three of them.
+      const clients = num(await info(), 'connected_clients');
+      const rejectedBefore = num(await info(), 'rejected_connections');
+      await client.config('SET', 'maxclients', String(clients));
+      try {
+        for (let i = 0; i < 3; i++) {
+          const answer = await new Promise<string>((resolve) => {
+            const s = net.connect(redis.port, '127.0.0.1');
+            let got = '';
+            s.on('data', (d) => (got += d.toString()));
+            s.on('close', () => resolve(got));
+            s.on('error', () => resolve(got));
+          });
+          expect(answer).toMatch(/max number of clients reached/);
+        }
+      } finally {
+        await client.config('SET', 'maxclients', '10000');
+      }
+      // Taken when INFO says the same before and after the scrape (the values hold still on an idle Redis).
+      for (let attempt = 1; ; attempt++) {
+        const before = await info();
+        const r = await scrape(svc.url);
+        const after = await info();
+        const keys = ['used_memory', 'maxmemory', 'connected_clients', 'rejected_connections'];
+        if (keys.some((k) => before.get(k) !== after.get(k))) {
+          if (attempt === 20) throw new Error('INFO kept changing around every scrape');
+          continue;
+        }
+        expect(value(r.metrics, 'redis_up')).toBe(1);
+        expect(value(r.metrics, 'redis_memory_used_bytes')).toBe(num(before, 'used_memory'));
+        expect(num(before, 'used_memory')).toBeGreaterThan(1024 * 1024);
+        expect(value(r.metrics, 'redis_memory_max_bytes')).toBe(96 * 1024 * 1024);
+        expect(num(before, 'maxmemory')).toBe(96 * 1024 * 1024);
+        expect(value(r.metrics, 'redis_connected_clients')).toBe(num(before, 'connected_clients'));
+        expect(value(r.metrics, 'redis_rejected_connections_total')).toBe(num(before, 'rejected_connections'));
+        expect(num(before, 'rejected_connections')).toBe(rejectedBefore + 3);
+        break;
+      }
+    } finally {
+      await client.del('value-test').catch(() => {});
+      await client.config('SET', 'maxmemory', '0').catch(() => {});
+      client.disconnect();
+    }
   });
 
   it('a stopped Redis is redis_up 0 with no other redis_* series, and /health 503', async () => {
