@@ -27,6 +27,8 @@ export default {
   mutate: [
     'src/remediation/handlers/slow-queries.ts',
     'src/remediation/engine.ts',
+    // The engine split by responsibility (admission, executor, resumer, outcomes, core), when present.
+    'src/remediation/engine/**/*.ts',
     'src/remediation/outbox.ts',
     // Webhook and approver authentication: same() + authorized() + jsonContentTypeProblem(), and approverFor().
     'src/remediation/routes.ts:17-47',
