@@ -636,9 +636,9 @@ describe('alert path: dbpilot → Prometheus → Alertmanager → dbpilot webhoo
     expect(await runs('RedisDown')).toHaveLength(1);
   });
 
-  it('primary SIGKILLed: PostgresPrimaryDown reaches dbpilot after its `for: 2s`, dbpilot fails over, the alert resolves, and so does the page', { timeout: 120_000 }, async () => {
+  it('primary SIGKILLed: PostgresPrimaryDown reaches dbpilot after its `for: 1s`, dbpilot fails over, the alert resolves, and so does the page', { timeout: 120_000 }, async () => {
     const holdFor = await forMs('PostgresPrimaryDown');
-    expect(holdFor).toBe(2_000);
+    expect(holdFor).toBe(1_000);
     expect(await promAlert('PostgresPrimaryDown')).toBeUndefined();
     /** Resolves of the page of an earlier RedisDown incident (none when there was none): an unrelated incident must not add one. */
     const redisIncident = arrival('RedisDown', 'firing', Number.NEGATIVE_INFINITY);
@@ -650,7 +650,7 @@ describe('alert path: dbpilot → Prometheus → Alertmanager → dbpilot webhoo
 
     const got = await until(() => arrival('PostgresPrimaryDown', 'firing', killedAt), 'PostgresPrimaryDown (firing) at dbpilot\'s webhook', 30_000);
     const active = await promAlert('PostgresPrimaryDown');
-    const line = `PostgresPrimaryDown: primary killed → webhook at dbpilot after ${seconds(got.at - killedAt)} (pending after ${seconds((active?.activeAt ?? Number.NaN) - killedAt)}, for: 2s)`;
+    const line = `PostgresPrimaryDown: primary killed → webhook at dbpilot after ${seconds(got.at - killedAt)} (pending after ${seconds((active?.activeAt ?? Number.NaN) - killedAt)}, for: 1s)`;
     delays.push(line);
     console.log(`[alert-path] ${line}`);
     expect(got.alert.labels).toMatchObject({
