@@ -8,8 +8,9 @@
  * Nothing is allow-listed that dbpilot could show: counters that exist only after an event get
  * that event first (a webhook for an alert without a handler, escalated to the PagerDuty
  * stand-in), the filesystem gauges get `postgres.dataDirectory`, prisma_migrations_failed a
- * database with a `_prisma_migrations` table, and the service_health gauges a service whose health
- * URL (a small HTTP server of the test's own) answers.
+ * database with a `_prisma_migrations` table, the service_health gauges a service whose health
+ * URL (a small HTTP server of the test's own) answers, and the RDS snapshot gauge an `aws:` block
+ * pointing at the RDS stand-in.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
@@ -22,6 +23,7 @@ import { createLogger } from '../../src/logger.js';
 import { startService, type Service } from '../../src/server.js';
 import { prepareService } from '../../src/service.js';
 import { PagerDutyStandin } from '../support/pagerduty-standin.js';
+import { RdsStandin, awsConfigFor, standinEnv } from '../support/rds-standin.js';
 import { startPgCluster, type PgCluster } from '../support/pg-cluster.js';
 import { startRedis, type RedisNode } from '../support/redis-server.js';
 import { find, scrape, type Exposition } from '../support/scrape.js';
@@ -50,15 +52,7 @@ const EXTERNAL: { test: (name: string) => boolean; why: string }[] = [
     test: (n) => n.startsWith('kubelet_volume_stats_'),
     why: "the kubelet's PVC metrics, scraped from the kubelet, not from dbpilot",
   },
-  {
-    test: (n) => n === 'dbpilot_rds_last_snapshot_timestamp_seconds',
-    // Allowed because it exists only with `aws:` configured (the snapshot scheduler reads it from
-    // RDS), and without AWS dbpilot must not export it, so that RdsSnapshotStale stays absent for a
-    // self-managed cluster (see the rule's comment). This test has no RDS. Note: this build has no
-    // RDS / scheduler code at all yet, so nothing exports it even with `aws:` set; a test with the
-    // RDS stand-in has to prove the name once that part exists.
-    why: 'exported only when AWS RDS is configured (scheduled snapshots); this test has no RDS',
-  },
+
 ];
 
 const DB = 'lomash_orders';
@@ -76,6 +70,9 @@ describe('every metric the rules and the dashboard query is exposed by a live db
   let redis: RedisNode | undefined;
   let service: Service | undefined;
   const pd = new PagerDutyStandin();
+  const rds = new RdsStandin();
+  /** The AWS variables this test sets for the SDK's default chain, and what they were before. */
+  const savedEnv = new Map<string, string | undefined>();
   const dir = mkdtempSync(path.join(tmpdir(), 'dbpilot-live-metrics-'));
   const logLines: string[] = [];
   let base = '';
@@ -92,7 +89,11 @@ describe('every metric the rules and the dashboard query is exposed by a live db
     redis = r.status === 'fulfilled' ? r.value : undefined;
     if (c.status === 'rejected') throw c.reason;
     if (r.status === 'rejected') throw r.reason;
-    await pd.start();
+    await Promise.all([pd.start(), rds.start()]);
+    for (const [k, v] of Object.entries(standinEnv())) {
+      savedEnv.set(k, process.env[k]);
+      process.env[k] = v;
+    }
 
     const primary = cluster!.primary;
     await pgQuery(primary.url(), `CREATE DATABASE "${DB}"`);
@@ -118,6 +119,7 @@ describe('every metric the rules and the dashboard query is exposed by a live db
         redis: { url: redis!.url },
         services: [{ name: 'auth-service', healthUrl: `http://127.0.0.1:${(health.address() as AddressInfo).port}/health`, deployment: 'auth-service' }],
         webhook: { token: TOKEN },
+        aws: awsConfigFor(rds, { metricRefreshSeconds: 1 }),
         pagerduty: { url: pd.url, routes: { ...TEAM_KEYS }, source: 'dbpilot-live-metrics', timeoutMs: 2000 },
         store: { path: path.join(dir, 'dbpilot.sqlite') },
       },
@@ -130,7 +132,11 @@ describe('every metric the rules and the dashboard query is exposed by a live db
 
   afterAll(async () => {
     await service?.close().catch(() => undefined);
-    await Promise.allSettled([cluster?.stop(), redis?.stop(), pd.close(), new Promise((resolve) => health.close(resolve))]);
+    await Promise.allSettled([cluster?.stop(), redis?.stop(), pd.close(), rds.close(), new Promise((resolve) => health.close(resolve))]);
+    for (const [k, v] of savedEnv) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
     rmSync(dir, { recursive: true, force: true });
   });
 
