@@ -37,15 +37,18 @@ interface StepSpec {
 }
 
 /** A handler whose steps are the plan's, each counting its actions and its checks. */
-function countingHandler(specs: StepSpec[]): Handler<{ steps: string[] }> & { ran: string[]; checked: string[] } {
+function countingHandler(specs: StepSpec[]): Handler<{ steps: string[] }> & { ran: string[]; checked: string[]; seen: string[] } {
   const ran: string[] = [];
   const checked: string[] = [];
+  /** What each step's action was handed of the steps before it (their checks). */
+  const seen: string[] = [];
   const byName = new Map(specs.map((s) => [s.name, s]));
   return {
     name: 'redis-failure',
     team: 'devops',
     ran,
     checked,
+    seen,
     target: () => 'fake/resumed',
     plan: async () => ({ summary: 'counting plan', data: { steps: specs.map((s) => s.name) } }),
     steps: (data) =>
@@ -54,8 +57,9 @@ function countingHandler(specs: StepSpec[]): Handler<{ steps: string[] }> & { ra
           name,
           command: `kubectl do ${name}`,
           idempotent: byName.get(name)!.idempotent,
-          run: async () => {
+          run: async (prior) => {
             ran.push(name);
+            seen.push(`${name} saw ${[...prior.entries()].map(([k, v]) => `${k}:${v.check?.detail ?? 'no check'}`).join(',') || 'nothing'}`);
             return { did: name };
           },
           check: async (): Promise<CheckResult> => {
@@ -79,7 +83,7 @@ async function harness(): Promise<RemediationHarness> {
  * A run left `running` by a dead process: steps before `inFlight` done and checked, step `inFlight`
  * started (with its output recorded when `output` is given), the target locked by the dead process.
  */
-function leftInFlight(h: RemediationHarness, specs: StepSpec[], inFlight: number, output?: unknown): RunRow {
+function leftInFlight(h: RemediationHarness, specs: StepSpec[], inFlight: number, output?: unknown, status?: 'error' | 'check_failed'): RunRow {
   const fingerprint = freshFingerprint();
   const run = h.store.createRun({
     handler: 'redis-failure',
@@ -103,6 +107,9 @@ function leftInFlight(h: RemediationHarness, specs: StepSpec[], inFlight: number
   }
   h.store.stepStarted(run.id, inFlight);
   if (output !== undefined) h.store.stepOutput(run.id, inFlight, output);
+  // A crash after the step's failure was recorded and before the run was closed.
+  if (status === 'error') h.store.stepFinished(run.id, inFlight, 'error', { error: 'connection reset' });
+  if (status === 'check_failed') h.store.stepFinished(run.id, inFlight, 'check_failed', { output, check: { ok: false, detail: 'not yet' } });
   expect(h.store.acquireLock(run.target, run.id, DEAD_OWNER, () => false)).toBe('acquired');
   return run;
 }
@@ -202,5 +209,32 @@ describe('resuming a step that was in flight', () => {
     expect(h.store.getRun(run.id)?.status).toBe('succeeded');
     expect(handler.ran).toEqual(['verifyThing']);
     expect(h.store.steps(run.id)[0]!.check).toEqual({ ok: true, detail: 'restartThing verified (verified after restart)' });
+  });
+  it('a step whose failure was recorded (error, or a failed check) is not repeated when it is not idempotent', async () => {
+    for (const status of ['error', 'check_failed'] as const) {
+      const h = await harness();
+      const specs: StepSpec[] = [{ name: 'promoteThing', idempotent: false, check: 'fail' }];
+      const handler = countingHandler(specs);
+      const run = leftInFlight(h, specs, 0, status === 'error' ? undefined : { did: 'promoteThing' }, status);
+      await resume(h, handler);
+      expect(h.store.getRun(run.id)?.status, status).toBe('failed');
+      expect(h.store.getRun(run.id)?.reason, status).toMatch(/^step promoteThing was in flight when dbpilot stopped and cannot be verified \(.+\); not repeating it$/);
+      expect(handler.ran, status).toEqual([]);
+    }
+  });
+
+  it('the steps after the resumed one run as usual (a step not yet started is never treated as in flight), each handed the checks of those before it', async () => {
+    const h = await harness();
+    const specs: StepSpec[] = [
+      { name: 'drainThing', idempotent: true },
+      { name: 'restartThing', idempotent: true },
+      { name: 'promoteThing', idempotent: false },
+    ];
+    const handler = countingHandler(specs);
+    const run = leftInFlight(h, specs, 1);
+    await resume(h, handler);
+    expect(h.store.getRun(run.id)?.status, String(h.store.getRun(run.id)?.reason)).toBe('succeeded');
+    expect(handler.ran).toEqual(['restartThing', 'promoteThing']);
+    expect(handler.seen).toEqual(['restartThing saw drainThing:drainThing verified', 'promoteThing saw drainThing:drainThing verified,restartThing:restartThing verified']);
   });
 });

@@ -101,6 +101,9 @@ describe('content type', () => {
     const refused = await h.webhook(fixtureText(FIRING), { 'content-type': 'application/json; charset=utf-16' });
     expect(refused.statusCode).toBe(415);
     expect(json(refused).error).toBe('charset "utf-16" is not utf-8: JSON must be UTF-8');
+    const long = await h.webhook(fixtureText(FIRING), { 'content-type': `application/json; charset=${'x'.repeat(100)}` });
+    expect(long.statusCode).toBe(415);
+    expect(json(long).error, 'quotes at most 40 characters of it').toBe(`charset "${'x'.repeat(40)}" is not utf-8: JSON must be UTF-8`);
     for (const ct of ['application/json; charset=x-utf-8', 'application/json; charset=utf-8x', 'application/json; charset=utf-80', 'application/json; charset=notutf-8']) {
       const res = await h.webhook(fixtureText(FIRING), { 'content-type': ct });
       expect(res.statusCode, ct).toBe(415);
