@@ -10,7 +10,8 @@
  */
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
-import type { AlertInfo, HandlerContext, PriorStep } from '../../src/remediation/handler.js';
+import type { AlertInfo, HandlerContext, PriorStep, StepContext } from '../../src/remediation/handler.js';
+import { createLogger } from '../../src/logger.js';
 import { redactQuery, slowQueriesHandler, type Session, type SlowQueriesPlan } from '../../src/remediation/handlers/slow-queries.js';
 import { PagerDutyStandin } from '../support/pagerduty-standin.js';
 import { createSlowQueryDb, freshFingerprint, startRemediation, teamOfKey, until, type RemediationHarness, type SlowQueryDb } from '../support/remediation.js';
@@ -102,7 +103,20 @@ function alert(labels: Record<string, string | undefined> = {}): AlertInfo {
 
 /** The context the engine gives its handlers, on the harness's own connections. */
 function ctxOf(h: RemediationHarness): HandlerContext {
-  return { config: h.config, cluster: h.runtime.cluster, redis: h.runtime.redis, logger: h.runtime.logger };
+  return {
+    config: h.config,
+    cluster: h.runtime.cluster,
+    topology: h.runtime.topology,
+    redis: h.runtime.redis,
+    kube: null,
+    intents: { where: 'nowhere', read: async () => ({ intent: null, version: null }), write: async () => '' },
+    logger: h.runtime.logger,
+  };
+}
+
+/** What the engine gives a step: an abort signal that never fires here, and no Lease to lose. */
+function stepCtx(): StepContext {
+  return { runId: 'rails-run', owner: 'test/1/00000000', signal: new AbortController().signal, deadline: Date.now() + 60_000, assertCanAct: () => undefined, logger: createLogger('silent') };
 }
 
 /** A session as a plan names it: by pid, connection start and query start (ISO UTC, as the plan records them). */
@@ -259,15 +273,30 @@ describe('slow-queries checks and commands (the handler on a real PostgreSQL)', 
     process.kill(s.pid, 'SIGSTOP');
     let out: unknown;
     try {
-      out = await terminate!.run(prior);
+      out = await terminate!.run(prior, stepCtx());
       expect(out).toMatchObject({ terminated: [{ pid: s.pid, signalled: true }] });
-      expect(await terminate!.check(out, prior)).toEqual({ ok: false, detail: `1 session(s) still connected after pg_terminate_backend (pids ${s.pid})` });
+      expect(await terminate!.check(out, prior, stepCtx())).toEqual({ ok: false, detail: `1 session(s) still connected after pg_terminate_backend (pids ${s.pid})` });
     } finally {
       process.kill(s.pid, 'SIGCONT');
     }
     // Once it has acted on the signal, the same check passes.
     expect(await s.done).toBe('terminated');
-    expect(await terminate!.check(out, prior)).toMatchObject({ ok: true, detail: `terminated 1 session(s) (pids ${s.pid})` });
+    expect(await terminate!.check(out, prior, stepCtx())).toMatchObject({ ok: true, detail: `terminated 1 session(s) (pids ${s.pid})` });
+  });
+
+  it('the check after terminate passes for a survivor whose query ended on its own before the terminate (its idle connection is left alone)', async () => {
+    const h = await harness('auto');
+    const s = await startAs('SELECT pg_sleep(0.5)');
+    const session = await asPlanned(s.pid);
+    const [, terminate] = slowQueriesHandler().steps(planOf([session]), ctxOf(h));
+    const prior = new Map<string, PriorStep>([['cancelBackends', { output: {}, check: { ok: true, detail: 'x', data: { survivors: [session] } } }]]);
+    expect(await s.done).toBe('finished');
+    const out = await terminate!.run(prior, stepCtx());
+    // Not signalled: the connection moved on from the planned query.
+    expect(out).toMatchObject({ terminated: [{ pid: s.pid, signalled: false }] });
+    expect(await terminate!.check(out, prior, stepCtx())).toEqual({ ok: true, detail: `terminated 0 session(s); 1 had finished on their own (pids ${s.pid})` });
+    // The service's connection is still there and usable.
+    expect((await s.client.query<{ one: number }>('SELECT 1 AS one')).rows[0]!.one).toBe(1);
   });
 
   it('VACUUM ANALYZE names the schema in the runbook command, runs in every schema, and its check fails when no vacuum is recorded since the step began', async () => {
@@ -285,13 +314,13 @@ describe('slow-queries checks and commands (the handler on a real PostgreSQL)', 
     ]);
     const step = steps[2]!;
     expect(step.command).toContain(` -d ${db.name} -c "VACUUM ANALYZE rails_orders; VACUUM ANALYZE sales.rails_ledger;"`);
-    const out = await step.run(new Map());
+    const out = await step.run(new Map(), stepCtx());
     expect(out).toMatchObject({ tables: ['public.rails_orders', 'sales.rails_ledger'] });
-    const check = await step.check(out, new Map());
+    const check = await step.check(out, new Map(), stepCtx());
     expect(check.ok).toBe(true);
     expect(check.detail).toMatch(new RegExp(`^vacuumed and analyzed (rails_orders, rails_ledger|rails_ledger, rails_orders) in ${db.name}$`));
     // Nothing vacuumed after this instant: the check must say so.
-    expect(await step.check({ ...(out as object), startedAt: '2999-01-01T00:00:00.000000Z' }, new Map())).toEqual({
+    expect(await step.check({ ...(out as object), startedAt: '2999-01-01T00:00:00.000000Z' }, new Map(), stepCtx())).toEqual({
       ok: false,
       detail: `no vacuum/analyze recorded for rails_orders, rails_ledger in ${db.name}`,
     });

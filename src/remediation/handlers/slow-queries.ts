@@ -276,12 +276,21 @@ export function slowQueriesHandler(): Handler<SlowQueriesPlan> {
             return { survivors, terminated: await signal('pg_terminate_backend', survivors) };
           },
           check: async (output) => {
-            const { survivors } = output as { survivors: Session[] };
+            const { survivors, terminated } = output as { survivors: Session[]; terminated?: { pid: number; signalled: boolean }[] };
             if (survivors.length === 0) return { ok: true, detail: 'nothing to terminate: every query stopped on cancel' };
-            const left = await poll(() => stillConnected(survivors), 5000);
-            return left.length === 0
-              ? { ok: true, detail: `terminated ${survivors.length} session(s) (pids ${survivors.map((s) => s.pid).join(', ')})` }
-              : { ok: false, detail: `${left.length} session(s) still connected after pg_terminate_backend (pids ${left.map((s) => s.pid).join(', ')})` };
+            // A session signalled must be gone. One that was not (its query ended on its own between the
+            // grace period and the terminate, so SIGNAL_SQL left the connection alone) only must not be
+            // running the planned query any more: its idle connection is the service's, not a failure.
+            // Output without `terminated` (recorded before it was kept) counts every survivor as signalled.
+            const signalled = new Set((terminated ?? survivors.map((s) => ({ pid: s.pid, signalled: true }))).filter((t) => t.signalled).map((t) => t.pid));
+            const killed = survivors.filter((s) => signalled.has(s.pid));
+            const finished = survivors.filter((s) => !signalled.has(s.pid));
+            const left = await poll(async () => [...(await stillConnected(killed)), ...(await stillRunning(finished))], 5000);
+            if (left.length > 0) {
+              return { ok: false, detail: `${left.length} session(s) still connected after pg_terminate_backend (pids ${left.map((s) => s.pid).join(', ')})` };
+            }
+            const ended = finished.length > 0 ? `; ${finished.length} had finished on their own (pids ${finished.map((s) => s.pid).join(', ')})` : '';
+            return { ok: true, detail: `terminated ${killed.length} session(s)${killed.length ? ` (pids ${killed.map((s) => s.pid).join(', ')})` : ''}${ended}` };
           },
         },
       ];
