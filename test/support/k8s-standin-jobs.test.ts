@@ -43,7 +43,7 @@ function job(name: string, over: { restartPolicy?: string | null; containers?: u
   if (over.restartPolicy !== null) podSpec.restartPolicy = over.restartPolicy ?? 'Never';
   const spec: Record<string, unknown> = { backoffLimit: 0, template: { metadata: { labels: over.labels ?? { app: 'orders-migrate' } }, spec: podSpec } };
   if (over.selector) spec.selector = over.selector;
-  return { apiVersion: 'batch/v1', kind: 'Job', metadata: { name }, spec } as V1Job;
+  return { apiVersion: 'batch/v1', kind: 'Job', metadata: { name }, spec } as unknown as V1Job;
 }
 
 describe('Kubernetes stand-in: batch/v1 Jobs and CronJobs', () => {
