@@ -292,6 +292,34 @@ describe('prisma-migration (runbook scenario 4) on a real PostgreSQL', () => {
     expect(listed[0]!.logs).not.toContain('relation "order" does not exist');
   });
 
+  it('an interrupted migration (its migrate deploy killed mid-script: no logs, the lock gone with it) is resolved and re-applied too', async () => {
+    const s = await setUp({ mode: 'auto' });
+    await prismaMigrateDeploy(s.url, s.schema, [INIT]);
+    // What migrate deploy had done when its pod was killed: the lock, the started row, the script running.
+    const deploy = new pg.Client({ connectionString: s.url, application_name: 'prisma-migrate' });
+    await deploy.connect();
+    open.push(deploy);
+    deploy.on('error', () => undefined);
+    await deploy.query('SELECT pg_advisory_lock(72707369)');
+    await deploy.query('INSERT INTO _prisma_migrations (id, checksum, started_at, migration_name) VALUES (gen_random_uuid()::text, $1, now(), $2)', [checksumOf(PAYMENTS_FIXED.sql), PAYMENTS_FIXED.name]);
+    const pid = ((await deploy.query('SELECT pg_backend_pid() AS pid')).rows[0] as { pid: number }).pid;
+    const script = deploy.query('SELECT pg_sleep(60)').catch(() => undefined);
+    await until(async () => (await pgQuery(s.url, `SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active'`, [pid])).length === 1, 'the script running');
+    await pgQuery(s.url, 'SELECT pg_terminate_backend($1)', [pid]);
+    await script;
+    await until(async () => (await pgQuery(s.url, `SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 72707369`)).length === 0, 'the lock to go with the backend');
+    const interrupted = (await rows(s)).find((r) => r.finishedAt === null)!;
+    expect(interrupted).toMatchObject({ migrationName: PAYMENTS_FIXED.name, logs: null, rolledBackAt: null });
+
+    const [run, service] = await Promise.all([s.h.engine.onFiring(alert(s)), serviceOnRestart(s, [INIT, PAYMENTS_FIXED])]);
+    expect(service).toEqual({ applied: [PAYMENTS_FIXED.name] });
+    expect(run?.status, run?.reason ?? '').toBe('succeeded');
+    expect((s.h.store.getRun(run!.id)!.plan as { notifyOnSuccess: { leftToDo: string[] } }).notifyOnSuccess.leftToDo[0]).toContain('no logs (the migration was interrupted');
+    const after = await rows(s);
+    expect(after.find((r) => r.id === interrupted.id)!.rolledBackAt).not.toBeNull();
+    expect(after.filter((r) => r.finishedAt === null && r.rolledBackAt === null)).toEqual([]);
+  });
+
   it('dry-run and off change nothing; dry-run pages the runbook commands', async () => {
     const s = await setUp({ mode: 'dry-run' });
     await failedDeploy(s);

@@ -121,7 +121,12 @@ describe('Kubernetes stand-in: batch/v1 Jobs and CronJobs', () => {
   });
 
   it('keeps the pod template immutable', async () => {
-    const created = await batch.createNamespacedJob({ namespace: NS, body: job('orders-migrate-immutable') });
+    await batch.createNamespacedJob({ namespace: NS, body: job('orders-migrate-immutable') });
+    // Read it once the controller has started it (its status write changes the resourceVersion, as upstream).
+    const created = await until(async () => {
+      const j = await batch.readNamespacedJob({ name: 'orders-migrate-immutable', namespace: NS });
+      return j.status?.active === 1 ? j : undefined;
+    }, 'the job to start');
     const changed = { ...created, spec: { ...created.spec!, template: { ...created.spec!.template, spec: { ...created.spec!.template.spec!, containers: [{ name: 'migrate', image: 'registry.example/orders:2' }] } } } } as V1Job;
     const f = await failure(batch.replaceNamespacedJob({ name: 'orders-migrate-immutable', namespace: NS, body: changed }));
     expect(f.code).toBe(422);
