@@ -451,7 +451,8 @@ describe('Helm chart', () => {
       expect(role.apiVersion).toBe('rbac.authorization.k8s.io/v1');
       const g = grants(role);
       // The Job permissions only where a service re-runs migrate deploy as a Job, or names are not restricted.
-      const jobs = (values as Dict).rbac?.restrictToConfiguredNames === false || ((values as Dict).config?.services ?? []).some((x: Dict) => x.prisma?.migrateDeploy === 'job');
+      const v = values as K8s;
+      const jobs = v.rbac?.restrictToConfiguredNames === false || ((v.config?.services ?? []) as K8s[]).some((x) => x.prisma?.migrateDeploy === 'job');
       expect([...g.keys()].sort()).toEqual([...NEEDED].filter((p) => jobs || !JOB_PERMISSIONS.includes(p)).sort());
       for (const rule of role.rules as K8s[]) {
         expect(rule.nonResourceURLs).toBeUndefined();
