@@ -26,7 +26,7 @@ function configOf(program: Command): Config {
   return loadConfig({ file: program.opts<{ config?: string }>().config }).config;
 }
 
-async function withRuntime<T>(program: Command, fn: (runtime: Runtime) => Promise<T>): Promise<T> {
+export async function withRuntime<T>(program: Command, fn: (runtime: Runtime) => Promise<T>): Promise<T> {
   const config = configOf(program);
   const runtime = new Runtime(config, createCliLogger(config.logLevel), { processMetrics: false });
   try {
@@ -36,7 +36,7 @@ async function withRuntime<T>(program: Command, fn: (runtime: Runtime) => Promis
   }
 }
 
-async function withRemediation<T>(program: Command, fn: (r: Remediation, config: Config) => Promise<T>): Promise<T> {
+export async function withRemediation<T>(program: Command, fn: (r: Remediation, config: Config) => Promise<T>): Promise<T> {
   return withRuntime(program, async (runtime) => {
     const remediation = await createRemediation(runtime, { label: `cli:${userInfo().username}`, requireLease: false, announce: false });
     const service = Outbox.liveDispatcher(remediation.store);
@@ -79,7 +79,7 @@ const out = (line: string) => process.stdout.write(`${line}\n`);
 /** Everything the store holds came from outside (alert labels, server answers): escaped before a terminal sees it. */
 const show = (v: unknown) => escapeControl(String(v ?? ''));
 
-function printRun(run: RunRow, steps: StepRow[]): void {
+export function printRun(run: RunRow, steps: StepRow[]): void {
   out(`run ${show(run.id)}  ${show(run.handler)}  ${show(run.status)}  target ${show(run.target)}`);
   if (run.reason) out(`  ${show(run.reason)}`);
   if (run.approvedBy) out(`  approved by ${show(run.approvedBy)}`);

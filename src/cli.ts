@@ -133,6 +133,7 @@ export async function main(argv: string[]): Promise<void> {
   const { registerRemediationCommands } = await import('./cli-remediation.js');
   registerRemediationCommands(program);
   (await import('./cli-backup.js')).registerBackupCommands(program);
+  (await import('./cli-prisma.js')).registerPrismaCommands(program);
   try {
     await program.parseAsync(argv);
   } catch (err) {

@@ -11,7 +11,7 @@ import { ConfigError, redactUrl, safeMessage } from './errors.js';
 import { TEAMS } from './remediation/escalation.js';
 import { MODES, type Mode } from './modes.js';
 import { HANDLER_NAMES, databaseName, type HandlerName } from './remediation/handlers/options.js';
-import { failoverSettings, handlersSchema } from './remediation/handlers/index.js';
+import { checkPrismaServices, failoverSettings, handlersSchema, prismaServiceSettings } from './remediation/handlers/index.js';
 import { validate as validateCron } from 'node-cron';
 import { instanceIdentifierProblem, snapshotIdentifierProblem } from './integrations/rds.js';
 
@@ -55,9 +55,14 @@ const pgServer = z.strictObject({
   serviceHost: hostPort.optional(),
 });
 
+/** What this dbpilot watches: `prisma migrate reset` (dbpilot migrate-reset) is refused in production. */
+export const ENVIRONMENTS = ['production', 'staging', 'development'] as const;
+
 const configSchema = z.strictObject({
   listen: hostPort.default('127.0.0.1:9630'),
   mode: z.enum(MODES).default('dry-run'),
+  /** production unless said otherwise: what is refused in production stays refused by default. */
+  environment: z.enum(ENVIRONMENTS).default('production'),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   postgres: z
     .strictObject({
@@ -149,6 +154,8 @@ const configSchema = z.strictObject({
         healthUrl: z.string().url(),
         /** The Deployment that runs it, when it is one of kubernetes.deployments. */
         deployment: z.string().min(1).optional(),
+        /** The database its Prisma datasource migrates, and how it runs `prisma migrate deploy` (the prisma-migration handler's). */
+        prisma: prismaServiceSettings.optional(),
       }),
     )
     .default([]),
@@ -369,6 +376,7 @@ export function parseConfig(document: unknown, env: NodeJS.ProcessEnv = process.
     names.add(a.name);
     tokens.add(a.token);
   });
+  checkPrismaServices(cfg);
   // Some teams routed and others not is a typo or an unset variable: that team's pages would be dead letters.
   const routed = TEAMS.filter((t) => cfg.pagerduty.routes[t] !== undefined);
   if (routed.length > 0 && routed.length < TEAMS.length) {

@@ -8,6 +8,8 @@
  *   listPods / readPod / labelPod      kubectl get pods -l … / kubectl get pod … / kubectl label pod … --overwrite
  *   readPvc / resizePvc                kubectl get pvc … / kubectl patch pvc … -p '{"spec":{"resources":{"requests":{"storage":…}}}}'
  *   read/create/replaceConfigMap       the failover intent, a ConfigMap dbpilot owns (compare-and-swap on resourceVersion)
+ *   createJobFromCronJob / readJob     kubectl create job NAME --from=cronjob/CRONJOB / kubectl get job NAME (scenario 4:
+ *                                      the service's own `prisma migrate deploy`, from the suspended CronJob it ships)
  *   read/create/replace/deleteLease    what the leader elector needs (coordination.k8s.io/v1)
  *
  * Every failure becomes a KubernetesApiError (a DependencyError for 'kubernetes') carrying the HTTP
@@ -18,6 +20,7 @@ import { existsSync } from 'node:fs';
 import {
   ApiException,
   AppsV1Api,
+  BatchV1Api,
   CoordinationV1Api,
   CoreV1Api,
   KubeConfig,
@@ -31,7 +34,9 @@ import {
   type ResponseContext,
   type V1ConfigMap,
   type V1ContainerState,
+  type V1CronJob,
   type V1Deployment,
+  type V1Job,
   type V1Lease,
   type V1PersistentVolumeClaim,
   type V1Pod,
@@ -147,6 +152,28 @@ export interface RolloutStatus {
   updatedReplicas: number;
   readyReplicas: number;
   availableReplicas: number;
+  /** spec.template.metadata.annotations["kubectl.kubernetes.io/restartedAt"]: the last `kubectl rollout restart` asked for. */
+  restartedAt: string | undefined;
+}
+
+/** A Job as `kubectl get job` and `kubectl wait --for=condition=complete|failed` see it. */
+export interface JobSummary {
+  name: string;
+  uid: string;
+  /** The Complete condition is True. */
+  complete: boolean;
+  /** The Failed condition is True: its reason and message (BackoffLimitExceeded, DeadlineExceeded, …). */
+  failed: { reason: string | undefined; message: string | undefined } | null;
+  active: number;
+  succeeded: number;
+  failedPods: number;
+  startTime: Date | undefined;
+  completionTime: Date | undefined;
+  /** The CronJob in its ownerReferences (kubectl create job --from=cronjob/… sets it), if any. */
+  ownerCronJob: string | undefined;
+  annotations: Record<string, string>;
+  /** What `kubectl get job` would say: Complete, Failed (reason), Running (n active), Pending. */
+  message: string;
 }
 
 export interface LeaseRecord {
@@ -278,6 +305,10 @@ export function rolloutStatusOf(kind: WorkloadKind, workload: V1Deployment | V1S
     updatedReplicas: num(st.updatedReplicas),
     readyReplicas: num(st.readyReplicas),
     availableReplicas: num(st.availableReplicas),
+    restartedAt: ((): string | undefined => {
+      const v = asRecord(asRecord(asRecord(spec.template).metadata).annotations)['kubectl.kubernetes.io/restartedAt'];
+      return typeof v === 'string' ? v : undefined;
+    })(),
   };
   const waiting = (message: string): RolloutStatus => ({ ...s, message });
   if (s.observedGeneration === 0 || s.observedGeneration < generation) return waiting(`waiting for ${kind} "${name}" spec update to be observed`);
@@ -351,6 +382,61 @@ function podDetail(p: V1Pod): PodDetail {
       ? { status: ready.status, reason: ready.reason, message: ready.message, lastTransitionTime: toDate(ready.lastTransitionTime) }
       : undefined,
   };
+}
+
+/** kubectl's annotation on a Job it created from a CronJob by hand (create_job.go createJobFromCronJob). */
+export const INSTANTIATE_ANNOTATION = 'cronjob.kubernetes.io/instantiate';
+
+export function jobSummary(j: V1Job): JobSummary {
+  const conditions = j.status?.conditions ?? [];
+  const isTrue = (type: string) => conditions.find((c) => c.type === type && c.status === 'True');
+  const complete = isTrue('Complete') !== undefined;
+  const failedCondition = isTrue('Failed');
+  const active = num(j.status?.active);
+  const succeeded = num(j.status?.succeeded);
+  const failedPods = num(j.status?.failed);
+  const owner = (j.metadata?.ownerReferences ?? []).find((o) => o.kind === 'CronJob' && o.apiVersion === 'batch/v1');
+  const failed = failedCondition ? { reason: failedCondition.reason, message: failedCondition.message } : null;
+  const message = complete
+    ? `job "${j.metadata?.name ?? ''}" complete (${succeeded} succeeded)`
+    : failed
+      ? `job "${j.metadata?.name ?? ''}" failed: ${failed.reason ?? 'Failed'}${failed.message ? ` (${failed.message})` : ''}`
+      : active > 0
+        ? `job "${j.metadata?.name ?? ''}" running (${active} active, ${failedPods} failed)`
+        : `job "${j.metadata?.name ?? ''}" pending`;
+  return {
+    name: j.metadata?.name ?? '',
+    uid: j.metadata?.uid ?? '',
+    complete,
+    failed,
+    active,
+    succeeded,
+    failedPods,
+    startTime: toDate(j.status?.startTime),
+    completionTime: toDate(j.status?.completionTime),
+    ownerCronJob: owner?.name,
+    annotations: { ...(j.metadata?.annotations ?? {}) },
+    message,
+  };
+}
+
+/**
+ * The Job `kubectl create job NAME --from=cronjob/CRONJOB` sends (kubectl create_job.go,
+ * createJobFromCronJob): the jobTemplate's labels and spec, its annotations plus
+ * `cronjob.kubernetes.io/instantiate: manual`, and the CronJob as owner. `annotations` are added to
+ * the Job's own (dbpilot records the run that created it there).
+ */
+export function jobFromCronJob(cronJob: V1CronJob, name: string, annotations: Record<string, string> = {}): V1Job {
+  const template = cronJob.spec?.jobTemplate;
+  const meta: V1Job['metadata'] = {
+    name,
+    annotations: { [INSTANTIATE_ANNOTATION]: 'manual', ...(template?.metadata?.annotations ?? {}), ...annotations },
+    ownerReferences: [{ apiVersion: 'batch/v1', kind: 'CronJob', name: cronJob.metadata?.name ?? '', uid: cronJob.metadata?.uid ?? '' }],
+  };
+  if (template?.metadata?.labels && Object.keys(template.metadata.labels).length > 0) meta.labels = { ...template.metadata.labels };
+  const job: V1Job = { apiVersion: 'batch/v1', kind: 'Job', metadata: meta };
+  if (template?.spec) job.spec = template.spec;
+  return job;
 }
 
 function configMapRecord(c: V1ConfigMap): ConfigMapRecord {
@@ -442,6 +528,7 @@ export class KubernetesClient {
   private readonly core: CoreV1Api;
   private readonly apps: AppsV1Api;
   private readonly coordination: CoordinationV1Api;
+  private readonly batch: BatchV1Api;
   private readonly requestTimeoutMs: number;
   private readonly rolloutPollMs: number;
 
@@ -454,6 +541,7 @@ export class KubernetesClient {
     this.core = kc.makeApiClient(CoreV1Api);
     this.apps = kc.makeApiClient(AppsV1Api);
     this.coordination = kc.makeApiClient(CoordinationV1Api);
+    this.batch = kc.makeApiClient(BatchV1Api);
   }
 
   // ----- Scenario 1, step 4: update service connection strings -----
@@ -623,6 +711,26 @@ export class KubernetesClient {
       this.core.patchNamespacedPersistentVolumeClaim({ name, namespace: this.namespace, body }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch, o)),
     );
     return pvcInfo(pvc);
+  }
+
+  // ----- Scenario 4, step 3: re-run the service's `prisma migrate deploy` as a Job -----
+
+  /**
+   * `kubectl create job NAME --from=cronjob/CRONJOB`: reads the CronJob and creates the Job kubectl
+   * would (see jobFromCronJob). A 404 if there is no such CronJob; a KubernetesApiError with status
+   * 409 and reason AlreadyExists if a Job of that name exists (read it to see whose it is).
+   */
+  async createJobFromCronJob(cronJob: string, name: string, opts?: CallOptions & { annotations?: Record<string, string> }): Promise<JobSummary> {
+    const cj = await this.call(`read cronjob ${this.namespace}/${cronJob}`, opts, (o) => this.batch.readNamespacedCronJob({ name: cronJob, namespace: this.namespace }, o));
+    const body = jobFromCronJob(cj, name, opts?.annotations);
+    const job = await this.call(`create job ${this.namespace}/${name} --from=cronjob/${cronJob}`, opts, (o) => this.batch.createNamespacedJob({ namespace: this.namespace, body }, o));
+    return jobSummary(job);
+  }
+
+  /** `kubectl get job NAME`: its conditions and pod counts. 404 if there is no such Job. */
+  async readJob(name: string, opts?: CallOptions): Promise<JobSummary> {
+    const job = await this.call(`read job ${this.namespace}/${name}`, opts, (o) => this.batch.readNamespacedJob({ name, namespace: this.namespace }, o));
+    return jobSummary(job);
   }
 
   // ----- ConfigMaps, for the failover intent -----

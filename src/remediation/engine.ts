@@ -113,6 +113,19 @@ export class Engine {
   }
 
   /**
+   * A procedure only a person may start from the CLI (`dbpilot migrate-reset`): the handler object is
+   * given here and is in no registry, so no webhook, alert mapping or resume can reach it. It runs with
+   * the same lock, audit, preconditions, checks and escalation as any run.
+   */
+  async runCliOnly(handler: Handler, labels: Record<string, string>): Promise<RunRow | null> {
+    if (this.core.o.handlers.has(handler.name)) throw new DbpilotError('DBPILOT_REGISTRY_INVALID', `${handler.name} is a registered handler: run it with runManual`);
+    const a = manualAlert(handler.name, labels);
+    const run = this.admission.createPlanningRun(handler, a, handler.target(a, this.core.o.ctx), 'manual', 'cli');
+    if (!run) throw new DbpilotError('DBPILOT_RUN_FAILED', 'the run could not be recorded');
+    return this.core.track(this.admission.planAndAct(run, handler, a, 'manual'));
+  }
+
+  /**
    * On start, and on (re)gaining the Lease: finish what a previous process left in flight, what this
    * process paused when it lost the Lease, and what other instances recorded (a failover intent).
    */

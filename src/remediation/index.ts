@@ -20,7 +20,7 @@ import { LeaderElector } from '../coordination/leader.js';
 import { builtHandlers } from './handlers/index.js';
 import { processOwner } from './owner.js';
 import { LEADER_URL_ANNOTATION, type Leadership } from './routes.js';
-import type { AlertInfo, HandlerContext, Plan } from './handler.js';
+import type { AlertInfo, Handler, HandlerContext, Plan } from './handler.js';
 import { CachingIntentStore, KubernetesIntentStore, LocalIntentStore, type IntentStore } from '../coordination/intent.js';
 import type { RdsBackups } from '../scheduler/backups.js';
 import type { SnapshotScheduler } from '../scheduler/snapshots.js';
@@ -97,8 +97,16 @@ export async function planOnly(
   handlerName: string,
   labels: Record<string, string>,
 ): Promise<{ target: string; plan: Plan; steps: { name: string; command: string }[] }> {
-  const handlers = defaultHandlers();
-  const handler = handlers.get(handlerName);
+  return planWith(runtime, defaultHandlers().get(handlerName), labels);
+}
+
+/** planOnly for a given handler object (also one in no registry: `dbpilot migrate-reset` shows its plan before it asks). */
+export async function planWith(
+  runtime: Runtime,
+  handler: Handler,
+  labels: Record<string, string>,
+): Promise<{ target: string; plan: Plan; steps: { name: string; command: string }[] }> {
+  const handlerName = handler.name;
   const kube = await loadKubernetes(runtime.config);
   // Read-only: the intent is read where it lives (Kubernetes), never from a store this command would create.
   // RDS read-only too: no store, so a plan that describes the instance records nothing.

@@ -236,7 +236,12 @@ const chart = loadChart(CHART_DIR);
 const COMMON_LABELS = ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/version', 'app.kubernetes.io/managed-by', 'helm.sh/chart'];
 
 /** All the optional parts on, so every template is checked. */
-const ALL_ON: Dict = { serviceMonitor: { enabled: true }, prometheusRule: { enabled: true } };
+/** Services whose Prisma migrations dbpilot re-runs: one by restarting its deployment, one by a Job from its suspended CronJob. */
+const PRISMA_SERVICES = [
+  { name: 'order-payment-service', healthUrl: 'http://order-payment-service.lomash-wood.svc:3000/health', deployment: 'order-payment-service', prisma: { database: 'lomash_orders', migrateDeploy: 'restart' } },
+  { name: 'auth-service', healthUrl: 'http://auth-service.lomash-wood.svc:3000/health', deployment: 'auth-service', prisma: { database: 'lomash_auth', migrateDeploy: 'job', cronJob: 'auth-service-migrate' } },
+];
+const ALL_ON: Dict = { serviceMonitor: { enabled: true }, prometheusRule: { enabled: true }, config: { services: PRISMA_SERVICES } };
 
 function render(opts: RenderOptions = {}): Manifest[] {
   return renderChart(chart, opts).manifests;
@@ -321,7 +326,13 @@ const API_CALLS: Record<string, { apiGroup: string; resource: string; verb: stri
   'coordination.createNamespacedLease': { apiGroup: 'coordination.k8s.io', resource: 'leases', verb: 'create', usedBy: 'createLease (leader election)' },
   'coordination.replaceNamespacedLease': { apiGroup: 'coordination.k8s.io', resource: 'leases', verb: 'update', usedBy: 'replaceLease (leader election)' },
   'coordination.deleteNamespacedLease': { apiGroup: 'coordination.k8s.io', resource: 'leases', verb: 'delete', usedBy: 'deleteLease' },
+  'batch.readNamespacedCronJob': { apiGroup: 'batch', resource: 'cronjobs', verb: 'get', usedBy: 'createJobFromCronJob (scenario 4: the service’s suspended migrate CronJob)' },
+  'batch.createNamespacedJob': { apiGroup: 'batch', resource: 'jobs', verb: 'create', usedBy: 'createJobFromCronJob (scenario 4: re-run prisma migrate deploy)' },
+  'batch.readNamespacedJob': { apiGroup: 'batch', resource: 'jobs', verb: 'get', usedBy: 'readJob (scenario 4: did migrate deploy complete)' },
 };
+
+/** What only a service that re-runs migrate deploy as a Job needs: without one (and names restricted), the Role grants none of it. */
+const JOB_PERMISSIONS = ['batch/cronjobs:get', 'batch/jobs:create', 'batch/jobs:get'];
 
 /** What the client-node generated method names mean: verb prefix → RBAC verb, Kind → resource. */
 const VERB_OF: Record<string, string> = { read: 'get', list: 'list', create: 'create', replace: 'update', patch: 'patch', delete: 'delete' };
@@ -333,8 +344,10 @@ const RESOURCE_OF: Record<string, string> = {
   PersistentVolumeClaim: 'persistentvolumeclaims',
   Lease: 'leases',
   ConfigMap: 'configmaps',
+  CronJob: 'cronjobs',
+  Job: 'jobs',
 };
-const GROUP_OF: Record<string, string> = { core: '', apps: 'apps', coordination: 'coordination.k8s.io' };
+const GROUP_OF: Record<string, string> = { core: '', apps: 'apps', coordination: 'coordination.k8s.io', batch: 'batch' };
 
 const permission = (p: { apiGroup: string; resource: string; verb: string }): string => `${p.apiGroup || 'core'}/${p.resource}:${p.verb}`;
 const NEEDED = new Set(Object.values(API_CALLS).map(permission));
@@ -359,12 +372,13 @@ describe('the Kubernetes API calls dbpilot makes', () => {
   const source = read('src/integrations/kubernetes.ts');
 
   it('are exactly the calls in src/integrations/kubernetes.ts', () => {
-    const calls = new Set([...source.matchAll(/this\.(core|apps|coordination)\.(\w+)\(/g)].map((m) => `${m[1]}.${m[2]}`));
+    const calls = new Set([...source.matchAll(/this\.(core|apps|coordination|batch)\.(\w+)\(/g)].map((m) => `${m[1]}.${m[2]}`));
     expect([...calls].sort()).toEqual(Object.keys(API_CALLS).sort());
     // The API objects are the ones the field names say.
     expect(source).toMatch(/this\.core = kc\.makeApiClient\(CoreV1Api\)/);
     expect(source).toMatch(/this\.apps = kc\.makeApiClient\(AppsV1Api\)/);
     expect(source).toMatch(/this\.coordination = kc\.makeApiClient\(CoordinationV1Api\)/);
+    expect(source).toMatch(/this\.batch = kc\.makeApiClient\(BatchV1Api\)/);
   });
 
   it('map to RBAC permissions by client-node naming (verb prefix, Kind → resource)', () => {
@@ -436,7 +450,10 @@ describe('Helm chart', () => {
       const role = one(manifests, 'Role');
       expect(role.apiVersion).toBe('rbac.authorization.k8s.io/v1');
       const g = grants(role);
-      expect([...g.keys()].sort()).toEqual([...NEEDED].sort());
+      // The Job permissions only where a service re-runs migrate deploy as a Job, or names are not restricted.
+      const v = values as K8s;
+      const jobs = v.rbac?.restrictToConfiguredNames === false || ((v.config?.services ?? []) as K8s[]).some((x) => x.prisma?.migrateDeploy === 'job');
+      expect([...g.keys()].sort()).toEqual([...NEEDED].filter((p) => jobs || !JOB_PERMISSIONS.includes(p)).sort());
       for (const rule of role.rules as K8s[]) {
         expect(rule.nonResourceURLs).toBeUndefined();
         for (const field of ['apiGroups', 'resources', 'verbs', 'resourceNames']) {
@@ -445,7 +462,7 @@ describe('Helm chart', () => {
         expect((rule.resources as string[]).every((r) => !r.includes('/')), 'no subresources').toBe(true);
       }
       // create and list cannot be limited by name: a rule that did so would silently deny them.
-      for (const verb of ['coordination.k8s.io/leases:create', 'core/configmaps:create', 'core/pods:list']) {
+      for (const verb of ['coordination.k8s.io/leases:create', 'core/configmaps:create', 'core/pods:list', ...(jobs ? ['batch/jobs:create'] : [])]) {
         expect(g.get(verb)!.some((names) => names.length === 0), verb).toBe(true);
       }
     });
@@ -597,6 +614,18 @@ describe('Helm chart', () => {
     expect(grants(one(render(), 'Role')).get('core/pods:get')).toEqual([pods.slice(0, 4)]);
     expect(named.get('core/pods:list')).toEqual([[]]);
     expect(named.get('core/persistentvolumeclaims:patch')).toEqual([['data-postgres-primary-0']]);
+  });
+
+  it('grants the Job calls of scenario 4 only for services that re-run migrate deploy as a Job: the CronJobs by name, create and get on jobs (not restrictable)', () => {
+    expect([...grants(one(render(), 'Role')).keys()].filter((p) => p.startsWith('batch/'))).toEqual([]);
+    const g = grants(one(render({ values: { config: { services: PRISMA_SERVICES } } }), 'Role'));
+    expect(g.get('batch/cronjobs:get')).toEqual([['auth-service-migrate']]);
+    expect(g.get('batch/jobs:create')).toEqual([[]]);
+    expect(g.get('batch/jobs:get')).toEqual([[]]);
+    // A service that re-runs by restarting needs nothing new: its deployment is among kubernetes.deployments.
+    const restartOnly = grants(one(render({ values: { config: { services: [PRISMA_SERVICES[0]] } } }), 'Role'));
+    expect([...restartOnly.keys()].filter((p) => p.startsWith('batch/'))).toEqual([]);
+    expect(restartOnly.get('apps/deployments:patch')!.flat()).toContain('order-payment-service');
   });
 
   it('refuses two replicas without config.kubernetes (every replica would act), and a missing Secret', () => {

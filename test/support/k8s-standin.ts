@@ -8,7 +8,7 @@
  *
  * - Authentication: a bearer token; anything else is 401 with a `Status` body.
  * - Routing: core/v1 secrets, configmaps, pods, persistentvolumeclaims; apps/v1 deployments,
- *   statefulsets; coordination.k8s.io/v1 leases; get, list, create (POST), update (PUT), patch and
+ *   statefulsets; coordination.k8s.io/v1 leases; batch/v1 jobs, cronjobs; get, list, create (POST), update (PUT), patch and
  *   delete of each. Unknown paths are 404 "the server could not find the requested resource"; verbs
  *   it does not model are 405. A body over 3 MiB is 413 (the default --max-request-body-bytes).
  * - Optimistic concurrency: one cluster-wide resourceVersion counter (like etcd's revision), bumped on
@@ -46,6 +46,16 @@
  *   held, or ProgressDeadlineExceeded — and rolloutState shows where a rollout is. A grown PVC reports
  *   the new status.capacity after the same delay. Pod status is seeded (seedPod) and rewritten
  *   (setPodStatus) as the kubelet writes it: container states, restarts, the Ready condition.
+ * - Jobs (batch/v1) as the API server and the job controller treat them: a create gets the defaults
+ *   (parallelism, completions, backoffLimit, completionMode, suspend) and the generated selector and
+ *   pod template labels (controller-uid, job-name, both also under batch.kubernetes.io/), and is
+ *   validated as ValidateJob does (restartPolicy OnFailure or Never, at least one container, a
+ *   selector that is not the generated one refused, template label values of at most 63 characters —
+ *   so a Job name longer than 63 is refused through its job-name label, spec.template immutable). The
+ *   simulated controller starts it (startTime, active 1); setJobOutcome drives it to Complete or
+ *   Failed with the conditions the controller writes (SuccessCriteriaMet + Complete, FailureTarget +
+ *   Failed with BackoffLimitExceeded). CronJobs are validated (schedule, the jobTemplate's
+ *   restartPolicy and containers, a name of at most 52 characters) and seeded with seedCronJob.
  * - Namespaces: reading an object in an unknown namespace is 404 for the object; listing an unknown
  *   namespace is an empty list (as upstream); creating in one is 404 `namespaces "x" not found`.
  *
@@ -156,7 +166,10 @@ export interface K8sStandInOptions {
  */
 export type RolloutOutcome = { completeAfterMs: number } | 'held' | 'progressDeadlineExceeded';
 
-export type ResourceName = 'secrets' | 'configmaps' | 'pods' | 'persistentvolumeclaims' | 'deployments' | 'statefulsets' | 'leases';
+export type ResourceName = 'secrets' | 'configmaps' | 'pods' | 'persistentvolumeclaims' | 'deployments' | 'statefulsets' | 'leases' | 'jobs' | 'cronjobs';
+
+/** Where the simulated job controller takes a Job (setJobOutcome): still running, or finished one way or the other. */
+export type JobOutcome = 'running' | 'complete' | 'failed';
 
 interface ResourceDef {
   group: string; // '' = core
@@ -181,6 +194,8 @@ const RESOURCES: ResourceDef[] = [
   { group: 'apps', version: 'v1', resource: 'deployments', kind: 'Deployment', allowCreateOnUpdate: false, allowUnconditionalUpdate: true, hasStatus: true, tracksGeneration: true },
   { group: 'apps', version: 'v1', resource: 'statefulsets', kind: 'StatefulSet', allowCreateOnUpdate: false, allowUnconditionalUpdate: true, hasStatus: true, tracksGeneration: true },
   { group: 'coordination.k8s.io', version: 'v1', resource: 'leases', kind: 'Lease', allowCreateOnUpdate: true, allowUnconditionalUpdate: false, hasStatus: false, tracksGeneration: false },
+  { group: 'batch', version: 'v1', resource: 'jobs', kind: 'Job', allowCreateOnUpdate: false, allowUnconditionalUpdate: true, hasStatus: true, tracksGeneration: true },
+  { group: 'batch', version: 'v1', resource: 'cronjobs', kind: 'CronJob', allowCreateOnUpdate: false, allowUnconditionalUpdate: true, hasStatus: true, tracksGeneration: true },
 ];
 
 function apiVersionOf(def: ResourceDef): string {
@@ -800,6 +815,22 @@ function decodeError(def: ResourceDef, o: JsonObject): string | null {
         stringMapError('ObjectMeta.spec.template.metadata.annotations', tm.annotations)
       );
     }
+    case 'jobs':
+      return jobSpecDecodeError('JobSpec.spec', obj(o.spec));
+    case 'cronjobs': {
+      const s = obj(o.spec);
+      const jt = obj(s.jobTemplate);
+      const jm = obj(jt.metadata);
+      return (
+        (s.schedule !== undefined && s.schedule !== null && typeof s.schedule !== 'string'
+          ? `json: cannot unmarshal ${typeof s.schedule} into Go struct field CronJobSpec.spec.schedule of type string`
+          : null) ??
+        boolError('CronJobSpec.spec.suspend', s.suspend) ??
+        stringMapError('ObjectMeta.spec.jobTemplate.metadata.labels', jm.labels) ??
+        stringMapError('ObjectMeta.spec.jobTemplate.metadata.annotations', jm.annotations) ??
+        jobSpecDecodeError('JobSpec.spec.jobTemplate.spec', obj(jt.spec))
+      );
+    }
     case 'persistentvolumeclaims': {
       const requests = obj(obj(obj(o.spec).resources).requests);
       for (const [k, v] of Object.entries(requests)) {
@@ -810,6 +841,28 @@ function decodeError(def: ResourceDef, o: JsonObject): string | null {
     default:
       return null;
   }
+}
+
+function int64Error(field: string, v: unknown): string | null {
+  if (v === undefined || v === null) return null;
+  if (typeof v !== 'number') return `json: cannot unmarshal ${typeof v} into Go struct field ${field} of type int64`;
+  if (!Number.isInteger(v)) return `json: cannot unmarshal number ${v} into Go struct field ${field} of type int64`;
+  return null;
+}
+
+function jobSpecDecodeError(path: string, s: JsonObject): string | null {
+  const tm = obj(obj(s.template).metadata);
+  return (
+    int32Error(`${path}.parallelism`, s.parallelism) ??
+    int32Error(`${path}.completions`, s.completions) ??
+    int32Error(`${path}.backoffLimit`, s.backoffLimit) ??
+    int32Error(`${path}.ttlSecondsAfterFinished`, s.ttlSecondsAfterFinished) ??
+    int64Error(`${path}.activeDeadlineSeconds`, s.activeDeadlineSeconds) ??
+    boolError(`${path}.suspend`, s.suspend) ??
+    boolError(`${path}.manualSelector`, s.manualSelector) ??
+    stringMapError('ObjectMeta.spec.template.metadata.labels', tm.labels) ??
+    stringMapError('ObjectMeta.spec.template.metadata.annotations', tm.annotations)
+  );
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -856,6 +909,111 @@ function configKeyErrors(k: string): string[] {
 
 function storageOf(pvc: JsonObject): unknown {
   return obj(obj(obj(pvc.spec).resources).requests).storage;
+}
+
+// batch/v1 Job labels (pkg/apis/batch/types.go): the generated selector and the pod template labels.
+const JOB_LABELS = {
+  legacyControllerUid: 'controller-uid',
+  legacyJobName: 'job-name',
+  controllerUid: 'batch.kubernetes.io/controller-uid',
+  jobName: 'batch.kubernetes.io/job-name',
+} as const;
+
+/**
+ * SetDefaults_Job and the strategy's PrepareForCreate (pkg/registry/batch/job/strategy.go
+ * generateSelector): parallelism and completions 1, backoffLimit 6, completionMode NonIndexed,
+ * suspend false, status cleared, and — unless manualSelector is true — the job-name and
+ * controller-uid labels added to the pod template (kept when already there: a conflict fails
+ * validation) and batch.kubernetes.io/controller-uid added to the selector.
+ */
+function defaultJob(o: JsonObject, name: string, uid: string): void {
+  const spec = obj(o.spec);
+  o.spec = spec;
+  if (spec.parallelism === undefined || spec.parallelism === null) spec.parallelism = 1;
+  if (spec.completions === undefined || spec.completions === null) spec.completions = 1;
+  if (spec.backoffLimit === undefined || spec.backoffLimit === null) spec.backoffLimit = 6;
+  if (spec.completionMode === undefined || spec.completionMode === null) spec.completionMode = 'NonIndexed';
+  if (spec.suspend === undefined || spec.suspend === null) spec.suspend = false;
+  if (spec.podReplacementPolicy === undefined || spec.podReplacementPolicy === null) spec.podReplacementPolicy = 'TerminatingOrFailed';
+  if (spec.manualSelector === true) return;
+  const template = obj(spec.template);
+  spec.template = template;
+  const tm = obj(template.metadata);
+  template.metadata = tm;
+  const labels = obj(tm.labels);
+  tm.labels = labels;
+  for (const k of [JOB_LABELS.legacyJobName, JOB_LABELS.jobName]) if (labels[k] === undefined) labels[k] = name;
+  for (const k of [JOB_LABELS.legacyControllerUid, JOB_LABELS.controllerUid]) if (labels[k] === undefined) labels[k] = uid;
+  const selector = obj(spec.selector);
+  spec.selector = selector;
+  const ml = obj(selector.matchLabels);
+  selector.matchLabels = ml;
+  if (ml[JOB_LABELS.controllerUid] === undefined) ml[JOB_LABELS.controllerUid] = uid;
+}
+
+/** validateJobSpec / ValidatePodTemplateSpec as far as a Job's own fields go (pkg/apis/batch/validation). */
+function jobSpecCauses(path: string, spec: JsonObject): StatusCause[] {
+  const causes: StatusCause[] = [];
+  for (const f of ['parallelism', 'completions', 'activeDeadlineSeconds', 'backoffLimit', 'ttlSecondsAfterFinished']) {
+    if (typeof spec[f] === 'number' && (spec[f] as number) < 0) causes.push(invalid(`${path}.${f}`, spec[f], 'must be greater than or equal to 0'));
+  }
+  if (spec.completionMode !== undefined && spec.completionMode !== 'NonIndexed' && spec.completionMode !== 'Indexed') {
+    causes.push({ reason: 'FieldValueNotSupported', message: `Unsupported value: ${formatValue(spec.completionMode)}: supported values: "NonIndexed", "Indexed"`, field: `${path}.completionMode` });
+  }
+  const template = obj(spec.template);
+  for (const [k, v] of Object.entries(obj(obj(template.metadata).labels))) {
+    if (!LABEL_KEY_RE.test(k)) causes.push(invalid(`${path}.template.labels`, k, "name part must consist of alphanumeric characters, '-', '_' or '.'"));
+    if (typeof v === 'string' && v.length > 63) causes.push(invalid(`${path}.template.labels`, v, 'must be no more than 63 characters'));
+    else if (typeof v === 'string' && !LABEL_VALUE_RE.test(v))
+      causes.push(invalid(`${path}.template.labels`, v, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+  }
+  const podSpec = obj(template.spec);
+  const containers = Array.isArray(podSpec.containers) ? podSpec.containers : [];
+  if (containers.length === 0) causes.push(required(`${path}.template.spec.containers`));
+  containers.forEach((c, i) => {
+    const co = obj(c);
+    if (typeof co.name !== 'string' || co.name === '') causes.push(required(`${path}.template.spec.containers[${i}].name`));
+    if (typeof co.image !== 'string' || co.image === '') causes.push(required(`${path}.template.spec.containers[${i}].image`));
+  });
+  // SetDefaults_PodSpec makes an empty restartPolicy Always, and a Job refuses both.
+  const rp = podSpec.restartPolicy;
+  if (rp === undefined || rp === null || rp === '' || rp === 'Always') {
+    causes.push({ reason: 'FieldValueRequired', message: 'Required value: valid values: "OnFailure", "Never"', field: `${path}.template.spec.restartPolicy` });
+  } else if (rp !== 'OnFailure' && rp !== 'Never') {
+    causes.push({ reason: 'FieldValueNotSupported', message: `Unsupported value: ${formatValue(rp)}: supported values: "OnFailure", "Never"`, field: `${path}.template.spec.restartPolicy` });
+  }
+  return causes;
+}
+
+/** ValidateJob: the generated selector (validateGeneratedSelector) and the spec. */
+function jobCauses(o: JsonObject): StatusCause[] {
+  const m = obj(o.metadata);
+  const spec = obj(o.spec);
+  const causes: StatusCause[] = [];
+  const selector = spec.selector;
+  if (!isObject(selector)) causes.push(required('spec.selector'));
+  if (spec.manualSelector !== true && isObject(selector)) {
+    const tl = obj(obj(obj(spec.template).metadata).labels);
+    const expected: Record<string, string> = {
+      [JOB_LABELS.legacyControllerUid]: String(m.uid),
+      [JOB_LABELS.legacyJobName]: String(m.name),
+      [JOB_LABELS.controllerUid]: String(m.uid),
+      [JOB_LABELS.jobName]: String(m.name),
+    };
+    for (const [k, v] of Object.entries(expected)) {
+      if (tl[k] !== v) causes.push(invalid('spec.template.metadata.labels', tl[k] ?? '', `must be '${v}'`));
+    }
+    const ml = obj(selector.matchLabels);
+    const exprs = Array.isArray(selector.matchExpressions) ? selector.matchExpressions : [];
+    if (exprs.length > 0 || !Object.entries(ml).every(([k, v]) => expected[k] === v)) causes.push(invalid('spec.selector', selector, '`selector` not auto-generated'));
+  }
+  causes.push(...jobSpecCauses('spec', spec));
+  if (isObject(selector)) {
+    const tl = obj(obj(obj(spec.template).metadata).labels);
+    if (!Object.entries(obj(selector.matchLabels)).every(([k, v]) => tl[k] === v))
+      causes.push(invalid('spec.template.metadata.labels', tl, '`selector` does not match template `labels`'));
+  }
+  return causes;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -909,6 +1067,8 @@ export class K8sStandIn {
   private readonly rolloutOutcomes = new Map<string, RolloutOutcome>();
   /** Rollouts under way, by store key: not yet observed by the controller, or observed and progressing. */
   private readonly rollouts = new Map<string, 'unobserved' | 'progressing'>();
+  /** Jobs the simulated job controller has finished, by store key (setJobOutcome). */
+  private readonly jobOutcomes = new Map<string, JobOutcome>();
 
   constructor(options: K8sStandInOptions = {}) {
     this.token = options.token ?? `standin-${randomUUID()}`;
@@ -943,6 +1103,7 @@ export class K8sStandIn {
     for (const list of this.timers.values()) for (const t of list) clearTimeout(t);
     this.timers.clear();
     this.rollouts.clear();
+    this.jobOutcomes.clear();
     for (const wake of [...this.holds]) wake();
     const server = this.server;
     this.server = null;
@@ -1162,6 +1323,51 @@ export class K8sStandIn {
     if (l.renewTime !== undefined) spec.renewTime = typeof l.renewTime === 'string' ? l.renewTime : microTime(l.renewTime);
     if (l.leaseTransitions !== undefined) spec.leaseTransitions = l.leaseTransitions;
     return this.seed('leases', l.namespace, { metadata: { name: l.name }, spec });
+  }
+
+  /**
+   * Seeds a CronJob (suspended by default, as a template that only `kubectl create job --from` uses).
+   * `jobTemplate` is its spec.jobTemplate as the API holds it; by default one container "migrate"
+   * running `npx prisma migrate deploy`, restartPolicy Never, backoffLimit 0.
+   */
+  seedCronJob(c: { name: string; namespace?: string; schedule?: string; suspend?: boolean; jobTemplate?: JsonObject }): JsonObject {
+    const jobTemplate = c.jobTemplate ?? {
+      metadata: { labels: { app: c.name } },
+      spec: {
+        backoffLimit: 0,
+        template: {
+          metadata: { labels: { app: c.name } },
+          spec: { restartPolicy: 'Never', containers: [{ name: 'migrate', image: `registry.example/${c.name}:1`, command: ['npx', 'prisma', 'migrate', 'deploy'] }] },
+        },
+      },
+    };
+    const o: JsonObject = { metadata: { name: c.name }, spec: { schedule: c.schedule ?? '0 0 1 1 *', suspend: c.suspend ?? true, concurrencyPolicy: 'Forbid', jobTemplate: clone(jobTemplate) }, status: {} };
+    const causes = [...validateMeta(o), ...this.validate(RESOURCES.find((r) => r.resource === 'cronjobs')!, o, undefined)];
+    if (causes.length > 0) throw new Error(`k8s stand-in: invalid CronJob seed: ${causes.map((x) => `${x.field}: ${x.message}`).join('; ')}`);
+    return this.seed('cronjobs', c.namespace, o);
+  }
+
+  /**
+   * Where the simulated job controller takes a Job now: 'complete' (the Complete condition, succeeded
+   * 1), 'failed' (Failed with BackoffLimitExceeded, failed backoffLimit + 1) or 'running' (active 1, no
+   * condition). A finished Job stays finished, as upstream: a second outcome after complete or failed throws.
+   */
+  setJobOutcome(name: string, outcome: JobOutcome, namespace: string = this.defaultNamespace): JsonObject {
+    const k = key('jobs', namespace, name);
+    if (!this.store.has(k)) throw new Error(`k8s stand-in: no job ${namespace}/${name}`);
+    const done = this.jobOutcomes.get(k);
+    if (done && done !== 'running') throw new Error(`k8s stand-in: job ${namespace}/${name} already ${done}`);
+    this.cancelTimers(k);
+    this.jobOutcomes.set(k, outcome);
+    this.writeStatus(k, (s) => setJobStatus(s.obj, outcome));
+    return clone(this.store.get(k)?.obj ?? {});
+  }
+
+  /** The Jobs of a namespace, oldest first (copies). */
+  jobs(namespace: string = this.defaultNamespace): JsonObject[] {
+    const out: JsonObject[] = [];
+    for (const s of this.store.values()) if (s.def.resource === 'jobs' && obj(s.obj.metadata).namespace === namespace) out.push(clone(s.obj));
+    return out.sort((a, b) => Number(obj(a.metadata).resourceVersion) - Number(obj(b.metadata).resourceVersion));
   }
 
   // ----- accessors (deep copies) -----
@@ -1421,6 +1627,12 @@ export class K8sStandIn {
       // etcd3 store.Create: a generic error, so the client sees 500.
       throw new ApiStatusError(500, 'InternalError', 'Internal error occurred: resourceVersion should not be set on objects to be created');
     normalize(def, o);
+    // The server assigns the uid (whatever the client sent); a Job's generated selector needs it before validation.
+    m.uid = randomUUID();
+    if (def.resource === 'jobs') {
+      defaultJob(o, name, String(m.uid));
+      delete o.status;
+    }
     const causes = [...validateMeta(o), ...this.validate(def, o, undefined)];
     if (causes.length > 0) throw errInvalid(def, name, causes);
     return this.commit(def, namespace, name, o, undefined);
@@ -1522,6 +1734,7 @@ export class K8sStandIn {
     this.store.delete(key(def.resource, namespace, name));
     this.cancelTimers(key(def.resource, namespace, name));
     this.rollouts.delete(key(def.resource, namespace, name));
+    this.jobOutcomes.delete(key(def.resource, namespace, name));
     this.revision++;
     return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', details: { ...detailsFor(def, name), uid: m.uid } };
   }
@@ -1587,6 +1800,28 @@ export class K8sStandIn {
           causes.push(invalid('spec.template.metadata.labels', tl, '`selector` does not match template `labels`'));
         break;
       }
+      case 'jobs': {
+        causes.push(...jobCauses(o));
+        if (old) {
+          // ValidateJobSpecUpdate: the pod template (outside a suspended job's scheduling directives), selector and completions are immutable.
+          const os = obj(old.spec);
+          const ns = obj(o.spec);
+          if (!deepEqual(os.template, ns.template)) causes.push(invalid('spec.template', ns.template, 'field is immutable'));
+          if (!deepEqual(os.selector, ns.selector)) causes.push(invalid('spec.selector', ns.selector, 'field is immutable'));
+          if (!deepEqual(os.completions, ns.completions)) causes.push(invalid('spec.completions', ns.completions, 'field is immutable'));
+        }
+        break;
+      }
+      case 'cronjobs': {
+        // ValidateCronJobCreate: the controller appends an 11-character suffix to the Job names it creates.
+        const name = String(obj(o.metadata).name ?? '');
+        if (name.length > 52) causes.push(invalid('metadata.name', name, 'must be no more than 52 characters'));
+        const s = obj(o.spec);
+        if (typeof s.schedule !== 'string' || s.schedule === '') causes.push(required('spec.schedule'));
+        const jt = obj(s.jobTemplate);
+        causes.push(...jobSpecCauses('spec.jobTemplate.spec', obj(jt.spec)));
+        break;
+      }
       case 'pods': {
         if (old && !deepEqual(old.spec, o.spec))
           causes.push(forbidden('spec', 'pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)'));
@@ -1649,7 +1884,7 @@ export class K8sStandIn {
       if (deepEqual(o, old)) return this.render({ def, obj: old }); // no-op write: nothing changes, no new resourceVersion
       if (def.tracksGeneration && !deepEqual(obj(old).spec, o.spec)) m.generation = Number(om.generation ?? 0) + 1;
     } else {
-      m.uid = randomUUID();
+      if (typeof m.uid !== 'string' || m.uid === '') m.uid = randomUUID();
       m.creationTimestamp = rfc3339(new Date());
       if (def.tracksGeneration) m.generation = 1;
       else delete m.generation;
@@ -1661,6 +1896,7 @@ export class K8sStandIn {
     if (def.resource === 'deployments' || def.resource === 'statefulsets') {
       if (!old || m.generation !== obj(old.metadata).generation) this.startRollout(k);
     }
+    if (def.resource === 'jobs' && !old) this.startJob(k);
     if (def.resource === 'persistentvolumeclaims' && old) {
       const before = parseQuantity(storageOf(old));
       const after = parseQuantity(storageOf(o));
@@ -1739,6 +1975,15 @@ export class K8sStandIn {
     this.schedule(k, endAt, () => {
       this.rollouts.delete(k);
       this.writeStatus(k, (s) => setWorkloadStatus(s.def, s.obj, outcome === 'progressDeadlineExceeded' ? 'deadlineExceeded' : 'complete'));
+    });
+  }
+
+  /** The job controller creates the pod and marks the Job started (startTime, active 1) a moment after the create. */
+  private startJob(k: string): void {
+    this.jobOutcomes.set(k, 'running');
+    this.schedule(k, 5, () => {
+      if (this.jobOutcomes.get(k) !== 'running') return;
+      this.writeStatus(k, (s) => setJobStatus(s.obj, 'running'));
     });
   }
 
@@ -1894,6 +2139,39 @@ function setWorkloadStatus(def: ResourceDef, o: JsonObject, phase: 'progressing'
       updateRevision,
       collisionCount: 0,
     });
+  }
+}
+
+/** A Job's status as the job controller writes it (1.31+: SuccessCriteriaMet / FailureTarget precede Complete / Failed). */
+function setJobStatus(o: JsonObject, outcome: JobOutcome): void {
+  const spec = obj(o.spec);
+  const old = obj(o.status);
+  const now = rfc3339(new Date());
+  const startTime = typeof old.startTime === 'string' ? old.startTime : now;
+  const condition = (type: string, reason: string, message: string): JsonObject => ({ type, status: 'True', reason, message, lastProbeTime: now, lastTransitionTime: now });
+  if (outcome === 'running') {
+    o.status = { startTime, active: Number(spec.parallelism ?? 1), ready: 0, terminating: 0, uncountedTerminatedPods: {} };
+  } else if (outcome === 'complete') {
+    const msg = 'Reached expected number of succeeded pods';
+    o.status = {
+      conditions: [condition('SuccessCriteriaMet', 'CompletionsReached', msg), condition('Complete', 'CompletionsReached', msg)],
+      startTime,
+      completionTime: now,
+      succeeded: Number(spec.completions ?? 1),
+      ready: 0,
+      terminating: 0,
+      uncountedTerminatedPods: {},
+    };
+  } else {
+    const msg = 'Job has reached the specified backoff limit';
+    o.status = {
+      conditions: [condition('FailureTarget', 'BackoffLimitExceeded', msg), condition('Failed', 'BackoffLimitExceeded', msg)],
+      startTime,
+      failed: Number(spec.backoffLimit ?? 6) + 1,
+      ready: 0,
+      terminating: 0,
+      uncountedTerminatedPods: {},
+    };
   }
 }
 

@@ -233,6 +233,7 @@ export async function startRemediation(opts: RemediationHarnessOptions = {}): Pr
     if (ownDir) rmSync(ownDir, { recursive: true, force: true });
     throw err;
   }
+  scriptedReplaceBuilt(remediation);
   const leadership = opts.isLeader ? { isLeader: opts.isLeader, leaderUrl: () => null } : remediation.leadership;
   const app = await buildFastify(config, logger, runtime, {
     ready: () => true,
@@ -462,13 +463,34 @@ export interface ScriptedHandler extends Handler<{ fingerprint: string; steps: s
 }
 
 /**
- * A handler under a runbook name this build does not implement yet (default `redis-failure`), whose
- * plan and steps the test controls. Target: `fake/<labels.instance or "default">`. Register it with
- * `harness.remediation.handlers.register(h)`: the engine reads the same registry.
+ * A handler under a runbook name (default `redis-failure`), whose plan and steps the test controls.
+ * Target: `fake/<labels.instance or "default">`. Register it with
+ * `harness.remediation.handlers.register(h)`: the engine reads the same registry, and in a harness a
+ * scripted handler takes the place of the built handler of the same name.
  */
+const SCRIPTED = Symbol('scripted handler');
+
+/**
+ * In a harness, registering a scripted handler replaces the built handler of that name (the engine's
+ * policy tests stand a scripted handler in for a runbook name); anything else registers as in
+ * production, where a duplicate name fails.
+ */
+function scriptedReplaceBuilt(remediation: Remediation): void {
+  const registry = remediation.handlers;
+  const register = registry.register.bind(registry);
+  registry.register = (handler: Handler) => {
+    if ((handler as { [SCRIPTED]?: boolean })[SCRIPTED] && registry.has(handler.name)) {
+      // The registry's map is private to production code; only this test support reaches into it.
+      (registry as unknown as { handlers: Map<string, Handler> }).handlers.delete(handler.name);
+    }
+    return register(handler);
+  };
+}
+
 export function scriptedHandler(name: HandlerName = 'redis-failure', behaviour: ScriptedBehaviour = {}): ScriptedHandler {
   const executed: string[] = [];
-  const h: ScriptedHandler = {
+  const h: ScriptedHandler & { [SCRIPTED]: true } = {
+    [SCRIPTED]: true,
     name,
     team: 'devops',
     behaviour,

@@ -268,6 +268,9 @@ export class Admission {
       return this.outcomes.finish(run, handler, a, 'dry_run', `dry-run: ${plan.summary}`, plan.data, page);
     }
     if (mode === 'approve') {
+      // The approver decides on what the handler saw: its diagnostics go with the request. Read before the
+      // run waits, so nothing can approve or cancel it between the status and its page.
+      const diagnostics = await this.outcomes.diagnosticsFor(handler, plan.data, a);
       if (!store.setRunStatus(run.id, 'awaiting_approval', { reason: `waiting for approval: ${plan.summary}`, from: ['planning'] })) {
         return store.getRun(run.id); // cancelled while planning: the alert resolved
       }
@@ -275,7 +278,7 @@ export class Admission {
         run,
         a,
         handler,
-        { ...planDetails, tried: `nothing: approve mode; approve with \`dbpilot approve ${run.id}\` or POST /api/remediations/${run.id}/approve` },
+        { ...planDetails, tried: `nothing: approve mode; approve with \`dbpilot approve ${run.id}\` or POST /api/remediations/${run.id}/approve`, ...(diagnostics ? { diagnostics } : {}) },
         `waiting for approval: ${plan.summary}`,
         'awaiting_approval',
       );

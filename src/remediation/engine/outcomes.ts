@@ -58,8 +58,18 @@ export class Outcomes {
       if (!stillOpen()) return store.getRun(run.id);
       this.escalate(run, a, handler, { ...escalation, ...(diagnostics ? { diagnostics } : {}) }, reason, status);
     } else if (notify) {
-      // Done, and the team is told what was done and what is left to do by hand, at low urgency.
-      this.escalate(run, a, handler, { seen: planned?.summary ?? a.alertname, tried: this.stepLines(run.id), verified: 'every step done and checked', left_to_do: notify.leftToDo }, `done: ${planned?.summary ?? reason}`, status, notify.severity);
+      // Done, and the team is told what was done and what is left to do by hand, at low urgency, with what the handler saw.
+      const diagnostics = await this.diagnosticsFor(handler, data, a);
+      if (!stillOpen()) return store.getRun(run.id);
+      this.escalate(
+        run,
+        a,
+        handler,
+        { seen: planned?.summary ?? a.alertname, tried: this.stepLines(run.id), verified: 'every step done and checked', left_to_do: notify.leftToDo, ...(diagnostics ? { diagnostics } : {}) },
+        `done: ${planned?.summary ?? reason}`,
+        status,
+        notify.severity,
+      );
     }
     if (!store.setRunStatus(run.id, status, { reason, from: [...open] })) {
       // Cancelled while the page was being prepared: the alert has resolved, so resolve the page too.
@@ -85,7 +95,7 @@ export class Outcomes {
   }
 
   /** The handler's diagnostics for a page, bounded in time: the server they come from may be the one in trouble. */
-  private async diagnosticsFor(handler: Handler, data: unknown, a: AlertInfo): Promise<Record<string, unknown> | null> {
+  async diagnosticsFor(handler: Handler, data: unknown, a: AlertInfo): Promise<Record<string, unknown> | null> {
     if (!handler.diagnostics) return null;
     let timer: NodeJS.Timeout | undefined;
     try {

@@ -9,6 +9,7 @@ import { genericOptions } from './options.js';
 import { slowQueriesHandler, slowQueriesOptions } from './slow-queries.js';
 import { primaryFailoverHandler, primaryFailoverOptions } from './primary-failover.js';
 import { rebuildReplicaHandler, rebuildReplicaOptions } from './rebuild-replica.js';
+import { prismaMigrationHandler, prismaMigrationOptions } from './prisma-migration.js';
 import type { Handler } from '../handler.js';
 
 export const handlersSchema = z.strictObject({
@@ -16,7 +17,7 @@ export const handlersSchema = z.strictObject({
   'rebuild-replica': rebuildReplicaOptions.prefault({}),
   'slow-queries': slowQueriesOptions.prefault({}),
   'disk-full': genericOptions.optional(),
-  'prisma-migration': genericOptions.optional(),
+  'prisma-migration': prismaMigrationOptions.prefault({}),
   'redis-failure': genericOptions.optional(),
   'replication-lag': genericOptions.optional(),
   'data-corruption': genericOptions.optional(),
@@ -24,8 +25,10 @@ export const handlersSchema = z.strictObject({
 
 /** The runbook's top-level `failover:` block belongs to the primary-failover handler. */
 export { failoverSettings } from './primary-failover.js';
+/** services[].prisma and its checks across fields belong to the prisma-migration handler. */
+export { checkPrismaServices, prismaServiceSettings } from './prisma-migration.js';
 
 /** A fresh instance of every handler of this build. */
 export function builtHandlers(): Handler[] {
-  return [slowQueriesHandler() as Handler, primaryFailoverHandler() as Handler, rebuildReplicaHandler() as Handler];
+  return [slowQueriesHandler() as Handler, primaryFailoverHandler() as Handler, rebuildReplicaHandler() as Handler, prismaMigrationHandler() as Handler];
 }
