@@ -544,6 +544,14 @@ export class Store {
     return (this.stmt(`SELECT * FROM runs WHERE status IN ('planning', 'running') ORDER BY created_at`).all() as Record<string, unknown>[]).map(toRun);
   }
 
+  /** The run (of any handler) executing on a target now, other than `exceptId`: the newest, or null. */
+  runActingOn(target: string, exceptId: string): RunRow | null {
+    const row = this.stmt(`SELECT * FROM runs WHERE target = ? AND status = 'running' AND id <> ? ORDER BY created_at DESC LIMIT 1`).get(target, exceptId) as
+      | Record<string, unknown>
+      | undefined;
+    return row ? toRun(row) : null;
+  }
+
   /** Runs that acted — started at least one step — on a target since a time: for cooldown and the attempt limit. */
   actedRunsOnTarget(handler: string, target: string, sinceIso: string): RunRow[] {
     return (

@@ -32,8 +32,8 @@ const DEAD_OWNER = 'dbpilot-0/4194000/deadbeef';
 interface StepSpec {
   name: string;
   idempotent: boolean;
-  /** What its check answers; 'throw' rejects. Default ok. */
-  check?: 'ok' | 'fail' | 'throw';
+  /** What its check answers; 'throw' rejects; 'fail-until-run' fails until its action has run here. Default ok. */
+  check?: 'ok' | 'fail' | 'throw' | 'fail-until-run';
 }
 
 /** A handler whose steps are the plan's, each counting its actions and its checks. */
@@ -66,7 +66,7 @@ function countingHandler(specs: StepSpec[]): Handler<{ steps: string[] }> & { ra
             checked.push(name);
             const how = byName.get(name)!.check ?? 'ok';
             if (how === 'throw') throw new Error(`${name}: the server is still recovering`);
-            return how === 'ok' ? { ok: true, detail: `${name} verified` } : { ok: false, detail: `${name} did not take effect` };
+            return how === 'ok' || (how === 'fail-until-run' && ran.includes(name)) ? { ok: true, detail: `${name} verified` } : { ok: false, detail: `${name} did not take effect` };
           },
         }),
       ),
@@ -121,11 +121,11 @@ async function resume(h: RemediationHarness, handler: Handler<{ steps: string[] 
 }
 
 describe('resuming a step that was in flight', () => {
-  it('a step that recorded no output and is not idempotent is not repeated: the run fails and pages why', async () => {
+  it('a step that recorded no output is checked on the live system first; unverified and not idempotent, it is not repeated: the run fails and pages why', async () => {
     const h = await harness();
     const specs: StepSpec[] = [
       { name: 'drainThing', idempotent: true },
-      { name: 'promoteThing', idempotent: false },
+      { name: 'promoteThing', idempotent: false, check: 'fail' },
       { name: 'verifyThing', idempotent: true },
     ];
     const handler = countingHandler(specs);
@@ -134,10 +134,10 @@ describe('resuming a step that was in flight', () => {
 
     const after = h.store.getRun(run.id)!;
     expect(after.status).toBe('failed');
-    const reason = 'step promoteThing was in flight when dbpilot stopped and cannot be verified (it recorded no output); not repeating it';
+    const reason = 'step promoteThing was in flight when dbpilot stopped and cannot be verified (promoteThing did not take effect); not repeating it';
     expect(after.reason).toBe(reason);
     expect(handler.ran).toEqual([]);
-    expect(handler.checked).toEqual([]);
+    expect(handler.checked).toEqual(['promoteThing']);
     expect(h.store.steps(run.id).map((s) => [s.name, s.status])).toEqual([
       ['drainThing', 'done'],
       ['promoteThing', 'check_failed'],
@@ -150,11 +150,27 @@ describe('resuming a step that was in flight', () => {
     expect(pd.acceptedCount(`dbpilot/RedisDown/${run.fingerprint}`, 'trigger')).toBe(1);
   });
 
-  it('a step that recorded no output and is idempotent is repeated, and the run carries on', async () => {
+  it('a step that recorded no output but whose live check verifies it is not repeated, and the run carries on', async () => {
     const h = await harness();
     const specs: StepSpec[] = [
       { name: 'drainThing', idempotent: true },
-      { name: 'restartThing', idempotent: true },
+      { name: 'promoteThing', idempotent: false },
+      { name: 'verifyThing', idempotent: true },
+    ];
+    const handler = countingHandler(specs);
+    const run = leftInFlight(h, specs, 1);
+    await resume(h, handler);
+    expect(h.store.getRun(run.id)?.status).toBe('succeeded');
+    expect(handler.ran).toEqual(['verifyThing']);
+    expect(handler.checked).toEqual(['promoteThing', 'verifyThing']);
+    expect(h.store.steps(run.id)[1]!.check).toEqual({ ok: true, detail: 'promoteThing verified (verified after restart)' });
+  });
+
+  it('a step that recorded no output and is unverified but idempotent is repeated, and the run carries on', async () => {
+    const h = await harness();
+    const specs: StepSpec[] = [
+      { name: 'drainThing', idempotent: true },
+      { name: 'restartThing', idempotent: true, check: 'fail-until-run' },
     ];
     const handler = countingHandler(specs);
     const run = leftInFlight(h, specs, 1);
@@ -162,7 +178,8 @@ describe('resuming a step that was in flight', () => {
     expect(h.store.getRun(run.id)?.status).toBe('succeeded');
     // drainThing was done and checked before the crash: neither run nor checked again.
     expect(handler.ran).toEqual(['restartThing']);
-    expect(handler.checked).toEqual(['restartThing']);
+    // Its check on resume (not yet taken effect), then the check after the repeat.
+    expect(handler.checked).toEqual(['restartThing', 'restartThing']);
     expect(h.store.steps(run.id).map((s) => [s.name, s.status, s.attempts])).toEqual([
       ['drainThing', 'done', 1],
       ['restartThing', 'done', 2],
@@ -227,7 +244,7 @@ describe('resuming a step that was in flight', () => {
     const h = await harness();
     const specs: StepSpec[] = [
       { name: 'drainThing', idempotent: true },
-      { name: 'restartThing', idempotent: true },
+      { name: 'restartThing', idempotent: true, check: 'fail-until-run' },
       { name: 'promoteThing', idempotent: false },
     ];
     const handler = countingHandler(specs);

@@ -13,7 +13,7 @@ import { DbpilotError } from '../../src/errors.js';
 import { FINAL_STATUSES, Store, type NewRun, type RunStatus } from '../../src/store/store.js';
 
 /** The schema version this build migrates to (one migration per version). */
-const LATEST = 5;
+const LATEST = 6;
 const ALL_VERSIONS = Array.from({ length: LATEST }, (_, i) => ({ version: i + 1 }));
 
 const dir = mkdtempSync(path.join(tmpdir(), 'dbpilot-store-'));
@@ -59,7 +59,7 @@ describe('schema migrations', () => {
     const db = raw(p);
     try {
       const tables = (db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as { name: string }[]).map((t) => t.name);
-      expect(tables).toEqual(expect.arrayContaining(['runs', 'steps', 'locks', 'outbox', 'schema_migrations']));
+      expect(tables).toEqual(expect.arrayContaining(['runs', 'steps', 'locks', 'outbox', 'schema_migrations', 'intents', 'snapshots']));
       expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
       expect(db.prepare('SELECT version FROM schema_migrations ORDER BY version').all()).toEqual(ALL_VERSIONS);
     } finally {

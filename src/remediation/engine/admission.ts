@@ -235,6 +235,15 @@ export class Admission {
 
   async planAndAct(run: RunRow, handler: Handler, a: AlertInfo, mode: Mode | 'manual', policy = false): Promise<RunRow | null> {
     const { store, o } = this.core;
+    if (policy) {
+      // A run still acting on the target: planning now would read a world that run is changing, and its
+      // probes would load a server being remediated. Blocked before the plan, whatever the cooldown.
+      const acting = store.runActingOn(run.target, run.id);
+      if (acting) {
+        const blocked = `run ${acting.id} is still acting on ${run.target}`;
+        return this.outcomes.finish(run, handler, a, 'skipped', blocked, null, { seen: a.annotations.summary ?? a.alertname, tried: `nothing: ${blocked}`, verified: 'nothing' });
+      }
+    }
     let plan: Plan;
     try {
       plan = await handler.plan(a, o.ctx);
