@@ -22,7 +22,7 @@ import { pgStatReplicationCollector } from './collectors/pg-stat-replication.js'
 import { pgStatActivityCollector } from './collectors/pg-stat-activity.js';
 import { pgStatDatabaseCollector } from './collectors/pg-stat-database.js';
 import { pgSizesCollector } from './collectors/pg-sizes.js';
-import { prismaMigrationsCollector } from './collectors/prisma-migrations.js';
+import { prismaMigrationsCollector, prismaSchemasByDatabase } from './collectors/prisma-migrations.js';
 import { diskCollector } from './collectors/disk.js';
 import { redisCollector } from './collectors/redis.js';
 import { serviceHealthCollector } from './collectors/service-health.js';
@@ -71,7 +71,7 @@ export function createExporter(config: Config, metrics: Metrics, cluster: PgClus
       ),
     }),
   );
-  registry.register(prismaMigrationsCollector(metrics, observedPrimary, databases));
+  registry.register(prismaMigrationsCollector(metrics, observedPrimary, databases, prismaSchemasByDatabase(config.services)));
   if (config.postgres.dataDirectory) registry.register(diskCollector(metrics, observedPrimary, config.postgres.dataDirectory));
   registry.register(redisC);
   // The services of the runbook (the list the failover checks after its restarts), each probed within

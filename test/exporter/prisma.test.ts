@@ -67,3 +67,53 @@ describe('prisma_migrations_failed', () => {
     expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'prisma_migrations' })).toBe(1);
   });
 });
+
+describe('prisma_migrations_failed in a service schema other than public', () => {
+  let db: TempDatabase;
+  let P = '';
+  const services: TestService[] = [];
+
+  beforeAll(async () => {
+    db = await createTempDatabase('prisma_schema');
+    P = serverOf(inject('pgPrimaryUrl'));
+    // A service whose datasource says ?schema=orders: Prisma creates its table there, and public has none.
+    await pgQuery(db.url, `CREATE SCHEMA orders; SET search_path TO orders; ${PRISMA_DDL}`);
+    await pgQuery(
+      db.url,
+      `INSERT INTO orders._prisma_migrations (id, checksum, finished_at, migration_name, logs, started_at, applied_steps_count) VALUES
+         (gen_random_uuid()::text, $1, now(), '20240101000000_init', NULL, now() - interval '2 days', 1),
+         (gen_random_uuid()::text, $1, NULL, '20240301000000_add_payments', 'Database error code: 42P07', now(), 0)`,
+      [CHECKSUM],
+    );
+  });
+
+  afterAll(async () => {
+    await Promise.allSettled(services.map((s) => s.close()));
+    await db?.drop();
+  });
+
+  const serverCount = async () =>
+    (await pgQuery<{ n: number }>(db.url, 'SELECT count(*)::int AS n FROM orders._prisma_migrations WHERE finished_at IS NULL AND rolled_back_at IS NULL'))[0]!.n;
+
+  it('counts the failed row of the schema services[].prisma names for the database', async () => {
+    const svc = await startTestService(
+      makeConfig({
+        postgres: { databases: [db.name] },
+        services: [{ name: 'orders', healthUrl: 'http://127.0.0.1:9/health', deployment: 'orders', prisma: { database: db.name, schema: 'orders' } }],
+      }),
+    );
+    services.push(svc);
+    const r = await scrape(svc.url);
+    expect(await serverCount()).toBe(1);
+    expect(value(r.metrics, 'prisma_migrations_failed', { server: P, datname: db.name })).toBe(await serverCount());
+    expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'prisma_migrations' })).toBe(1);
+  });
+
+  it('without that service configured, only public is read: the schema is not guessed', async () => {
+    const svc = await startTestService(makeConfig({ postgres: { databases: [db.name] } }));
+    services.push(svc);
+    const r = await scrape(svc.url);
+    expect(value(r.metrics, 'prisma_migrations_failed', { server: P, datname: db.name })).toBe(0);
+    expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'prisma_migrations' })).toBe(1);
+  });
+});
