@@ -44,6 +44,20 @@ function sourceHash(root: string): string {
   return h.digest('hex');
 }
 
+/**
+ * The Node options the container image runs dbpilot with: the arguments between `node` and
+ * `bin/dbpilot.js` in the Dockerfile's last ENTRYPOINT (exec form). The compiled build runs with
+ * them, so the memory the bench reports is the image's.
+ */
+export function imageNodeFlags(dockerfile: string): string[] {
+  const lines = dockerfile.split('\n').filter((l) => /^ENTRYPOINT\s+\[/.test(l));
+  const last = lines.at(-1);
+  if (!last) throw new Error('Dockerfile: no ENTRYPOINT in exec form');
+  const argv = JSON.parse(last.replace(/^ENTRYPOINT\s+/, '')) as string[];
+  if (argv[0] !== 'node' || argv.at(-1) !== 'bin/dbpilot.js') throw new Error(`Dockerfile: ENTRYPOINT ${last} is not node … bin/dbpilot.js`);
+  return argv.slice(1, -1);
+}
+
 export function dbpilotCommand(root: string, workDir: string, runtime: DbpilotRuntime, log: (msg: string) => void): DbpilotCommand {
   const tsx: DbpilotCommand = { cmd: process.execPath, args: [path.join(root, 'bin/dbpilot.js'), 'serve'], runtime: 'tsx' };
   if (runtime === 'tsx') return tsx;
@@ -52,7 +66,8 @@ export function dbpilotCommand(root: string, workDir: string, runtime: DbpilotRu
   const marker = path.join(outDir, '.source-hash');
   const entry = path.join(outDir, 'bench-entry.mjs');
   const key = sourceHash(root);
-  const cmd: DbpilotCommand = { cmd: process.execPath, args: [entry, 'serve'], runtime: 'dist' };
+  const flags = imageNodeFlags(fs.readFileSync(path.join(root, 'Dockerfile'), 'utf8'));
+  const cmd: DbpilotCommand = { cmd: process.execPath, args: [...flags, entry, 'serve'], runtime: 'dist' };
   if (fs.existsSync(marker) && fs.readFileSync(marker, 'utf8') === key && fs.existsSync(entry)) return cmd;
 
   log('compiling dbpilot (tsc -p tsconfig.build.json) into .bench/dist…');

@@ -227,7 +227,7 @@ function targets(
     gcFile,
     id: 'dbpilot',
     label: 'dbpilot',
-    version: `0.1.0 serve (${dbp.runtime === 'dist' ? 'compiled' : 'tsx'}, node ${process.version})`,
+    version: `0.1.0 serve (${dbp.runtime === 'dist' ? `compiled, node ${dbp.args.slice(0, -2).join(' ') || 'without flags'}` : 'tsx'}, node ${process.version})`,
     rssScrapes: opts.rssScrapes,
     spec: (port) => {
       fs.rmSync(gcFile, { force: true });

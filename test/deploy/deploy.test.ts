@@ -20,6 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { loadConfig } from '../../src/config.js';
+import { imageNodeFlags } from '../../bench/dbpilot-build.js';
 import { freePort } from '../support/ports.js';
 import { findHelm, helmTemplate, helmTemplateError, loadChart, renderChart, type Dict, type Manifest, type RenderOptions } from './helm.js';
 
@@ -191,8 +192,17 @@ describe('Dockerfile', () => {
     expect(execForm(lastOf('VOLUME'))).toEqual(['/var/lib/dbpilot']);
   });
 
-  it('ENTRYPOINT node bin/dbpilot.js, CMD serve, EXPOSE 9630 (the port DBPILOT_LISTEN names)', () => {
-    expect(execForm(lastOf('ENTRYPOINT'))).toEqual(['node', 'bin/dbpilot.js']);
+  it('ENTRYPOINT node <V8 flags> bin/dbpilot.js, CMD serve, EXPOSE 9630 (the port DBPILOT_LISTEN names)', () => {
+    const entry = execForm(lastOf('ENTRYPOINT'));
+    expect(entry[0]).toBe('node');
+    expect(entry.at(-1)).toBe('bin/dbpilot.js');
+    // The flags are what the bench runs (bench/dbpilot-build.ts reads this line), and this Node accepts them.
+    const flags = entry.slice(1, -1);
+    expect(flags).toEqual(imageNodeFlags(read('Dockerfile')));
+    expect(flags.every((f) => f.startsWith('--'))).toBe(true);
+    const r = spawnSync(process.execPath, [...flags, '-e', 'process.exit(0)'], { encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
     expect(execForm(lastOf('CMD'))).toEqual(['serve']);
     expect(lastOf('EXPOSE')!.args.split(/\s+/)).toEqual(['9630']);
     expect(envOf(finalStage).DBPILOT_LISTEN).toBe('0.0.0.0:9630');
