@@ -8,12 +8,14 @@
  */
 import { createHash } from 'node:crypto';
 import type { Severity } from '../integrations/pagerduty.js';
-import type { PageMember } from '../store/store.js';
+import type { PageSummary } from '../store/store.js';
 import type { Team } from './escalation.js';
 import type { EscalationRequest } from './outbox.js';
 
 /** Alerts listed in a page with their labels; the rest are counted (PagerDuty refuses events over 512 KB). */
-const LISTED = 50;
+export const LISTED = 50;
+/** Distinct reasons a page gives. */
+export const REASONS = 10;
 
 const RANK: Record<Severity, number> = { info: 0, warning: 1, error: 2, critical: 3 };
 
@@ -22,36 +24,34 @@ export function groupDedupKey(team: Team, groupKey: string): string {
   return `dbpilot/group/${team}/${createHash('sha256').update(groupKey).digest('hex').slice(0, 24)}`;
 }
 
-export function groupPage(team: Team, groupKey: string, members: readonly PageMember[], severityOf: (labels: Record<string, string>) => Severity): EscalationRequest {
-  const counts = new Map<string, number>();
-  for (const m of members) counts.set(m.alertname, (counts.get(m.alertname) ?? 0) + 1);
-  const byName = [...counts].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
+export function groupPage(team: Team, groupKey: string, open: PageSummary, severityOf: (labels: Record<string, string>) => Severity): EscalationRequest {
+  const total = open.total;
+  const byName = [...open.byAlertname].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
   const names = byName
     .slice(0, 5)
     .map(([n, c]) => (c > 1 ? `${n} ×${c}` : n))
     .join(', ');
   const more = byName.length > 5 ? ` and ${byName.length - 5} more alert names` : '';
   let severity: Severity = 'info';
-  for (const m of members) {
-    const s = severityOf(m.labels);
-    if (RANK[s] > RANK[severity]) severity = s;
+  for (const s of open.severities) {
+    const mapped = severityOf(s === '' ? {} : { severity: s });
+    if (RANK[mapped] > RANK[severity]) severity = mapped;
   }
-  const reasons = [...new Set(members.map((m) => m.reason ?? 'no remediation'))];
-  const listed = members.slice(0, LISTED).map((m) => ({ alertname: m.alertname, fingerprint: m.fingerprint, startsAt: m.startsAt, run: m.runId, reason: m.reason, labels: m.labels }));
+  const listed = open.listed.slice(0, LISTED).map((m) => ({ alertname: m.alertname, fingerprint: m.fingerprint, startsAt: m.startsAt, run: m.runId, reason: m.reason, labels: m.labels }));
   return {
     team,
     dedupKey: groupDedupKey(team, groupKey),
-    summary: `[dbpilot] ${members.length} alert${members.length === 1 ? '' : 's'} need a human: ${names}${more}`,
+    summary: `[dbpilot] ${total} alert${total === 1 ? '' : 's'} need a human: ${names}${more}`,
     severity,
     component: 'dbpilot',
     class: byName[0]?.[0] ?? 'alerts',
     details: {
-      seen: `${members.length} firing alert(s) of Alertmanager group ${groupKey}`,
+      seen: `${total} firing alert(s) of Alertmanager group ${groupKey}`,
       tried: 'nothing: dbpilot does not act on these alerts',
       verified: 'nothing',
-      why: reasons.slice(0, 10),
+      why: open.reasons.slice(0, REASONS),
       alerts: listed,
-      ...(members.length > LISTED ? { not_listed: members.length - LISTED } : {}),
+      ...(total > LISTED ? { not_listed: total - LISTED } : {}),
       group_key: groupKey,
     },
   };

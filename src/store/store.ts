@@ -78,6 +78,19 @@ export interface PageMember {
   resolvedAt: string | null;
 }
 
+/** The open members of a grouped page, summarised (Store.openPageSummary). */
+export interface PageSummary {
+  total: number;
+  /** [alertname, open members] per alert name, unordered. */
+  byAlertname: [string, number][];
+  /** Distinct values of the members' `severity` label ('' where absent). */
+  severities: string[];
+  /** Distinct reasons ('no remediation' where none), in the order they first appeared. */
+  reasons: string[];
+  /** The oldest open members, in full. */
+  listed: PageMember[];
+}
+
 /** An RDS snapshot dbpilot asked for (see the snapshots migration). */
 export interface SnapshotRow {
   id: number;
@@ -905,6 +918,27 @@ export class Store {
   /** The alerts a grouped page lists that have not resolved, oldest first. */
   openPageMembers(dedupKey: string): PageMember[] {
     return (this.stmt(`SELECT * FROM page_members WHERE dedup_key = ? AND resolved_at IS NULL ORDER BY added_at, rowid`).all(dedupKey) as Record<string, unknown>[]).map(toMember);
+  }
+
+  /**
+   * What a grouped page says about its open members, counted by SQLite: a page of a storm is rebuilt
+   * on every batch, and reading (and parsing) every member each time made admission quadratic in the
+   * size of the storm. `listed`: the oldest members, in full; `reasons`: the distinct reasons in the
+   * order they first appeared, at most `reasons`.
+   */
+  openPageSummary(dedupKey: string, listed: number, reasons: number): PageSummary {
+    const where = `dedup_key = ? AND resolved_at IS NULL`;
+    const byAlertname = (this.stmt(`SELECT alertname, count(*) AS n FROM page_members WHERE ${where} GROUP BY alertname`).all(dedupKey) as { alertname: string; n: number }[]).map(
+      (r) => [r.alertname, r.n] as [string, number],
+    );
+    const severities = (
+      this.stmt(`SELECT DISTINCT coalesce(json_extract(labels, '$.severity'), '') AS s FROM page_members WHERE ${where}`).all(dedupKey) as { s: unknown }[]
+    ).map((r) => String(r.s));
+    const firstReasons = (
+      this.stmt(`SELECT coalesce(reason, 'no remediation') AS r FROM page_members WHERE ${where} GROUP BY r ORDER BY min(rowid) LIMIT ?`).all(dedupKey, reasons) as { r: string }[]
+    ).map((r) => r.r);
+    const rows = (this.stmt(`SELECT * FROM page_members WHERE ${where} ORDER BY added_at, rowid LIMIT ?`).all(dedupKey, listed) as Record<string, unknown>[]).map(toMember);
+    return { total: byAlertname.reduce((n, [, c]) => n + c, 0), byAlertname, severities, reasons: firstReasons, listed: rows };
   }
 
   /**

@@ -444,3 +444,50 @@ describe('escalation outbox', () => {
     );
   });
 });
+
+describe('grouped page members', () => {
+  /** What the summary must equal: the same figures computed in JS from every open member. */
+  function fromMembers(s: Store, key: string, listed: number, reasons: number) {
+    const members = s.openPageMembers(key);
+    const counts = new Map<string, number>();
+    for (const m of members) counts.set(m.alertname, (counts.get(m.alertname) ?? 0) + 1);
+    return {
+      total: members.length,
+      byAlertname: [...counts].sort(),
+      severities: [...new Set(members.map((m) => m.labels.severity ?? ''))].sort(),
+      reasons: [...new Set(members.map((m) => m.reason ?? 'no remediation'))].slice(0, reasons),
+      listed: members.slice(0, listed),
+    };
+  }
+
+  it('property: the summary SQLite counts equals the one computed from every open member', () => {
+    const member = fc.record({
+      fingerprint: fc.constantFrom('a1', 'b2', 'c3', 'd4', 'e5', 'f6', 'g7'),
+      startsAt: fc.constantFrom('2026-12-01T00:00:00.000Z', '2026-12-01T00:05:00.000Z'),
+      alertname: fc.constantFrom('RedisDown', 'PostgresDiskAlmostFull', 'Other'),
+      reason: fc.option(fc.constantFrom('no remediation', 'handler off', 'refused: unknown server', 'r4'), { nil: null }),
+      severity: fc.option(fc.constantFrom('critical', 'warning', 'info', ''), { nil: undefined }),
+    });
+    fc.assert(
+      fc.property(fc.array(fc.array(member, { maxLength: 6 }), { maxLength: 6 }), fc.array(fc.nat(20), { maxLength: 5 }), fc.integer({ min: 1, max: 8 }), (batches, resolveIdx, listed) => {
+        const s = store();
+        const key = 'dbpilot/group/devops/k';
+        const all: { fingerprint: string; startsAt: string }[] = [];
+        for (const batch of batches) {
+          s.addPageMembers(
+            key,
+            batch.map((m) => ({ fingerprint: m.fingerprint, startsAt: m.startsAt, alertname: m.alertname, runId: null, reason: m.reason, labels: m.severity === undefined ? {} : { severity: m.severity } })),
+          );
+          all.push(...batch);
+        }
+        for (const i of resolveIdx) if (all[i]) s.resolvePageMember(all[i]!.fingerprint, all[i]!.startsAt);
+        const got = s.openPageSummary(key, listed, 3);
+        const want = fromMembers(s, key, listed, 3);
+        expect({ ...got, byAlertname: [...got.byAlertname].sort(), severities: [...got.severities].sort() }).toEqual(want);
+        s.close();
+        open.splice(open.indexOf(s), 1);
+      }),
+      { numRuns: 150 },
+    );
+  });
+});

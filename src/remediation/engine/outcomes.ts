@@ -8,7 +8,7 @@ import { safeMessage } from '../../errors.js';
 import type { RunRow } from '../../store/store.js';
 import { dedupKeyFor, type Team } from '../escalation.js';
 import type { AlertInfo, Handler } from '../handler.js';
-import { groupDedupKey, groupPage } from '../pages.js';
+import { LISTED, REASONS, groupDedupKey, groupPage } from '../pages.js';
 import type { EngineCore } from './core.js';
 
 /** How long a page waits for the handler's diagnostics before it goes without them. */
@@ -161,7 +161,7 @@ export class Outcomes {
         dedupKey,
         members.map((m) => ({ fingerprint: m.alert.fingerprint, startsAt: m.alert.startsAt, alertname: m.alert.alertname, runId: m.run.id, reason: m.reason, labels: m.alert.labels })),
       );
-      this.core.o.outbox.trigger(groupPage(team, groupKey, store.openPageMembers(dedupKey), (labels) => this.core.severityOf(labels)));
+      this.core.o.outbox.trigger(groupPage(team, groupKey, store.openPageSummary(dedupKey, LISTED, REASONS), (labels) => this.core.severityOf(labels)));
     }
   }
 }
