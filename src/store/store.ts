@@ -85,7 +85,7 @@ export interface PageSummary {
   byAlertname: [string, number][];
   /** Distinct values of the members' `severity` label ('' where absent). */
   severities: string[];
-  /** Distinct reasons ('no remediation' where none), in the order they first appeared. */
+  /** Distinct reasons ('no remediation' where none), the most frequent first. */
   reasons: string[];
   /** The oldest open members, in full. */
   listed: PageMember[];
@@ -241,6 +241,43 @@ const MIGRATIONS: string[] = [
    );
    CREATE INDEX snapshots_instance ON snapshots(instance, status, requested_at);
    CREATE INDEX snapshots_snapshot ON snapshots(snapshot_id);`,
+  // A grouped page's summary, kept by triggers as members are added, re-opened, changed and resolved:
+  // open members per (alert name, severity label, reason). Rebuilding a storm's page on every batch
+  // then reads a handful of summary rows and the 50 oldest members (the partial index), not every
+  // member: admission stays linear in the size of the storm.
+  `CREATE TABLE page_summary (
+     dedup_key TEXT NOT NULL,
+     alertname TEXT NOT NULL,
+     severity TEXT NOT NULL,
+     reason TEXT NOT NULL,
+     open INTEGER NOT NULL,
+     PRIMARY KEY (dedup_key, alertname, severity, reason)
+   ) WITHOUT ROWID;
+   CREATE INDEX page_members_open ON page_members(dedup_key, added_at) WHERE resolved_at IS NULL;
+   INSERT INTO page_summary (dedup_key, alertname, severity, reason, open)
+     SELECT dedup_key, alertname, coalesce(json_extract(labels, '$.severity'), ''), coalesce(reason, 'no remediation'), count(*)
+       FROM page_members WHERE resolved_at IS NULL GROUP BY 1, 2, 3, 4;
+   CREATE TRIGGER page_members_opened AFTER INSERT ON page_members WHEN NEW.resolved_at IS NULL BEGIN
+     INSERT INTO page_summary (dedup_key, alertname, severity, reason, open)
+       VALUES (NEW.dedup_key, NEW.alertname, coalesce(json_extract(NEW.labels, '$.severity'), ''), coalesce(NEW.reason, 'no remediation'), 1)
+       ON CONFLICT DO UPDATE SET open = open + 1;
+   END;
+   CREATE TRIGGER page_members_changed AFTER UPDATE ON page_members BEGIN
+     UPDATE page_summary SET open = open - 1
+      WHERE OLD.resolved_at IS NULL AND dedup_key = OLD.dedup_key AND alertname = OLD.alertname
+        AND severity = coalesce(json_extract(OLD.labels, '$.severity'), '') AND reason = coalesce(OLD.reason, 'no remediation');
+     INSERT INTO page_summary (dedup_key, alertname, severity, reason, open)
+       SELECT NEW.dedup_key, NEW.alertname, coalesce(json_extract(NEW.labels, '$.severity'), ''), coalesce(NEW.reason, 'no remediation'), 1
+        WHERE NEW.resolved_at IS NULL
+       ON CONFLICT DO UPDATE SET open = open + 1;
+     DELETE FROM page_summary WHERE dedup_key = OLD.dedup_key AND open <= 0;
+   END;
+   CREATE TRIGGER page_members_removed AFTER DELETE ON page_members WHEN OLD.resolved_at IS NULL BEGIN
+     UPDATE page_summary SET open = open - 1
+      WHERE dedup_key = OLD.dedup_key AND alertname = OLD.alertname
+        AND severity = coalesce(json_extract(OLD.labels, '$.severity'), '') AND reason = coalesce(OLD.reason, 'no remediation');
+     DELETE FROM page_summary WHERE dedup_key = OLD.dedup_key AND open <= 0;
+   END;`,
 ];
 
 /** Lock keys are paths: `a` contains `a/b` and `a/b/c`. */
@@ -921,24 +958,44 @@ export class Store {
   }
 
   /**
-   * What a grouped page says about its open members, counted by SQLite: a page of a storm is rebuilt
-   * on every batch, and reading (and parsing) every member each time made admission quadratic in the
-   * size of the storm. `listed`: the oldest members, in full; `reasons`: the distinct reasons in the
-   * order they first appeared, at most `reasons`.
+   * What a grouped page says about its open members, from the summary the triggers keep (see the
+   * page_summary migration) and the oldest `listed` members: a storm's page is rebuilt on every batch,
+   * and reading every member each time made admission quadratic in the size of the storm. `reasons`:
+   * the distinct reasons, most frequent first (ties by text), at most `reasons`.
    */
   openPageSummary(dedupKey: string, listed: number, reasons: number): PageSummary {
-    const where = `dedup_key = ? AND resolved_at IS NULL`;
-    const byAlertname = (this.stmt(`SELECT alertname, count(*) AS n FROM page_members WHERE ${where} GROUP BY alertname`).all(dedupKey) as { alertname: string; n: number }[]).map(
-      (r) => [r.alertname, r.n] as [string, number],
-    );
-    const severities = (
-      this.stmt(`SELECT DISTINCT coalesce(json_extract(labels, '$.severity'), '') AS s FROM page_members WHERE ${where}`).all(dedupKey) as { s: unknown }[]
-    ).map((r) => String(r.s));
-    const firstReasons = (
-      this.stmt(`SELECT coalesce(reason, 'no remediation') AS r FROM page_members WHERE ${where} GROUP BY r ORDER BY min(rowid) LIMIT ?`).all(dedupKey, reasons) as { r: string }[]
-    ).map((r) => r.r);
-    const rows = (this.stmt(`SELECT * FROM page_members WHERE ${where} ORDER BY added_at, rowid LIMIT ?`).all(dedupKey, listed) as Record<string, unknown>[]).map(toMember);
-    return { total: byAlertname.reduce((n, [, c]) => n + c, 0), byAlertname, severities, reasons: firstReasons, listed: rows };
+    const groups = this.stmt(`SELECT alertname, severity, reason, open FROM page_summary WHERE dedup_key = ?`).all(dedupKey) as {
+      alertname: string;
+      severity: string;
+      reason: string;
+      open: number;
+    }[];
+    const byAlertname = new Map<string, number>();
+    const byReason = new Map<string, number>();
+    const severities = new Set<string>();
+    let total = 0;
+    for (const g of groups) {
+      total += g.open;
+      byAlertname.set(g.alertname, (byAlertname.get(g.alertname) ?? 0) + g.open);
+      byReason.set(g.reason, (byReason.get(g.reason) ?? 0) + g.open);
+      severities.add(String(g.severity));
+    }
+    const rows = (
+      this.stmt(`SELECT * FROM page_members INDEXED BY page_members_open WHERE dedup_key = ? AND resolved_at IS NULL ORDER BY added_at, rowid LIMIT ?`).all(dedupKey, listed) as Record<
+        string,
+        unknown
+      >[]
+    ).map(toMember);
+    return {
+      total,
+      byAlertname: [...byAlertname],
+      severities: [...severities],
+      reasons: [...byReason]
+        .sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
+        .slice(0, reasons)
+        .map(([r]) => r),
+      listed: rows,
+    };
   }
 
   /**
@@ -953,7 +1010,7 @@ export class Store {
       }[]
     ).map((r) => r.dedup_key);
     return [...new Set(keys)].filter(
-      (k) => (this.stmt(`SELECT count(*) AS n FROM page_members WHERE dedup_key = ? AND resolved_at IS NULL`).get(k) as { n: number }).n === 0,
+      (k) => (this.stmt(`SELECT coalesce(sum(open), 0) AS n FROM page_summary WHERE dedup_key = ?`).get(k) as { n: number }).n === 0,
     );
   }
 

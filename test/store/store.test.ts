@@ -13,7 +13,7 @@ import { DbpilotError } from '../../src/errors.js';
 import { FINAL_STATUSES, Store, type NewRun, type RunStatus } from '../../src/store/store.js';
 
 /** The schema version this build migrates to (one migration per version). */
-const LATEST = 6;
+const LATEST = 7;
 const ALL_VERSIONS = Array.from({ length: LATEST }, (_, i) => ({ version: i + 1 }));
 
 const dir = mkdtempSync(path.join(tmpdir(), 'dbpilot-store-'));
@@ -59,7 +59,7 @@ describe('schema migrations', () => {
     const db = raw(p);
     try {
       const tables = (db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as { name: string }[]).map((t) => t.name);
-      expect(tables).toEqual(expect.arrayContaining(['runs', 'steps', 'locks', 'outbox', 'schema_migrations', 'intents', 'snapshots']));
+      expect(tables).toEqual(expect.arrayContaining(['runs', 'steps', 'locks', 'outbox', 'schema_migrations', 'intents', 'snapshots', 'page_summary']));
       expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
       expect(db.prepare('SELECT version FROM schema_migrations ORDER BY version').all()).toEqual(ALL_VERSIONS);
     } finally {
@@ -455,39 +455,87 @@ describe('grouped page members', () => {
       total: members.length,
       byAlertname: [...counts].sort(),
       severities: [...new Set(members.map((m) => m.labels.severity ?? ''))].sort(),
-      reasons: [...new Set(members.map((m) => m.reason ?? 'no remediation'))].slice(0, reasons),
+      // Most frequent first, ties by text.
+      reasons: [...members.reduce((c, m) => c.set(m.reason ?? 'no remediation', (c.get(m.reason ?? 'no remediation') ?? 0) + 1), new Map<string, number>())]
+        .sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1))
+        .slice(0, reasons)
+        .map(([r]) => r),
       listed: members.slice(0, listed),
     };
   }
 
+  it('a store of schema 6 gets the summary of its open members when it migrates', () => {
+    const p = fresh();
+    const s = new Store(p);
+    const key = 'dbpilot/group/devops/old';
+    s.addPageMembers(key, [
+      { fingerprint: 'a', startsAt: 't1', alertname: 'RedisDown', runId: null, reason: null, labels: { severity: 'critical' } },
+      { fingerprint: 'b', startsAt: 't1', alertname: 'RedisDown', runId: null, reason: 'handler off', labels: {} },
+      { fingerprint: 'c', startsAt: 't1', alertname: 'Other', runId: null, reason: 'handler off', labels: { severity: 'warning' } },
+    ]);
+    s.resolvePageMember('c', 't1');
+    s.close();
+    // As a dbpilot of schema 6 left it: no summary table, no triggers, no version 7.
+    const db = raw(p);
+    db.exec(`DROP TRIGGER page_members_opened; DROP TRIGGER page_members_changed; DROP TRIGGER page_members_removed;
+             DROP TABLE page_summary; DROP INDEX page_members_open; DELETE FROM schema_migrations WHERE version = 7;`);
+    db.close();
+    const again = store(p);
+    expect(again.schemaVersion).toBe(7);
+    const got = again.openPageSummary(key, 50, 10);
+    expect({ ...got, listed: got.listed.map((m) => m.fingerprint), byAlertname: got.byAlertname.sort() }).toEqual({
+      total: 2,
+      byAlertname: [['RedisDown', 2]],
+      severities: expect.arrayContaining(['critical', '']),
+      reasons: ['handler off', 'no remediation'],
+      listed: ['a', 'b'],
+    });
+    expect(got.severities).toHaveLength(2);
+    // And the triggers work on the migrated store.
+    again.resolvePageMember('a', 't1');
+    expect(again.openPageSummary(key, 50, 10).total).toBe(1);
+  });
+
   it('property: the summary SQLite counts equals the one computed from every open member', () => {
     const member = fc.record({
-      fingerprint: fc.constantFrom('a1', 'b2', 'c3', 'd4', 'e5', 'f6', 'g7'),
+      fingerprint: fc.constantFrom('a1', 'b2', 'c3', 'd4'),
       startsAt: fc.constantFrom('2026-12-01T00:00:00.000Z', '2026-12-01T00:05:00.000Z'),
       alertname: fc.constantFrom('RedisDown', 'PostgresDiskAlmostFull', 'Other'),
       reason: fc.option(fc.constantFrom('no remediation', 'handler off', 'refused: unknown server', 'r4'), { nil: null }),
       severity: fc.option(fc.constantFrom('critical', 'warning', 'info', ''), { nil: undefined }),
     });
+    // Adds (re-adding a member re-opens it, possibly with another reason) and resolves, interleaved.
+    const op = fc.oneof(fc.record({ add: fc.array(member, { maxLength: 6 }) }), fc.record({ resolve: fc.nat(12) }));
     fc.assert(
-      fc.property(fc.array(fc.array(member, { maxLength: 6 }), { maxLength: 6 }), fc.array(fc.nat(20), { maxLength: 5 }), fc.integer({ min: 1, max: 8 }), (batches, resolveIdx, listed) => {
+      fc.property(fc.array(op, { maxLength: 12 }), fc.integer({ min: 1, max: 8 }), (ops, listed) => {
         const s = store();
         const key = 'dbpilot/group/devops/k';
         const all: { fingerprint: string; startsAt: string }[] = [];
-        for (const batch of batches) {
-          s.addPageMembers(
-            key,
-            batch.map((m) => ({ fingerprint: m.fingerprint, startsAt: m.startsAt, alertname: m.alertname, runId: null, reason: m.reason, labels: m.severity === undefined ? {} : { severity: m.severity } })),
-          );
-          all.push(...batch);
+        for (const o of ops) {
+          if ('add' in o) {
+            s.addPageMembers(
+              key,
+              o.add.map((m) => ({
+                fingerprint: m.fingerprint,
+                startsAt: m.startsAt,
+                alertname: m.alertname,
+                runId: null,
+                reason: m.reason,
+                labels: (m.severity === undefined ? {} : { severity: m.severity }) as Record<string, string>,
+              })),
+            );
+            all.push(...o.add);
+          } else if (all[o.resolve]) {
+            s.resolvePageMember(all[o.resolve]!.fingerprint, all[o.resolve]!.startsAt);
+          }
         }
-        for (const i of resolveIdx) if (all[i]) s.resolvePageMember(all[i]!.fingerprint, all[i]!.startsAt);
         const got = s.openPageSummary(key, listed, 3);
         const want = fromMembers(s, key, listed, 3);
         expect({ ...got, byAlertname: [...got.byAlertname].sort(), severities: [...got.severities].sort() }).toEqual(want);
         s.close();
         open.splice(open.indexOf(s), 1);
       }),
-      { numRuns: 150 },
+      { numRuns: 300 },
     );
   });
 });
