@@ -158,7 +158,8 @@ export function dataCorruptionHandler(): Handler<DataCorruptionPlan> {
         // A repeat joins the snapshot under way (or takes another): never harmful.
         idempotent: true,
         run: async (_prior, sctx) => {
-          const reason = `data corruption suspected on ${plan.server}${plan.database ? ` (${plan.database})` : ''}, run ${sctx.runId}`;
+          // Kept to what an RDS tag value may hold (letters, digits, spaces and _ . : / = + - @).
+          const reason = `data corruption suspected on ${plan.server}${plan.database ? ` in ${plan.database}` : ''}: run ${sctx.runId}`;
           return rds.requestSnapshot(reason, { signal: sctx.signal, assertCanAct: sctx.assertCanAct, runId: sctx.runId, trigger: 'handler', requestedBy: sctx.owner });
         },
         check: async (output, _prior, sctx) => {
