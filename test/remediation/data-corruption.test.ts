@@ -16,7 +16,7 @@ import type { Mode } from '../../src/modes.js';
 import { PagerDutyStandin } from '../support/pagerduty-standin.js';
 import { startPgCluster, type PgCluster, type PgNode } from '../support/pg-cluster.js';
 import { RdsStandin, awsConfigFor, standinEnv } from '../support/rds-standin.js';
-import { TEAM_KEYS, freshFingerprint, startRemediation, until, type RemediationHarness } from '../support/remediation.js';
+import { TEAM_KEYS, freshFingerprint, groupPageKey, payload, startRemediation, until, type RemediationHarness } from '../support/remediation.js';
 
 const DB = 'lomash_orders';
 const pd = new PagerDutyStandin();
@@ -230,6 +230,34 @@ describe('data-corruption: page the Engineering Manager and the DBA at once, cha
     } finally {
       rds.allow('CreateDBSnapshot');
     }
+  });
+
+  it('with RDS, a target locked by another run (a failover acting on the whole cluster): nothing is done, and both teams are still paged with the counts', async () => {
+    const h = await setUp('auto', true);
+    expect(h.store.acquireLock('postgres', 'a-failover-run', h.remediation.instance, () => true)).toBe('acquired');
+    const a = corruptionAlert();
+    const run = await h.engine.onFiring(a);
+    expect(run?.status).toBe('skipped');
+    expect(run!.reason).toBe('target postgres/' + P + ' is locked by run a-failover-run on postgres');
+    await h.settle();
+    const [d] = await expectBothTeamsPagedWithTheCounts(a.fingerprint);
+    expect(d!.verified).toBe(run!.reason);
+    expect(rds.calls('CreateDBSnapshot')).toEqual([]);
+  });
+
+  it('off, by webhook: the alert joins its group page, on both teams', async () => {
+    const h = await setUp('off');
+    const fingerprint = freshFingerprint();
+    const body = payload([{ labels: corruptionAlert().labels, fingerprint }]);
+    expect((await h.webhook(body)).statusCode).toBe(202);
+    await h.settle();
+    for (const team of ['em-dba', 'lead-dba'] as const) {
+      const key = groupPageKey(body, team);
+      const pages = pd.accepted.filter((e) => e.dedupKey === key && e.action === 'trigger');
+      expect(pages.map((p) => p.routingKey), team).toEqual([TEAM_KEYS[team]]);
+      expect(JSON.stringify(detailsOf(pages[0]!).alerts)).toContain(fingerprint);
+    }
+    expect(pd.accepted.filter((e) => e.action === 'trigger')).toHaveLength(2);
   });
 
   it('dry-run pages both teams at once with the counts and the snapshot command, and asks RDS nothing; approve pages at once and waits; off pages both that it is off', async () => {
