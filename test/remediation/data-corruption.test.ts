@@ -209,6 +209,7 @@ describe('data-corruption: page the Engineering Manager and the DBA at once, cha
         expect(d.run_status).toBe('escalated');
       }
       expect(h.store.steps(run!.id).map((s) => [s.name, s.status])).toEqual([['createSnapshot', 'done']]);
+      for (const p of pages) expect((p.event as { payload: { summary: string } }).payload.summary).toMatch(/: completed, but an RDS snapshot was requested first \(named in tried\); data corruption is suspected/);
       expect(h.store.listSnapshots('lomash-wood-prod')[0]).toMatchObject({ snapshotId, trigger: 'handler', runId: run!.id });
     } finally {
       release();

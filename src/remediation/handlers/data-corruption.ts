@@ -127,8 +127,9 @@ export function corruptionSummary(plan: Pick<DataCorruptionPlan, 'servers' | 'la
   return `data corruption suspected: ${head}${parts.length ? ` — ${parts.join('; ')}` : ''}`;
 }
 
+/** Used only once every step is done: with RDS, the snapshot was requested (its id is in the page's `tried`). */
 const LEFT_TO_HUMANS =
-  'data corruption is suspected and nothing else is automatic: the Engineering Manager and the DBA decide what to do (find the damaged relation in the server log, check with amcheck, restore or fail over)';
+  'an RDS snapshot was requested first (named in tried); data corruption is suspected and nothing else is automatic: the Engineering Manager and the DBA decide what to do (find the damaged relation in the server log, check with amcheck, restore or fail over)';
 
 export function dataCorruptionHandler(): Handler<DataCorruptionPlan> {
   return {
