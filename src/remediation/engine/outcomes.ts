@@ -122,23 +122,23 @@ export class Outcomes {
     const pages = this.core.pagesOf(a, handler);
     for (const { team, dedupKey } of pages) {
       this.core.o.outbox.trigger({
-      team,
-      dedupKey,
-      summary: `[dbpilot] ${a.alertname}${run.target !== '-' ? ` on ${run.target}` : ''}: ${reason || status}`,
-      severity,
-      component: handler?.name ?? 'dbpilot',
-      class: a.alertname,
-      details: {
-        seen: String(details.seen ?? a.alertname),
-        tried: (details.tried as string | string[]) ?? 'nothing',
-        verified: (details.verified as string | string[]) ?? 'nothing',
-        ...details,
-        run: run.id,
-        run_status: status,
-        mode: run.mode,
-        labels: a.labels,
-        ...(pages.length > 1 ? { also_paged: pages.filter((p) => p.team !== team).map((p) => p.team) } : {}),
-      },
+        team,
+        dedupKey,
+        summary: `[dbpilot] ${a.alertname}${run.target !== '-' ? ` on ${run.target}` : ''}: ${reason || status}`,
+        severity,
+        component: handler?.name ?? 'dbpilot',
+        class: a.alertname,
+        details: {
+          seen: String(details.seen ?? a.alertname),
+          tried: (details.tried as string | string[]) ?? 'nothing',
+          verified: (details.verified as string | string[]) ?? 'nothing',
+          ...details,
+          run: run.id,
+          run_status: status,
+          mode: run.mode,
+          labels: a.labels,
+          ...(pages.length > 1 ? { also_paged: pages.filter((p) => p.team !== team).map((p) => p.team) } : {}),
+        },
       });
     }
   }
