@@ -153,6 +153,7 @@ async function expectBothTeamsPagedWithTheCounts(fingerprint: string): Promise<D
     expect(d.diagnostics!.total_failures).toBe(truth.failures);
     expect(d.diagnostics!.last_failure).toBe(server.failures![0]!.checksum_last_failure);
     expect(d.escalate_to).toBe(p.routingKey === TEAM_KEYS['em-dba'] ? 'Engineering Manager + DBA immediately' : 'Lead DBA / AWS Support');
+    expect(d.also_paged).toEqual([p.routingKey === TEAM_KEYS['em-dba'] ? 'lead-dba' : 'em-dba']);
     return d;
   });
 }

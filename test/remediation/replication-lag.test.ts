@@ -166,6 +166,7 @@ describe('replication-lag: diagnose and page on-call backend, change nothing', (
     expect(pd.accepted.filter((e) => e.routingKey !== TEAM_KEYS['oncall-backend'])).toEqual([]);
     const d = detailsOf(pages[0]!);
     expect(d.run_status).toBe('escalated');
+    expect(d.also_paged).toBeUndefined();
     expect(d.tried).toMatch(/^nothing: replication-lag only diagnoses/);
     const diag = d.diagnostics!;
     const replica = diag.replicas.find((x) => x.server === R)!;
