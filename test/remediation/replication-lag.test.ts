@@ -280,6 +280,7 @@ describe('findingsOf (pure)', () => {
     ['a paused replay', replica({ replay_paused: true, replay_lag_bytes: 2048 }), /^replay on r:5432 is paused .*\(2\.0 KiB waiting\)/],
     ['no WAL receiver', replica({ wal_receiver: null }), /^no WAL receiver runs on r:5432/],
     ['a receiver not streaming', replica({ wal_receiver: { ...replica({}).wal_receiver!, status: 'waiting' } }), /^the WAL receiver on r:5432 is waiting, not streaming$/],
+    ['a receiver dbpilot may not see', replica({ wal_receiver: { ...replica({}).wal_receiver!, status: null } }), /^the WAL receiver's state on r:5432 is hidden from dbpilot: its role needs pg_monitor/],
     ['a delay on purpose', replica({ settings: { recovery_min_apply_delay: '10min' } }), /^r:5432 delays replay on purpose: recovery_min_apply_delay = 10min$/],
     ['WAL waiting for replay', replica({ replay_lag_bytes: 3 * 1024 * 1024, replay_lag_seconds: 400 }), /^r:5432 has 3\.0 MiB received but not replayed; its last replayed transaction is 7 min old$/],
     ['WAL not arriving', replica({ behind_primary_bytes: 1024 }), /^r:5432 replayed everything it received but is 1\.0 KiB behind the primary/],

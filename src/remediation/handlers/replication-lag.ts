@@ -139,7 +139,8 @@ export interface SlotRow {
 }
 
 export interface WalReceiver {
-  status: string;
+  /** Null when dbpilot's role may not see it (no pg_read_all_stats). */
+  status: string | null;
   receive_start_lsn: string | null;
   written_lsn: string | null;
   flushed_lsn: string | null;
@@ -258,6 +259,8 @@ export function findingsOf(plan: Pick<ReplicationLagPlan, 'replicas' | 'primary'
     if (!isZero(delay)) out.push(`${s} delays replay on purpose: recovery_min_apply_delay = ${delay}`);
     if (r.wal_receiver === null) {
       out.push(`no WAL receiver runs on ${s}: it is not streaming from the primary (the connection fails or is refused; see its log)`);
+    } else if (r.wal_receiver && r.wal_receiver.status === null) {
+      out.push(`the WAL receiver's state on ${s} is hidden from dbpilot: its role needs pg_monitor (pg_read_all_stats) to see it`);
     } else if (r.wal_receiver && r.wal_receiver.status !== 'streaming') {
       out.push(`the WAL receiver on ${s} is ${r.wal_receiver.status}, not streaming`);
     }
