@@ -116,6 +116,10 @@ export function registerRemediationCommands(program: Command): void {
         }
         out(`${handler} on ${show(p.target)}: ${show(p.plan.summary)}`);
         if (p.plan.nothingToDo) return;
+        if (p.plan.diagnoseOnly) {
+          out('\ndiagnose only: dbpilot changes nothing; its page carries what it read (--json shows it)');
+          return;
+        }
         p.steps.forEach((s, i) => {
           out(`\n${i + 1}. ${show(s.name)}`);
           for (const line of s.command.split('\n')) out(`   ${show(line)}`);

@@ -213,6 +213,13 @@ export interface RdsOperations {
    * process or another) is joined, not duplicated. Throws RdsError (a stable code, a clear message).
    */
   snapshot(reason: string, opts?: SnapshotRequest): Promise<SnapshotResult>;
+  /**
+   * Asks for a snapshot as snapshot() does (joining one under way) and returns once RDS has accepted it
+   * (`creating`), without waiting for it to be available; the wait goes on in the background.
+   */
+  requestSnapshot(reason: string, opts?: SnapshotRequest): Promise<{ snapshotId: string }>;
+  /** A snapshot of the configured instance as RDS describes it now; null when there is none of that name. */
+  describeSnapshot(snapshotId: string, signal?: AbortSignal): Promise<SnapshotInfo | null>;
   /** Waits for a snapshot already started (e.g. recorded before a restart) until it is available. */
   waitForSnapshot(snapshotId: string, reason: string, opts?: SnapshotRequest): Promise<SnapshotResult>;
   /** The runbook's command a snapshot stands for, for a step's `command`. */

@@ -123,6 +123,13 @@ export interface Plan<D = unknown> {
   /** Set when part of the problem is left to a human even if every step succeeds (e.g. the per-run cap was hit). */
   escalateAfter?: string;
   /**
+   * A plan with no steps whose whole point is the page (the runbook has nothing to automate: replication
+   * lag, data corruption without RDS): paged at once with the handler's diagnostics in every mode but off
+   * (off pages as for any handler), recorded `escalated` — never waiting for approval, never "succeeded:
+   * nothing to do". Only a dry-run a human runs from the CLI (`dbpilot remediate` without --yes) pages nobody.
+   */
+  diagnoseOnly?: boolean;
+  /**
    * A run that succeeds still tells its team, at this severity (the failover tells lead-dba, low
    * urgency, what it did and what is left to do by hand).
    */
@@ -133,6 +140,12 @@ export interface Handler<D = unknown> {
   readonly name: HandlerName;
   /** Who is paged when this handler cannot or must not act. */
   readonly team: Team;
+  /**
+   * Teams paged with every page of this handler besides its team (the alert's `team` label, else
+   * `team`): the same page, under a dedup key of their own, resolved with it. Data corruption pages the
+   * Engineering Manager + DBA (em-dba) and the Lead DBA (lead-dba).
+   */
+  readonly alsoPage?: readonly Team[];
   /**
    * What a run changes (the lock key), from the alert alone. Keys are paths: `postgres` (the whole
    * cluster), `postgres/<server>`, `postgres/<server>/<database>`; a run excludes every run whose key

@@ -99,6 +99,8 @@ export class RdsBackups implements RdsOperations {
   private lastReadAt = 0;
   private reading: Promise<void> | null = null;
   private readFailedLogged = false;
+  /** Waits that go on after their caller returned (requestSnapshot); aborted on close. */
+  private readonly background = new AbortController();
 
   constructor(private readonly o: BackupsOptions) {
     this.instance = o.aws.dbInstanceIdentifier.toLowerCase();
@@ -229,6 +231,36 @@ export class RdsBackups implements RdsOperations {
     started(id);
     opts.onStarted?.(id);
     return this.waitFor(id, reason, opts, row, joined, t0);
+  }
+
+  /**
+   * Asks for a snapshot exactly as snapshot() does (joining one dbpilot is already making) but returns
+   * as soon as RDS has accepted it, without waiting for it to become available: for a page that must
+   * not wait minutes (data corruption). The wait goes on in this process, recorded in the store as
+   * snapshot() records it (a restart leaves the row for reconcile), and later requests join it.
+   */
+  async requestSnapshot(reason: string, opts: SnapshotRequest = {}): Promise<{ snapshotId: string }> {
+    let started!: (id: string) => void;
+    const startedP = new Promise<string>((r) => (started = r));
+    const done = this.snapshot(reason, {
+      ...opts,
+      signal: this.background.signal,
+      onStarted: (id) => {
+        started(id);
+        opts.onStarted?.(id);
+      },
+    });
+    done.catch((err: unknown) => {
+      if (!this.background.signal.aborted) this.log.warn({ reason, err: safeMessage(err) }, 'an RDS snapshot requested without waiting did not become available');
+    });
+    const snapshotId = await abortable(Promise.race([startedP, done.then((r) => r.snapshotId)]), opts.signal);
+    return { snapshotId };
+  }
+
+  /** A snapshot of the instance as RDS describes it now, or null when RDS has none of that name. */
+  async describeSnapshot(snapshotId: string, signal?: AbortSignal): Promise<SnapshotInfo | null> {
+    const s = await this.o.client.describeSnapshot(this.instance, snapshotId, signal);
+    return s && s.instance.toLowerCase() === this.instance ? s : null;
   }
 
   async waitForSnapshot(snapshotId: string, reason: string, opts: SnapshotRequest = {}): Promise<SnapshotResult> {
@@ -429,6 +461,9 @@ export class RdsBackups implements RdsOperations {
   }
 
   close(): void {
+    const stop = new Error('dbpilot is closing: the snapshot goes on in RDS; its record is settled at the next start');
+    stop.name = 'AbortError';
+    this.background.abort(stop);
     this.o.client.close();
   }
 }

@@ -43,7 +43,8 @@ const EXPECTED_ALERTS: Record<string, { team: string; remediation: string; sever
   PostgresLongRunningQueries: { team: 'oncall-backend', remediation: 'slow-queries', severity: 'warning', receiver: 'dbpilot' },
   PostgresDiskAlmostFull: { team: 'devops', remediation: 'disk-full', severity: 'critical', receiver: 'dbpilot' },
   PrismaMigrationFailed: { team: 'oncall-backend', remediation: 'prisma-migration', severity: 'warning', receiver: 'dbpilot' },
-  PostgresDataCorruption: { team: 'em-dba', remediation: 'none', severity: 'critical', receiver: 'pagerduty-em-dba' },
+  // Issue 10 §5: dbpilot pages em-dba and lead-dba with the checksum failures (and an RDS snapshot first).
+  PostgresDataCorruption: { team: 'em-dba', remediation: 'data-corruption', severity: 'critical', receiver: 'dbpilot' },
   // Issue 8: the runbook's first symptom as a signal; the services point at the wrong server.
   ServicesDatabaseUnhealthy: { team: 'lead-dba', remediation: 'none', severity: 'critical', receiver: 'pagerduty-lead-dba' },
   RedisDown: { team: 'devops', remediation: 'redis-failure', severity: 'critical', receiver: 'dbpilot' },
@@ -55,7 +56,7 @@ const EXPECTED_ALERTS: Record<string, { team: string; remediation: string; sever
   DbpilotPagesDelayed: { team: 'devops', remediation: 'none', severity: 'warning', receiver: 'pagerduty-devops' },
 };
 const TEAMS = ['lead-dba', 'em-dba', 'oncall-backend', 'devops'];
-const HANDLERS = ['primary-failover', 'slow-queries', 'disk-full', 'prisma-migration', 'redis-failure', 'replication-lag'];
+const HANDLERS = ['primary-failover', 'slow-queries', 'disk-full', 'prisma-migration', 'redis-failure', 'replication-lag', 'data-corruption'];
 
 /** Every metric family dbpilot exports (DESIGN.md "Metrics"): the dashboard shows each one. */
 const DBPILOT_METRICS = [

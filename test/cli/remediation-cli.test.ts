@@ -151,10 +151,26 @@ describe('dbpilot plan', () => {
     expect(r.stdout.trim()).toBe(`slow-queries on ${target()}: no query in ${db.name} has been running for more than 0.2 s any more`);
   });
 
+  it('a diagnose-only handler (replication-lag) shows what it read and that it changes nothing; --json carries the numbers', async () => {
+    const replica = new URL(inject('pgReplicaUrls')[0]!);
+    const server = `${replica.hostname}:${replica.port}`;
+    const r = await dbpilot('plan', 'replication-lag', '--server', server);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`^replication-lag on postgres/${server.replace(/\./g, '\\.')}: replica ${server.replace(/\./g, '\\.')}: \\d+ bytes received but not replayed`, 'm'));
+    expect(r.stdout).toMatch(/^diagnose only: dbpilot changes nothing; its page carries what it read \(--json shows it\)$/m);
+    const j = await dbpilot('plan', 'replication-lag', '--server', server, '--json');
+    expect(j.code, j.stderr).toBe(0);
+    const parsed = JSON.parse(j.stdout) as { plan: { diagnoseOnly: boolean; data: { replicas: { server: string; in_recovery: boolean; wal_receiver: { status: string } }[] } }; steps: unknown[] };
+    expect(parsed.plan.diagnoseOnly).toBe(true);
+    expect(parsed.steps).toEqual([]);
+    expect(parsed.plan.data.replicas.find((x) => x.server === server)).toMatchObject({ in_recovery: true, wal_receiver: { status: 'streaming' } });
+    expect(readStore((st) => st.listRuns())).toEqual([]);
+  });
+
   it('refuses an unknown handler with exit code 2 and the handlers it has', async () => {
     const r = await dbpilot('plan', 'restart-redis');
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/^dbpilot: no handler named restart-redis; available: slow-queries, primary-failover, rebuild-replica, prisma-migration \[DBPILOT_REGISTRY_INVALID\]$/m);
+    expect(r.stderr).toMatch(/^dbpilot: no handler named restart-redis; available: slow-queries, primary-failover, rebuild-replica, prisma-migration, replication-lag, data-corruption \[DBPILOT_REGISTRY_INVALID\]$/m);
     expect(r.stdout).toBe('');
   });
 });

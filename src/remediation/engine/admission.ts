@@ -9,7 +9,6 @@ import { modeFor, HANDLER_NAMES, type Mode } from '../../config.js';
 import { UnsafeToActError, safeMessage } from '../../errors.js';
 import { isStoreError, type RunRow } from '../../store/store.js';
 import type { Alert, WebhookPayload } from '../alertmanager.js';
-import { dedupKeyFor } from '../escalation.js';
 import type { AlertInfo, Handler, Plan } from '../handler.js';
 import type { EngineCore } from './core.js';
 import type { Executor } from './executor.js';
@@ -264,6 +263,15 @@ export class Admission {
       if (mode === 'dry-run') return this.outcomes.finish(run, handler, a, 'dry_run', `dry-run: nothing to do: ${plan.summary}`, plan.data, null);
       return this.outcomes.finish(run, handler, a, 'succeeded', `nothing to do: ${plan.summary}`, plan.data, null);
     }
+    if (plan.diagnoseOnly) {
+      // Nothing to act on, so nothing to approve, cool down or dry-run: what the handler saw is the page.
+      if (mode === 'dry-run' && run.origin === 'cli') return this.outcomes.finish(run, handler, a, 'dry_run', `dry-run: ${plan.summary}`, plan.data, null);
+      return this.outcomes.finish(run, handler, a, 'escalated', `diagnosed: ${plan.summary}`, plan.data, {
+        seen: plan.summary,
+        tried: `nothing: ${handler.name} only diagnoses; the runbook has no step dbpilot may take for it`,
+        verified: 'nothing was changed',
+      });
+    }
     if (policy) {
       const blocked = this.policyBlock(handler, run.target);
       if (blocked) return this.outcomes.finish(run, handler, a, 'skipped', blocked, plan.data, { seen: plan.summary, tried: `nothing: ${blocked}`, verified: 'nothing' });
@@ -311,7 +319,13 @@ export class Admission {
         }
       }
     }
-    o.outbox.resolve(dedupKeyFor(a.alertname, a.fingerprint));
+    let handler: Handler | null = null;
+    try {
+      handler = this.core.handlerFor(a).handler;
+    } catch {
+      // no handler to ask: its team's page is the only one
+    }
+    this.outcomes.resolvePages(a, handler);
     // A grouped page resolves with the last of its alerts.
     for (const key of store.resolvePageMember(a.fingerprint, a.startsAt)) o.outbox.resolve(key);
   }

@@ -10,7 +10,7 @@ import type { Logger } from '../../logger.js';
 import type { Metrics } from '../../metrics.js';
 import type { RunRow, Store } from '../../store/store.js';
 import type { Severity } from '../../integrations/pagerduty.js';
-import { isTeam, teamForAlert, type Team } from '../escalation.js';
+import { dedupKeyFor, isTeam, teamForAlert, type Team } from '../escalation.js';
 import type { AlertInfo, Handler, HandlerContext } from '../handler.js';
 import type { Outbox } from '../outbox.js';
 import type { HandlerRegistry } from '../registry.js';
@@ -97,6 +97,20 @@ export class EngineCore {
     const label = a.labels.team;
     if (isTeam(label)) return label;
     return handler?.team ?? teamForAlert(a.alertname) ?? 'oncall-backend';
+  }
+
+  /**
+   * Every page an alert's escalation is: its team's under the alert's dedup key, then each of the
+   * handler's alsoPage teams (not the same team twice) under a key of its own, so one does not replace
+   * the other in the outbox and each resolves on its own PagerDuty service.
+   */
+  pagesOf(a: AlertInfo, handler: Handler | null): { team: Team; dedupKey: string }[] {
+    const team = this.teamOf(a, handler);
+    const pages = [{ team, dedupKey: dedupKeyFor(a.alertname, a.fingerprint) }];
+    for (const also of handler?.alsoPage ?? []) {
+      if (!pages.some((p) => p.team === also)) pages.push({ team: also, dedupKey: dedupKeyFor(a.alertname, `${a.fingerprint}/${also}`) });
+    }
+    return pages;
   }
 
   severityOf(labels: Record<string, string>): Severity {

@@ -45,7 +45,9 @@ export class Executor {
         o.logger.info({ run: run.id }, 'run is being executed by another dbpilot process; leaving it there');
         return store.getRun(run.id);
       }
-      if (lock !== 'acquired') return await this.outcomes.finish(run, handler, a, 'skipped', lock.reason, null, lock.page ? { seen: planned?.summary ?? a.alertname, tried: 'nothing', verified: lock.reason } : null);
+      // A run whose plan leaves work to a human (escalateAfter) pages even when another run holds its target: that run's page is about something else.
+      const page = lock !== 'acquired' && (lock.page || Boolean(planned?.escalateAfter));
+      if (lock !== 'acquired') return await this.outcomes.finish(run, handler, a, 'skipped', lock.reason, null, page ? { seen: planned?.summary ?? a.alertname, tried: 'nothing', verified: lock.reason } : null);
       locked = true;
       if (!store.setRunStatus(run.id, 'running', { owner: o.instance, from: ['planning', 'running'] })) {
         return store.getRun(run.id); // finished or cancelled meanwhile

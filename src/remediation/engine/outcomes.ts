@@ -6,7 +6,7 @@
  */
 import { safeMessage } from '../../errors.js';
 import type { RunRow } from '../../store/store.js';
-import { dedupKeyFor, type Team } from '../escalation.js';
+import type { Team } from '../escalation.js';
 import type { AlertInfo, Handler } from '../handler.js';
 import { LISTED, REASONS, groupDedupKey, groupPage } from '../pages.js';
 import type { EngineCore } from './core.js';
@@ -74,15 +74,20 @@ export class Outcomes {
     if (!store.setRunStatus(run.id, status, { reason, from: [...open] })) {
       // Cancelled while the page was being prepared: the alert has resolved, so resolve the page too.
       // (Another process that finished the run first keeps its page.)
-      if ((escalation || notify) && store.getRun(run.id)?.status === 'cancelled') this.core.o.outbox.resolve(dedupKeyFor(a.alertname, a.fingerprint));
+      if ((escalation || notify) && store.getRun(run.id)?.status === 'cancelled') this.resolvePages(a, handler);
       return store.getRun(run.id);
     }
     this.core.logger.info({ run: run.id, handler: handler.name, status, reason }, 'remediation run finished');
     this.core.count(handler.name, status);
     // Nothing left to tell: resolve what was paged — also the note just sent, if the alert resolved while the run acted.
     const resolved = store.getRun(run.id)?.alertResolvedAt !== null;
-    if ((!escalation && !notify && status === 'succeeded') || (notify && resolved)) this.core.o.outbox.resolve(dedupKeyFor(a.alertname, a.fingerprint));
+    if ((!escalation && !notify && status === 'succeeded') || (notify && resolved)) this.resolvePages(a, handler);
     return store.getRun(run.id);
+  }
+
+  /** Resolves what was paged about an alert: its team's page and those of the handler's alsoPage teams. */
+  resolvePages(a: AlertInfo, handler: Handler | null): void {
+    for (const p of this.core.pagesOf(a, handler)) this.core.o.outbox.resolve(p.dedupKey);
   }
 
   /** Each step of a run with its status, duration and check, for a page. */
@@ -114,24 +119,28 @@ export class Outcomes {
   }
 
   escalate(run: RunRow, a: AlertInfo, handler: Handler | null, details: Record<string, unknown>, reason: string, status: string, severity = this.core.severityOf(a.labels)): void {
-    this.core.o.outbox.trigger({
-      team: this.core.teamOf(a, handler),
-      dedupKey: dedupKeyFor(a.alertname, a.fingerprint),
-      summary: `[dbpilot] ${a.alertname}${run.target !== '-' ? ` on ${run.target}` : ''}: ${reason || status}`,
-      severity,
-      component: handler?.name ?? 'dbpilot',
-      class: a.alertname,
-      details: {
-        seen: String(details.seen ?? a.alertname),
-        tried: (details.tried as string | string[]) ?? 'nothing',
-        verified: (details.verified as string | string[]) ?? 'nothing',
-        ...details,
-        run: run.id,
-        run_status: status,
-        mode: run.mode,
-        labels: a.labels,
-      },
-    });
+    const pages = this.core.pagesOf(a, handler);
+    for (const { team, dedupKey } of pages) {
+      this.core.o.outbox.trigger({
+        team,
+        dedupKey,
+        summary: `[dbpilot] ${a.alertname}${run.target !== '-' ? ` on ${run.target}` : ''}: ${reason || status}`,
+        severity,
+        component: handler?.name ?? 'dbpilot',
+        class: a.alertname,
+        details: {
+          seen: String(details.seen ?? a.alertname),
+          tried: (details.tried as string | string[]) ?? 'nothing',
+          verified: (details.verified as string | string[]) ?? 'nothing',
+          ...details,
+          run: run.id,
+          run_status: status,
+          mode: run.mode,
+          labels: a.labels,
+          ...(pages.length > 1 ? { also_paged: pages.filter((p) => p.team !== team).map((p) => p.team) } : {}),
+        },
+      });
+    }
   }
 
   /**
@@ -140,7 +149,7 @@ export class Outcomes {
    */
   escalateOnly(run: RunRow, a: AlertInfo, handler: Handler | null, reason: string, tried: string): void {
     if (this.grouped && a.groupKey) {
-      this.grouped.push({ run, alert: a, team: this.core.teamOf(a, handler), reason });
+      for (const { team } of this.core.pagesOf(a, handler)) this.grouped.push({ run, alert: a, team, reason });
       return;
     }
     this.escalate(run, a, handler, { seen: a.annotations.summary ?? a.alertname, tried, verified: 'nothing' }, reason, run.status);

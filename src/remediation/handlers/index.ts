@@ -10,6 +10,8 @@ import { slowQueriesHandler, slowQueriesOptions } from './slow-queries.js';
 import { primaryFailoverHandler, primaryFailoverOptions } from './primary-failover.js';
 import { rebuildReplicaHandler, rebuildReplicaOptions } from './rebuild-replica.js';
 import { prismaMigrationHandler, prismaMigrationOptions } from './prisma-migration.js';
+import { replicationLagHandler, replicationLagOptions } from './replication-lag.js';
+import { dataCorruptionHandler, dataCorruptionOptions } from './data-corruption.js';
 import type { Handler } from '../handler.js';
 
 export const handlersSchema = z.strictObject({
@@ -19,8 +21,8 @@ export const handlersSchema = z.strictObject({
   'disk-full': genericOptions.optional(),
   'prisma-migration': prismaMigrationOptions.prefault({}),
   'redis-failure': genericOptions.optional(),
-  'replication-lag': genericOptions.optional(),
-  'data-corruption': genericOptions.optional(),
+  'replication-lag': replicationLagOptions.prefault({}),
+  'data-corruption': dataCorruptionOptions.prefault({}),
 });
 
 /** The runbook's top-level `failover:` block belongs to the primary-failover handler. */
@@ -30,5 +32,12 @@ export { checkPrismaServices, prismaServiceSettings } from './prisma-migration.j
 
 /** A fresh instance of every handler of this build. */
 export function builtHandlers(): Handler[] {
-  return [slowQueriesHandler() as Handler, primaryFailoverHandler() as Handler, rebuildReplicaHandler() as Handler, prismaMigrationHandler() as Handler];
+  return [
+    slowQueriesHandler() as Handler,
+    primaryFailoverHandler() as Handler,
+    rebuildReplicaHandler() as Handler,
+    prismaMigrationHandler() as Handler,
+    replicationLagHandler() as Handler,
+    dataCorruptionHandler() as Handler,
+  ];
 }

@@ -19,6 +19,9 @@ import { APPLICATION_NAME } from '../../integrations/postgres.js';
 import { serverForAlert, type AlertInfo, type Handler, type HandlerContext, type PriorStep, type Step } from '../handler.js';
 import { psqlCommand } from '../runbook.js';
 import { databaseName, handlerOptions, identifier } from './options.js';
+import { QUERY_TEXT_MAX, redactQuery } from '../query-text.js';
+
+export { redactQuery };
 
 /** handlers.slow-queries: what this handler takes, with its defaults (merged into the configuration schema). */
 export const slowQueriesOptions = handlerOptions({
@@ -69,7 +72,6 @@ export interface SlowQueriesPlan {
   vacuum: { database: string; schema: string; table: string }[];
 }
 
-const QUERY_TEXT_MAX = 200;
 const VACUUM_TIMEOUT_MS = 30 * 60_000;
 const VACUUM_LOCK_TIMEOUT = '5s';
 /** Sessions listed in a page; the rest are counted (PagerDuty refuses events over 512 KB). */
@@ -121,21 +123,6 @@ GROUP BY t.pid`;
 const DIAGNOSTICS_SQL = `
 SELECT schemaname, tablename, attname, n_distinct::float8 AS n_distinct, correlation::float8 AS correlation
 FROM pg_stats WHERE tablename = ANY($1::text[]) ORDER BY n_distinct LIMIT 100`;
-
-/**
- * Keeps secrets out of the audit and the page: every string literal ('…', E'…', $tag$…$tag$) becomes
- * '?' — passwords, dblink connection strings, subscription conninfo — and any URL left is redacted.
- */
-export function redactQuery(query: string): string {
-  const cleaned = safeMessage(
-    query
-      .replace(/(\$[A-Za-z_0-9]*\$)[\s\S]*?(\1|$)/g, "'?'")
-      .replace(/[eE]?'(?:[^'\\]|''|\\.)*('|$)/g, "'?'"),
-  )
-    .replace(/\s+/g, ' ')
-    .trim();
-  return cleaned.length > QUERY_TEXT_MAX ? `${cleaned.slice(0, QUERY_TEXT_MAX - 1)}…` : cleaned;
-}
 
 /** Pure: who is spared and why, who is acted on (oldest first, up to the cap), who is over the cap. */
 export function classifySessions(
