@@ -10,6 +10,7 @@ import { slowQueriesHandler, slowQueriesOptions } from './slow-queries.js';
 import { primaryFailoverHandler, primaryFailoverOptions } from './primary-failover.js';
 import { rebuildReplicaHandler, rebuildReplicaOptions } from './rebuild-replica.js';
 import { prismaMigrationHandler, prismaMigrationOptions } from './prisma-migration.js';
+import { redisFailureHandler, redisFailureOptions, redisFlushallHandler, redisFlushallOptions } from './redis-failure.js';
 import type { Handler } from '../handler.js';
 
 export const handlersSchema = z.strictObject({
@@ -18,7 +19,8 @@ export const handlersSchema = z.strictObject({
   'slow-queries': slowQueriesOptions.prefault({}),
   'disk-full': genericOptions.optional(),
   'prisma-migration': prismaMigrationOptions.prefault({}),
-  'redis-failure': genericOptions.optional(),
+  'redis-failure': redisFailureOptions.prefault({}),
+  'redis-flushall': redisFlushallOptions.prefault({}),
   'replication-lag': genericOptions.optional(),
   'data-corruption': genericOptions.optional(),
 });
@@ -30,5 +32,5 @@ export { checkPrismaServices, prismaServiceSettings } from './prisma-migration.j
 
 /** A fresh instance of every handler of this build. */
 export function builtHandlers(): Handler[] {
-  return [slowQueriesHandler() as Handler, primaryFailoverHandler() as Handler, rebuildReplicaHandler() as Handler, prismaMigrationHandler() as Handler];
+  return [slowQueriesHandler() as Handler, primaryFailoverHandler() as Handler, rebuildReplicaHandler() as Handler, prismaMigrationHandler() as Handler, redisFailureHandler() as Handler, redisFlushallHandler() as Handler];
 }
