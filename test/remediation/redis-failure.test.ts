@@ -261,6 +261,22 @@ describe('redis-failure (runbook scenario 5) on a real Redis', () => {
     expect(await redisCmd(s.node, 'DBSIZE')).toBe(1);
   });
 
+  it('a Redis that answers while a service fails its health URL is not restarted either: paged with the service named', async () => {
+    const s = await setUp({ mode: 'auto', services: [{ name: 'order-payment-service', healthUrl: healthyUrl }, { name: 'product-service', healthUrl: brokenUrl }] });
+    const a = alert('RedisDown');
+    const run = await s.h.engine.onFiring(a);
+    expect(run?.status).toBe('escalated');
+    expect(run!.reason).toBe('unsafe to act: Redis answers PING on a new connection (attempt 1 of 3), so it is not restarted, but fallback to database mode is not working for 1 of 2 service(s): product-service (HTTP 500)');
+    expect(statefulSetPatches()).toEqual([]);
+    await s.h.settle();
+    const d = expectDiagnostics(pageOf('RedisDown', a.fingerprint)!.details.diagnostics);
+    expect(d.ping_now).toBe('PONG on a new connection');
+    expect((d.services as { service: string; error: string | null }[]).map((x) => [x.service, x.error])).toEqual([
+      ['order-payment-service', null],
+      ['product-service', 'HTTP 500'],
+    ]);
+  });
+
   it('approve: the plan waits with the diagnostics; Redis answering again before the approval stops the restart at its precondition', async () => {
     const s = await setUp({ mode: 'approve' });
     await s.node.stop();
