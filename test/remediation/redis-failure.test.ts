@@ -436,6 +436,18 @@ describe('redis-flushall (runbook scenario 5 step 3): never without approval, on
     expectNoSecret(s);
   });
 
+  it('allowed, from the CLI: `remediate redis-flushall` without --yes changes nothing; with --yes (a person at the terminal is the approval) Redis runs it', async () => {
+    const s = await setUp({ mode: 'auto', flushall: { allow: true } });
+    await fill(s.node);
+    const dry = await s.h.engine.runManual('redis-flushall', {}, 'dry-run');
+    expect(dry?.status).toBe('dry_run');
+    expect(await flushallCalls(s.node)).toEqual({ present: false, calls: 0 });
+    const run = await s.h.engine.runManual('redis-flushall', {}, 'manual');
+    expect(run?.status, why(s, run!.id)).toBe('succeeded');
+    expect(await flushallCalls(s.node)).toEqual({ present: true, calls: 1 });
+    expect(await redisCmd(s.node, 'DBSIZE')).toBe(0);
+  });
+
   it('dry-run: the plan is paged, FLUSHALL is not issued', async () => {
     const s = await setUp({ mode: 'dry-run', flushall: { allow: true } });
     await fill(s.node);

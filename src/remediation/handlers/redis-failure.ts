@@ -251,6 +251,9 @@ function runbookCommands(ctx: HandlerContext): string[] {
   ];
 }
 
+/** The engine waits 5 s for a page's diagnostics: the API server must answer within that, or the page says it did not. */
+const DIAGNOSTICS_KUBE_TIMEOUT_MS = 3000;
+
 /** What every page of scenario 5 carries (both handlers), read live; the plan's own readings beside them. */
 async function scenarioDiagnostics(ctx: HandlerContext, plan: { ping?: PingAttempt[]; facts: RedisFacts | null; services?: ServiceCheck[] } | null): Promise<Record<string, unknown>> {
   const cfg = ctx.config.handlers['redis-failure'];
@@ -263,13 +266,13 @@ async function scenarioDiagnostics(ctx: HandlerContext, plan: { ping?: PingAttem
     readFacts(ctx, o),
     checkServices(ctx, cfg).catch((err: unknown) => `not available: ${safeMessage(err)}`),
     kube
-      ? kube.readPod(pod).then(
+      ? kube.readPod(pod, { timeoutMs: DIAGNOSTICS_KUBE_TIMEOUT_MS }).then(
           (p) => ({ name: p.name, phase: p.phase ?? null, ready: p.ready, restart_count: p.restartCount, containers: p.containerStates, ready_condition: p.readyCondition ?? null }),
           (err: unknown) => `not available: ${safeMessage(err)}`,
         )
       : Promise.resolve('kubernetes: is not configured'),
     kube
-      ? kube.readRolloutStatus('statefulset', sts).then(
+      ? kube.readRolloutStatus('statefulset', sts, { timeoutMs: DIAGNOSTICS_KUBE_TIMEOUT_MS }).then(
           (r) => ({ statefulset: sts, message: r.message, ready_replicas: r.readyReplicas, desired_replicas: r.desiredReplicas, restarted_at: r.restartedAt ?? null }),
           (err: unknown) => `not available: ${safeMessage(err)}`,
         )
