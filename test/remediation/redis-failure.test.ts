@@ -29,6 +29,8 @@ const STS = 'redis';
 const POD = 'redis-0';
 /** A password in dbpilot's Redis URL: it must never reach a page, the audit or a log line. */
 const PASSWORD = 'redis-pw-never-shown-9c2e';
+/** pid 4194000 is above any pid this machine hands out: the process that left a run is dead. */
+const DEAD_OWNER = 'dbpilot-0/4194000/deadbeef';
 
 let dir: string;
 const pd = new PagerDutyStandin();
@@ -275,6 +277,67 @@ describe('redis-failure (runbook scenario 5) on a real Redis', () => {
       ['order-payment-service', null],
       ['product-service', 'HTTP 500'],
     ]);
+  });
+
+  it('resumed after a crash: a restart the dead process recorded is verified on the StatefulSet and not repeated; one it did not record is repeated only because PING still fails', async () => {
+    for (const recorded of [true, false]) {
+      const s = await setUp({ mode: 'auto' });
+      await s.node.stop();
+      // What a dbpilot killed inside restartRedis leaves: the run running, the step started, the patch sent.
+      const plan = { alertname: 'RedisDown', statefulSet: STS, pod: POD, ping: [{ attempt: 1, ok: false, reply: null, error: 'connect ECONNREFUSED' }], facts: null, services: [], rolloutTimeoutSeconds: 20, pingTimeoutSeconds: 20 };
+      const run = s.h.store.createRun({
+        handler: 'redis-failure',
+        alertname: 'RedisDown',
+        fingerprint: freshFingerprint(),
+        startsAt: new Date().toISOString(),
+        target: 'redis',
+        mode: 'auto',
+        status: 'running',
+        plan: { summary: 'restart statefulset/redis', data: plan, escalateAfter: null },
+        labels: { alertname: 'RedisDown', remediation: 'redis-failure', team: 'devops' },
+        owner: DEAD_OWNER,
+      })!;
+      s.h.store.putSteps(run.id, [
+        { name: 'restartRedis', command: `kubectl rollout restart statefulset/${STS} -n ${NS}` },
+        { name: 'waitForRedisRollout', command: `kubectl rollout status statefulset/${STS} -n ${NS} --timeout=20s` },
+        { name: 'verifyRedisStatus', command: `kubectl exec -it ${POD} -n ${NS} -- redis-cli ping   # expected: PONG` },
+      ]);
+      s.h.store.stepStarted(run.id, 0);
+      const sent = await s.h.remediation.kube!.rolloutRestart('statefulset', STS, new Date(Math.floor(Date.now() / 1000) * 1000 - 5000));
+      if (recorded) s.h.store.stepOutput(run.id, 0, sent);
+      expect(s.h.store.acquireLock('redis', run.id, DEAD_OWNER, () => false)).toBe('acquired');
+      // The controller brings Redis back after the restart the resumed run is left with.
+      const back = (async () => {
+        await until(() => statefulSetPatches().length === (recorded ? 1 : 2), 'the restart(s)', 30_000);
+        await s.node.start();
+      })();
+      await s.h.engine.resume();
+      await s.h.engine.idle();
+      await back;
+      const done = s.h.store.getRun(run.id)!;
+      expect(done.status, why(s, run.id)).toBe('succeeded');
+      expect(steps(s, run.id)).toEqual([
+        ['restartRedis', 'done'],
+        ['waitForRedisRollout', 'done'],
+        ['verifyRedisStatus', 'done'],
+      ]);
+      const check = (s.h.store.steps(run.id)[0]!.check as { detail: string }).detail;
+      if (recorded) {
+        expect(statefulSetPatches()).toHaveLength(1);
+        expect(check.startsWith(`statefulset/${STS} has restartedAt ${sent.restartedAt}: `)).toBe(true);
+        expect(check).toMatch(/\(verified after restart\)$/);
+      } else {
+        // Nothing recorded to verify: repeated, its precondition (PING still failing) checked again.
+        expect(statefulSetPatches()).toHaveLength(2);
+        expect(restartedAt()).not.toBe(sent.restartedAt);
+      }
+      await s.h.close();
+      h = null;
+      await s.node.stop();
+      node = null;
+      k8s.clearRequests();
+      pd.reset();
+    }
   });
 
   it('approve: the plan waits with the diagnostics; Redis answering again before the approval stops the restart at its precondition', async () => {
