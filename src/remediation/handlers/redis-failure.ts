@@ -362,6 +362,8 @@ export function redisFailureHandler(): Handler<RedisFailurePlan> {
     },
 
     steps(plan: RedisFailurePlan, ctx: HandlerContext): Step[] {
+      // A Redis that answered is never restarted (`dbpilot plan` asks for the steps of every plan).
+      if (answered(plan.ping)) return [];
       const kube = ctx.kube;
       if (!kube) throw new UnsafeToActError('restarting Redis needs the kubernetes: block');
       const cfg = settings(ctx);
