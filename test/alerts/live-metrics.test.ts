@@ -141,8 +141,9 @@ describe('every metric the rules and the dashboard query is exposed by a live db
   });
 
   it('escalates an alert without a handler to the PagerDuty stand-in (so the event counters exist)', async () => {
-    // remediation=redis-failure: this build has no such handler, so the run is recorded as
-    // escalated and the devops team is paged — the ordinary path that increments both counters.
+    // remediation=redis-sentinel-failover: no runbook handler has that name, so the run is recorded
+    // as escalated (counted under handler="unknown", the bounded label for names outside the runbook)
+    // and the devops team is paged — the ordinary path that increments both counters.
     const fingerprint = 'feed0000000000a1';
     const res = await fetch(`${base}/alertmanager/webhook`, {
       method: 'POST',
@@ -154,7 +155,7 @@ describe('every metric the rules and the dashboard query is exposed by a live db
         alerts: [
           {
             status: 'firing',
-            labels: { alertname: 'RedisDown', severity: 'critical', team: 'devops', remediation: 'redis-failure' },
+            labels: { alertname: 'RedisDown', severity: 'critical', team: 'devops', remediation: 'redis-sentinel-failover' },
             annotations: { summary: 'Redis is down' },
             startsAt: new Date().toISOString(),
             endsAt: '0001-01-01T00:00:00Z',
@@ -217,7 +218,7 @@ describe('every metric the rules and the dashboard query is exposed by a live db
     expect(find(live, 'redis_up')[0]?.value).toBe(1);
     expect(find(live, 'pg_filesystem_size_bytes', { server: P, path: cluster!.primary.dataDir })[0]?.value).toBeGreaterThan(0);
     expect(find(live, 'prisma_migrations_failed', { server: P, datname: DB })[0]?.value).toBe(0);
-    expect(find(live, 'dbpilot_remediations_total', { handler: 'redis-failure', outcome: 'escalated' })[0]?.value).toBe(1);
+    expect(find(live, 'dbpilot_remediations_total', { handler: 'unknown', outcome: 'escalated' })[0]?.value).toBe(1);
     expect(find(live, 'service_health_database', { service: 'auth-service', state: 'healthy' })[0]?.value).toBe(1);
     expect(find(live, 'pg_settings_data_checksums', { server: P })[0]?.value).toBe(1);
     expect(logLines.filter((l) => /"msg":"collector failed"/.test(l))).toEqual([]);

@@ -167,10 +167,21 @@ describe('dbpilot plan', () => {
     expect(readStore((st) => st.listRuns())).toEqual([]);
   });
 
+  it('redis-failure on the running Redis: it answers PING, so the plan restarts nothing (and needs no kubernetes: to say so); redis-flushall is refused where not allowed', async () => {
+    const r = await dbpilot('plan', 'redis-failure');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.trim()).toMatch(/^redis-failure on redis: Redis answers PING on a new connection \(attempt 1 of 3\): not restarted \(used_memory /);
+    const f = await dbpilot('plan', 'redis-flushall');
+    expect(f.stdout).toBe('');
+    expect(f.stderr).toMatch(/^dbpilot: FLUSHALL \(runbook scenario 5 step 3\) is refused: it deletes every key of every database, and handlers\.redis-flushall\.allow is not true in this configuration \(environment production\) \[DBPILOT_UNSAFE_TO_ACT\]$/m);
+    expect(f.code).toBe(2);
+    expect(readStore((st) => st.listRuns())).toEqual([]);
+  });
+
   it('refuses an unknown handler with exit code 2 and the handlers it has', async () => {
     const r = await dbpilot('plan', 'restart-redis');
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/^dbpilot: no handler named restart-redis; available: slow-queries, primary-failover, rebuild-replica, prisma-migration, replication-lag, data-corruption \[DBPILOT_REGISTRY_INVALID\]$/m);
+    expect(r.stderr).toMatch(/^dbpilot: no handler named restart-redis; available: slow-queries, primary-failover, rebuild-replica, prisma-migration, replication-lag, data-corruption, redis-failure, redis-flushall \[DBPILOT_REGISTRY_INVALID\]$/m);
     expect(r.stdout).toBe('');
   });
 });

@@ -325,7 +325,7 @@ const API_CALLS: Record<string, { apiGroup: string; resource: string; verb: stri
   'apps.readNamespacedDeployment': { apiGroup: 'apps', resource: 'deployments', verb: 'get', usedBy: 'readRolloutStatus / waitForRollout' },
   'apps.readNamespacedStatefulSet': { apiGroup: 'apps', resource: 'statefulsets', verb: 'get', usedBy: 'readRolloutStatus / waitForRollout' },
   'core.listNamespacedPod': { apiGroup: '', resource: 'pods', verb: 'list', usedBy: 'listPods' },
-  'core.readNamespacedPod': { apiGroup: '', resource: 'pods', verb: 'get', usedBy: 'readPod (the primary pod when a failover is confirmed; the leader pod before forwarding to it)' },
+  'core.readNamespacedPod': { apiGroup: '', resource: 'pods', verb: 'get', usedBy: 'readPod (the primary pod when a failover is confirmed; the leader pod before forwarding to it; the Redis pod in scenario 5 pages)' },
   'core.readNamespacedConfigMap': { apiGroup: '', resource: 'configmaps', verb: 'get', usedBy: 'readConfigMap (the failover intent)' },
   'core.createNamespacedConfigMap': { apiGroup: '', resource: 'configmaps', verb: 'create', usedBy: 'createConfigMap (the failover intent)' },
   'core.replaceNamespacedConfigMap': { apiGroup: '', resource: 'configmaps', verb: 'update', usedBy: 'replaceConfigMap (the failover intent)' },
@@ -620,8 +620,13 @@ describe('Helm chart', () => {
     // The PostgreSQL pods of config.postgres, dbpilot's own two pods, and the ones named.
     const pods = ['postgres-primary-0', 'postgres-replica-0', 'dbpilot-0', 'dbpilot-1', 'postgres-replica-1'];
     expect(named.get('core/pods:patch')).toEqual([pods]);
-    expect(named.get('core/pods:get')).toEqual([pods]);
-    expect(grants(one(render(), 'Role')).get('core/pods:get')).toEqual([pods.slice(0, 4)]);
+    // The Redis pod (scenario 5) is read, never patched: <redisStatefulSet>-0 unless handlers.redis-failure.pod names it.
+    const redisPod = `${config.kubernetes.redisStatefulSet}-0`;
+    expect(named.get('core/pods:get')).toEqual([[redisPod], pods]);
+    expect(grants(one(render(), 'Role')).get('core/pods:get')).toEqual([[redisPod], pods.slice(0, 4)]);
+    const namedPod = grants(one(render({ values: { config: { handlers: { 'redis-failure': { pod: 'redis-master-0' } } } } }), 'Role'));
+    expect(namedPod.get('core/pods:get')).toEqual([['redis-master-0'], pods.slice(0, 4)]);
+    expect(namedPod.get('core/pods:patch')!.flat()).not.toContain('redis-master-0');
     expect(named.get('core/pods:list')).toEqual([[]]);
     expect(named.get('core/persistentvolumeclaims:patch')).toEqual([['data-postgres-primary-0']]);
   });

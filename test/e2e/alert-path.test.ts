@@ -33,7 +33,6 @@ import { createLogger } from '../../src/logger.js';
 import type { RunRow } from '../../src/store/store.js';
 import { startService, type Service } from '../../src/server.js';
 import { prepareService } from '../../src/service.js';
-import { groupDedupKey } from '../../src/remediation/pages.js';
 import { REPO_ROOT, RULES_FILE } from '../alerts/promql.js';
 import { PagerDutyStandin, type AcceptedEvent } from '../support/pagerduty-standin.js';
 import { startPgCluster, type PgCluster } from '../support/pg-cluster.js';
@@ -590,25 +589,35 @@ describe('alert path: dbpilot → Prometheus → Alertmanager → dbpilot webhoo
     expect(active?.state).toBe('firing');
     expect(got.at).toBeGreaterThanOrEqual(active!.activeAt + holdFor);
     const redisFingerprint = got.alert.fingerprint;
-    // This build has no redis-failure handler: dbpilot only escalates, in its Alertmanager group's page.
-    const redisDedupKey = groupDedupKey('devops', got.groupKey);
+    // The redis-failure handler plans: Redis does not answer PING, and with no kubernetes: here there is
+    // nothing to restart it with, so the run is escalated and devops paged under the alert's own key.
+    const redisDedupKey = `dbpilot/RedisDown/${redisFingerprint}`;
 
-    // Through dbpilot: one run, escalated because this build has no redis-failure handler.
-    const run = await until(async () => (await runs('RedisDown')).find((x) => x.fingerprint === redisFingerprint), 'the RedisDown run in /api/remediations', 10_000);
+    // Through dbpilot: one run, escalated with the reason.
+    const run = await until(
+      async () => (await runs('RedisDown')).find((x) => x.fingerprint === redisFingerprint && !['planning', 'running'].includes(x.status)),
+      'the RedisDown run to end in /api/remediations',
+      20_000,
+    );
     expect(await runs('RedisDown')).toHaveLength(1);
     expect(run).toMatchObject({ alertname: 'RedisDown', handler: 'redis-failure', status: 'escalated', origin: 'alertmanager' });
+    expect(run.reason).toMatch(/^unsafe to act: Redis does not answer PING on a new connection \(3 attempt\(s\), 1000 ms apart; last: .*\); restarting it \(kubectl rollout restart statefulset\/redis\) needs the kubernetes: block$/);
     expect(run.labels).toMatchObject({ alertname: 'RedisDown', team: 'devops', remediation: 'redis-failure', severity: 'critical' });
 
-    // dbpilot's page: the devops routing key, a trigger under the group's dedup key, listing the run.
+    // dbpilot's page: the devops routing key, a trigger under the alert's dedup key, with the diagnostics.
     const page = await until(
       () => pd.accepted.find((e) => e.dedupKey === redisDedupKey && e.action === 'trigger'),
       `the devops page ${redisDedupKey} at the PagerDuty stand-in`,
       15_000,
     );
     expect(page.routingKey).toBe(TEAM_KEYS.devops);
-    const payload = page.event.payload as { group?: string; severity?: string; custom_details?: Record<string, unknown> };
-    expect(payload).toMatchObject({ group: 'devops', severity: 'critical' });
-    expect(payload.custom_details).toMatchObject({ team: 'devops', alerts: [expect.objectContaining({ fingerprint: redisFingerprint, run: run.id })] });
+    const payload = page.event.payload as { severity?: string; custom_details?: Record<string, unknown> };
+    expect(payload).toMatchObject({ severity: 'critical' });
+    expect(payload.custom_details).toMatchObject({
+      run: run.id,
+      run_status: 'escalated',
+      diagnostics: expect.objectContaining({ runbook: 'Scenario 5 — Redis Cache Failure', ping_now: expect.stringMatching(/^no answer on a new connection: /) }),
+    });
     expect(pd.accepted.filter((e: AcceptedEvent) => e.dedupKey === redisDedupKey)).toHaveLength(1);
 
     // Redis back: the resolved notification arrives and dbpilot resolves the page exactly once.
@@ -642,7 +651,7 @@ describe('alert path: dbpilot → Prometheus → Alertmanager → dbpilot webhoo
     expect(await promAlert('PostgresPrimaryDown')).toBeUndefined();
     /** Resolves of the page of an earlier RedisDown incident (none when there was none): an unrelated incident must not add one. */
     const redisIncident = arrival('RedisDown', 'firing', Number.NEGATIVE_INFINITY);
-    const redisPage = redisIncident ? groupDedupKey('devops', redisIncident.groupKey) : undefined;
+    const redisPage = redisIncident ? `dbpilot/RedisDown/${redisIncident.alert.fingerprint}` : undefined;
     const redisResolves = () => pd.accepted.filter((e) => e.action === 'resolve' && e.dedupKey === redisPage).length;
     const redisResolvesBefore = redisResolves();
     await cluster!.primary.kill();

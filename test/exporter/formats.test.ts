@@ -69,8 +69,8 @@ async function startServe(pdUrl: string, dir: string): Promise<{ service: Servic
 }
 
 /**
- * Real events, so the labelled counters have samples: a webhook with an alert this build has no
- * handler for (requests, alerts, remediations; escalated to the PagerDuty stand-in: escalations) that
+ * Real events, so the labelled counters have samples: a webhook with an alert naming a remediation no
+ * runbook handler has (requests, alerts, remediations; escalated to the PagerDuty stand-in: escalations) that
  * says Alertmanager truncated one alert.
  */
 async function produceCounterSamples(service: Service, base: string, pd: PagerDutyStandin, fingerprint: string): Promise<void> {
@@ -84,7 +84,7 @@ async function produceCounterSamples(service: Service, base: string, pd: PagerDu
       alerts: [
         {
           status: 'firing',
-          labels: { alertname: 'RedisDown', severity: 'critical', team: 'devops', remediation: 'redis-failure' },
+          labels: { alertname: 'RedisDown', severity: 'critical', team: 'devops', remediation: 'redis-sentinel-failover' },
           annotations: { summary: 'Redis is down' },
           startsAt: new Date().toISOString(),
           endsAt: '0001-01-01T00:00:00Z',

@@ -11,7 +11,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { CheckResult, Handler, Step } from '../../src/remediation/handler.js';
 import type { RunRow } from '../../src/store/store.js';
 import { PagerDutyStandin } from '../support/pagerduty-standin.js';
-import { freshFingerprint, startRemediation, type RemediationHarness } from '../support/remediation.js';
+import { freshFingerprint, standIn, startRemediation, type RemediationHarness } from '../support/remediation.js';
 
 const pd = new PagerDutyStandin();
 beforeAll(async () => {
@@ -43,7 +43,8 @@ function countingHandler(specs: StepSpec[]): Handler<{ steps: string[] }> & { ra
   /** What each step's action was handed of the steps before it (their checks). */
   const seen: string[] = [];
   const byName = new Map(specs.map((s) => [s.name, s]));
-  return {
+  // In the harness it stands in for the built redis-failure handler.
+  return standIn({
     name: 'redis-failure',
     team: 'devops',
     ran,
@@ -70,7 +71,7 @@ function countingHandler(specs: StepSpec[]): Handler<{ steps: string[] }> & { ra
           },
         }),
       ),
-  };
+  });
 }
 
 async function harness(): Promise<RemediationHarness> {

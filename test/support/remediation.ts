@@ -487,6 +487,14 @@ function scriptedReplaceBuilt(remediation: Remediation): void {
   };
 }
 
+/**
+ * Marks a handler written in a test as standing in for the built handler of its name (as a scripted
+ * handler does): registered in a harness, it takes that handler's place.
+ */
+export function standIn<H extends { name: HandlerName }>(handler: H): H {
+  return Object.assign(handler, { [SCRIPTED]: true });
+}
+
 export function scriptedHandler(name: HandlerName = 'redis-failure', behaviour: ScriptedBehaviour = {}): ScriptedHandler {
   const executed: string[] = [];
   const h: ScriptedHandler & { [SCRIPTED]: true } = {

@@ -12,6 +12,7 @@ import { rebuildReplicaHandler, rebuildReplicaOptions } from './rebuild-replica.
 import { prismaMigrationHandler, prismaMigrationOptions } from './prisma-migration.js';
 import { replicationLagHandler, replicationLagOptions } from './replication-lag.js';
 import { dataCorruptionHandler, dataCorruptionOptions } from './data-corruption.js';
+import { redisFailureHandler, redisFailureOptions, redisFlushallHandler, redisFlushallOptions } from './redis-failure.js';
 import type { Handler } from '../handler.js';
 
 export const handlersSchema = z.strictObject({
@@ -20,7 +21,8 @@ export const handlersSchema = z.strictObject({
   'slow-queries': slowQueriesOptions.prefault({}),
   'disk-full': genericOptions.optional(),
   'prisma-migration': prismaMigrationOptions.prefault({}),
-  'redis-failure': genericOptions.optional(),
+  'redis-failure': redisFailureOptions.prefault({}),
+  'redis-flushall': redisFlushallOptions.prefault({}),
   'replication-lag': replicationLagOptions.prefault({}),
   'data-corruption': dataCorruptionOptions.prefault({}),
 });
@@ -39,5 +41,7 @@ export function builtHandlers(): Handler[] {
     prismaMigrationHandler() as Handler,
     replicationLagHandler() as Handler,
     dataCorruptionHandler() as Handler,
+    redisFailureHandler() as Handler,
+    redisFlushallHandler() as Handler,
   ];
 }

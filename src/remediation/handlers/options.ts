@@ -15,6 +15,7 @@ export const HANDLER_NAMES = [
   'disk-full',
   'prisma-migration',
   'redis-failure',
+  'redis-flushall',
   'replication-lag',
   'data-corruption',
 ] as const;
