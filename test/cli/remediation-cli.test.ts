@@ -154,7 +154,7 @@ describe('dbpilot plan', () => {
   it('refuses an unknown handler with exit code 2 and the handlers it has', async () => {
     const r = await dbpilot('plan', 'restart-redis');
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/^dbpilot: no handler named restart-redis; available: slow-queries, primary-failover, rebuild-replica, prisma-migration \[DBPILOT_REGISTRY_INVALID\]$/m);
+    expect(r.stderr).toMatch(/^dbpilot: no handler named restart-redis; available: slow-queries, primary-failover, rebuild-replica, prisma-migration, disk-full, vacuum-full \[DBPILOT_REGISTRY_INVALID\]$/m);
     expect(r.stdout).toBe('');
   });
 });

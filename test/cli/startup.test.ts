@@ -121,7 +121,7 @@ describe('serve on a port that is taken', () => {
 
 describe('check-config runs what serve runs', () => {
   it.each([
-    [{ alerts: { PostgresDiskAlmostFull: 'disk-full' } }, /^dbpilot: alerts\.PostgresDiskAlmostFull: handler disk-full is not available in this build \(available: slow-queries, primary-failover, rebuild-replica, prisma-migration\) \[DBPILOT_REGISTRY_INVALID\]$/m],
+    [{ alerts: { PostgresDataCorruption: 'data-corruption' } }, /^dbpilot: alerts\.PostgresDataCorruption: handler data-corruption is not available in this build \(available: slow-queries, primary-failover, rebuild-replica, prisma-migration, disk-full, vacuum-full\) \[DBPILOT_REGISTRY_INVALID\]$/m],
     [{ kubernetes: { kubeconfig: '/nonexistent/kubeconfig' } }, /^dbpilot: kubernetes: cannot load configuration: .*\[DBPILOT_DEPENDENCY_FAILED\]$/m],
     // A parent that is a file: refused even for root, who may write anywhere else.
     [{ store: { path: '/etc/hostname/dbpilot/dbpilot.sqlite' } }, /^dbpilot: store\.path: \/etc\/hostname is not a directory \[DBPILOT_CONFIG_INVALID\]$/m],

@@ -10,13 +10,15 @@ import { slowQueriesHandler, slowQueriesOptions } from './slow-queries.js';
 import { primaryFailoverHandler, primaryFailoverOptions } from './primary-failover.js';
 import { rebuildReplicaHandler, rebuildReplicaOptions } from './rebuild-replica.js';
 import { prismaMigrationHandler, prismaMigrationOptions } from './prisma-migration.js';
+import { diskFullHandler, diskFullOptions, vacuumFullHandler, vacuumFullOptions } from './disk-full.js';
 import type { Handler } from '../handler.js';
 
 export const handlersSchema = z.strictObject({
   'primary-failover': primaryFailoverOptions.prefault({}),
   'rebuild-replica': rebuildReplicaOptions.prefault({}),
   'slow-queries': slowQueriesOptions.prefault({}),
-  'disk-full': genericOptions.optional(),
+  'disk-full': diskFullOptions.prefault({}),
+  'vacuum-full': vacuumFullOptions.prefault({}),
   'prisma-migration': prismaMigrationOptions.prefault({}),
   'redis-failure': genericOptions.optional(),
   'replication-lag': genericOptions.optional(),
@@ -30,5 +32,5 @@ export { checkPrismaServices, prismaServiceSettings } from './prisma-migration.j
 
 /** A fresh instance of every handler of this build. */
 export function builtHandlers(): Handler[] {
-  return [slowQueriesHandler() as Handler, primaryFailoverHandler() as Handler, rebuildReplicaHandler() as Handler, prismaMigrationHandler() as Handler];
+  return [slowQueriesHandler() as Handler, primaryFailoverHandler() as Handler, rebuildReplicaHandler() as Handler, prismaMigrationHandler() as Handler, diskFullHandler() as Handler, vacuumFullHandler() as Handler];
 }
