@@ -111,7 +111,8 @@ export function nextSize(current: bigint, step: ExpandStep, max: bigint): bigint
 /** Pure, RDS's counterpart in whole GiB: one step, at least RDS's 10 %, never past maxGiB; null when it would not grow. */
 export function nextRdsGiB(current: number, step: ExpandStep, maxGiB: number): number | null {
   const stepped = 'percent' in step ? Math.ceil(current * (1 + step.percent / 100)) : current + Math.ceil(step.gi);
-  const to = Math.min(Math.max(stepped, Math.ceil(current * 1.1)), maxGiB);
+  // In integers: 100 × 1.1 is 110.00000000000001 in floating point.
+  const to = Math.min(Math.max(stepped, Math.ceil((current * 11) / 10)), maxGiB);
   return to > current ? to : null;
 }
 
