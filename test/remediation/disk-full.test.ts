@@ -26,6 +26,8 @@ const NS = 'lomash-wood';
 const POD = 'postgres-primary-0';
 const PVC = `postgres-data-${POD}`;
 const MI = 1024 * 1024;
+/** A password in dbpilot's own URL: it must never reach a page, the audit or a log line. */
+const PASSWORD = 'pw-never-shown-9d2e';
 
 /** Mounting a tmpfs needs root (CAP_SYS_ADMIN); where that is not allowed the file-system tests cannot run. */
 const canMount = (() => {
@@ -240,7 +242,7 @@ async function setUp(o: SetUp): Promise<RemediationHarness> {
     mode: o.mode,
     pagerduty: pd,
     config: {
-      postgres: { primary: { url: inject('pgPrimaryUrl'), pod: POD }, databases: [db.name], ...(o.noDataDirectory || !vol ? {} : { dataDirectory: vol.path }) },
+      postgres: { primary: { url: primaryWithPassword(), pod: POD }, databases: [db.name], ...(o.noDataDirectory || !vol ? {} : { dataDirectory: vol.path }) },
       kubernetes: { kubeconfig, namespace: NS, lease: { name: `dbpilot-disk-${seq}`, durationSeconds: 15, renewDeadlineSeconds: 10, retryPeriodSeconds: 0.5 } },
       ...(o.aws ? { aws: awsConfigFor(rds) } : {}),
       handlers: { 'disk-full': { cooldownSeconds: 0, expandTimeoutSeconds: 5, ...(o.handler ?? {}) }, ...(o.vacuumFull ? { 'vacuum-full': o.vacuumFull } : {}) },
@@ -249,6 +251,21 @@ async function setUp(o: SetUp): Promise<RemediationHarness> {
   // With kubernetes: configured only the holder of the Lease acts.
   await until(() => h!.remediation.leader.isLeader(), 'leadership');
   return h;
+}
+
+/** dbpilot's primary URL with a password (the suite's server trusts local connections: carried, not checked). */
+function primaryWithPassword(): string {
+  const u = new URL(inject('pgPrimaryUrl'));
+  u.password = PASSWORD;
+  return u.toString();
+}
+
+/** Nothing dbpilot wrote may carry the password of its own URL. */
+function expectNoSecret(): void {
+  const audit = JSON.stringify(h!.store.listRuns({ limit: 100 }).map((r) => ({ ...r, steps: h!.store.steps(r.id) })));
+  expect(audit).not.toContain(PASSWORD);
+  expect(JSON.stringify(pd.accepted)).not.toContain(PASSWORD);
+  expect(h!.log.text()).not.toContain(PASSWORD);
 }
 
 function diskAlert(fingerprint = freshFingerprint()) {
@@ -332,6 +349,28 @@ describe.skipIf(!canMount)('disk-full (runbook scenario 3) on a real PostgreSQL 
     expect((page.details.diagnostics!.pvc as { requested: string; capacity: string }).capacity).toBe('96Mi');
     // The audit has every action with its check.
     for (const s of h!.store.steps(run!.id)) expect((s.check as { ok: boolean }).ok, s.name).toBe(true);
+    expectNoSecret();
+  });
+
+  it('approve: pages devops with the plan and the diagnostics and patches nothing until approved; approved, it expands and checks', async () => {
+    vol = mountVolume(64, 95);
+    k8s.seedPvc({ name: PVC, namespace: NS, storage: '64Mi', storageClassName: 'gp3-expand', allowVolumeExpansion: true });
+    await setUp({ mode: 'approve', handler: { maxSize: '128Mi', stepGi: 0.0625 } });
+    kubelet = kubeletResizes(vol, PVC);
+    const a = diskAlert();
+    const run = await h!.engine.onFiring(a);
+    expect(run?.status).toBe('awaiting_approval');
+    expect(pvcPatches()).toEqual([]);
+    await h!.settle();
+    const asked = pageOf('PostgresDiskAlmostFull', a.fingerprint)!;
+    expect(asked.routingKey).toBe(TEAM_KEYS.devops);
+    expect(asked.summary).toMatch(/waiting for approval: .* is 9\d(\.\d+)? % used .*: expand PVC postgres-data-postgres-primary-0 from 64Mi to 128Mi \(ceiling 128Mi, StorageClass gp3-expand allows expansion\)/);
+    expectDiagnostics(asked.details.diagnostics);
+    const done = await h!.engine.approve(run!.id, 'devops-on-call');
+    expect(done.status, `${done.reason} ${JSON.stringify(stepsOf(run!.id))}`).toBe('succeeded');
+    expect(pvcPatches()).toHaveLength(1);
+    expect(stepsOf(run!.id)[0]!.check).toMatch(/grew from 64.0 MiB to 128.0 MiB/);
+    expectNoSecret();
   });
 
   it('dry-run: shows the exact kubectl patch and changes nothing; the page carries the diagnostics', async () => {
