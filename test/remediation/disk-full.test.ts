@@ -404,6 +404,24 @@ describe.skipIf(!canMount)('disk-full (runbook scenario 3) on a real PostgreSQL 
     expectDiagnostics(page.details.diagnostics);
   });
 
+  it('a PVC dbpilot cannot read (not there, or RBAC refusing) is not expanded; the VACUUM still runs and devops is paged why', async () => {
+    vol = mountVolume(64, 95);
+    db = await createTempDatabase(`disk${seq + 1}`);
+    await tableWithDeadTuples(db, 'events', 5000, 3000);
+    await setUp({ mode: 'auto', handler: { maxSize: '1Gi', vacuum: true, vacuumMinDeadTuples: 1000, pvcs: { [POD]: 'no-such-claim' } } });
+    const a = diskAlert();
+    const run = await h!.engine.onFiring(a);
+    expect(run?.status, run?.reason ?? '').toBe('escalated');
+    expect(run?.reason).toMatch(/storage was not expanded: could not read what an expansion needs: .*persistentvolumeclaims "no-such-claim" not found/);
+    expect(stepsOf(run!.id).map((x) => [x.name, x.status])).toEqual([[`vacuumDeadTuples(${db.name})`, 'done']]);
+    expect(k8s.requests.filter((r) => r.method === 'PATCH')).toEqual([]);
+    await h!.settle();
+    const page = pageOf('PostgresDiskAlmostFull', a.fingerprint)!;
+    expect(page.routingKey).toBe(TEAM_KEYS.devops);
+    expect(page.details.diagnostics!.not_expanded).toMatch(/no-such-claim/);
+    expectDiagnostics(page.details.diagnostics, { name: 'events', minDead: 0 });
+  });
+
   it('never past the ceiling: one step is cut at maxSize; at the ceiling, or above it, nothing is patched (never smaller)', async () => {
     vol = mountVolume(64, 95);
     k8s.seedPvc({ name: PVC, namespace: NS, storage: '64Mi', storageClassName: 'gp3-expand', allowVolumeExpansion: true });

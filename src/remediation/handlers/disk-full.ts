@@ -432,7 +432,12 @@ export function diskFullHandler(): Handler<DiskFullPlan> {
           nothingToDo: true,
         };
       }
-      const { expand, why } = await planExpansion(ctx, server, cfg);
+      // An unreadable PVC, StorageClass or RDS instance is a reason not to expand, not to skip the rest:
+      // the VACUUM can still run, and the page says what could not be read.
+      const { expand, why } = await planExpansion(ctx, server, cfg).catch((err: unknown) => ({
+        expand: null,
+        why: `could not read what an expansion needs: ${safeMessage(err)}`,
+      }));
       const tables = cfg.vacuum ? await planVacuum(ctx, server, cfg) : [];
       const vacuum = tables.length ? { lockTimeoutMs: Math.round(cfg.lockTimeoutSeconds * 1000), statementTimeoutMs: Math.round(cfg.statementTimeoutSeconds * 1000), tables } : null;
       const data: DiskFullPlan = { ...base, expand, notExpanded: why, vacuum };
