@@ -462,10 +462,10 @@ describe.skipIf(!canMount)('disk-full (runbook scenario 3) on a real PostgreSQL 
     expectDiagnostics(page.details.diagnostics);
     await h!.close();
 
-    // The capacity grows, but nothing resizes the file system.
+    // The capacity grows, but nothing resizes the file system (a generous timeout: the capacity must be seen first).
     k8s.setRolloutDelay(20);
     k8s.seedPvc({ name: PVC, namespace: NS, storage: '64Mi', storageClassName: 'gp3-expand', allowVolumeExpansion: true });
-    await setUp({ mode: 'auto', handler: { maxSize: '128Mi', stepPercent: 50, expandTimeoutSeconds: 1 } });
+    await setUp({ mode: 'auto', handler: { maxSize: '128Mi', stepPercent: 50, expandTimeoutSeconds: 3 } });
     const b = diskAlert();
     const again = await h!.engine.onFiring(b);
     expect(again?.status).toBe('failed');
