@@ -536,6 +536,28 @@ describe.skipIf(!canMount)('disk-full (runbook scenario 3) on a real PostgreSQL 
     expect(full?.status).toBe('escalated');
     expect(full?.reason).toMatch(/VACUUM FULL of public.big writes a new copy of up to .* before it frees the old one; only .* is free/);
   });
+
+  it('vacuum-full: the disk filling up between the plan and the approval stops it before it acts', async () => {
+    vol = mountVolume(64, 50);
+    db = await createTempDatabase(`diskvf${seq + 1}`);
+    await tableWithDeadTuples(db, 'big', 20_000, 1000);
+    const node = async () => (await pgQuery<{ n: string }>(db!.url, `SELECT relfilenode::text AS n FROM pg_class WHERE relname = 'big'`))[0]!.n;
+    const before = await node();
+    await setUp({ mode: 'approve' });
+    const run = await h!.engine.onFiring({
+      alertname: 'DiskSpaceReclaim',
+      labels: { alertname: 'DiskSpaceReclaim', remediation: 'vacuum-full', server: P, datname: db.name, relname: 'public.big' },
+      annotations: {},
+      fingerprint: freshFingerprint(),
+      startsAt: new Date().toISOString(),
+    });
+    expect(run?.status).toBe('awaiting_approval');
+    writeFileSync(path.join(vol.path, 'base.2'), Buffer.alloc(31 * MI));
+    const done = await h!.engine.approve(run!.id, 'dba-on-call');
+    expect(done.status).toBe('escalated');
+    expect(done.reason).toMatch(/stopped before vacuumFull: big is .* now and only .* is free on .*: the rewrite could fill the disk/);
+    expect(await node()).toBe(before);
+  });
 });
 
 describe('disk-full where aws: is configured (RDS stand-in)', () => {

@@ -747,9 +747,14 @@ export function vacuumFullHandler(): Handler<VacuumFullPlan> {
           idempotent: true,
           timeoutMs: plan.statementTimeoutMs + 60_000,
           async precondition() {
-            const rows = await server.act<{ oid: number }>(TABLE_SQL, [plan.schema, plan.table], plan.database);
-            if (rows[0]?.oid !== plan.oid) return fail(`${name} in ${plan.database} is not the table planned any more (dropped or recreated)`);
-            return ok(`${name} is the table planned`);
+            const rows = await server.act<{ oid: number; total_bytes: number }>(TABLE_SQL, [plan.schema, plan.table], plan.database);
+            const r = rows[0];
+            if (r?.oid !== plan.oid) return fail(`${name} in ${plan.database} is not the table planned any more (dropped or recreated)`);
+            // The approval may come much later than the plan: the free space is looked at again.
+            const dir = ctx.config.postgres.dataDirectory;
+            const f = dir ? await readFileSystem(dir) : null;
+            if (f && f.availBytes < r.total_bytes) return fail(`${name} is ${humanBytes(r.total_bytes)} now and only ${humanBytes(f.availBytes)} is free on ${f.path}: the rewrite could fill the disk`);
+            return ok(`${name} is the table planned (${humanBytes(r.total_bytes)})${f ? `; ${humanBytes(f.availBytes)} free` : ''}`);
           },
           async run(_prior, sc) {
             const client = await server.connect(plan.database, { statementTimeoutMs: plan.statementTimeoutMs });
