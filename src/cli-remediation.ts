@@ -71,8 +71,8 @@ function withStore<T>(program: Command, fn: (store: Store) => T): T {
   }
 }
 
-function labelsFrom(o: { database?: string; server?: string }): Record<string, string> {
-  return { ...(o.database ? { datname: o.database } : {}), ...(o.server ? { server: o.server } : {}) };
+function labelsFrom(o: { database?: string; server?: string; table?: string }): Record<string, string> {
+  return { ...(o.database ? { datname: o.database } : {}), ...(o.server ? { server: o.server } : {}), ...(o.table ? { relname: o.table } : {}) };
 }
 
 const out = (line: string) => process.stdout.write(`${line}\n`);
@@ -106,8 +106,9 @@ export function registerRemediationCommands(program: Command): void {
     .description('show what a handler would do against the live system now, step by step, as the runbook commands; records nothing')
     .option('-d, --database <name>', 'limit to one database (the alert label datname)')
     .option('-s, --server <host:port>', 'the server the alert is about (default: the primary)')
+    .option('-t, --table <[schema.]table>', 'the one table a handler acts on (vacuum-full; the alert label relname)')
     .option('--json', 'print JSON')
-    .action(async (handler: string, o: { database?: string; server?: string; json?: boolean }) => {
+    .action(async (handler: string, o: { database?: string; server?: string; table?: string; json?: boolean }) => {
       await withRuntime(program, async (runtime) => {
         const p = await planOnly(runtime, handler, labelsFrom(o));
         if (o.json) {
@@ -133,8 +134,9 @@ export function registerRemediationCommands(program: Command): void {
     .description('run a handler by hand through the engine (locks, audit, checks, escalation); without --yes only a dry-run')
     .option('-d, --database <name>', 'limit to one database')
     .option('-s, --server <host:port>', 'the server to act on (default: the primary)')
+    .option('-t, --table <[schema.]table>', 'the one table a handler acts on (vacuum-full)')
     .option('-y, --yes', 'really act; without it the run is a dry-run')
-    .action(async (handler: string, o: { database?: string; server?: string; yes?: boolean }) => {
+    .action(async (handler: string, o: { database?: string; server?: string; table?: string; yes?: boolean }) => {
       await withRemediation(program, async (r) => {
         const run = await r.engine.runManual(handler, labelsFrom(o), o.yes ? 'manual' : 'dry-run');
         if (!run) throw new DbpilotError('DBPILOT_RUN_FAILED', 'the run could not be recorded');

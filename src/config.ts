@@ -162,7 +162,12 @@ const configSchema = z.strictObject({
   /** Per handler: its mode, the engine's policy bounds and its own options, as each handler declares them. */
   handlers: handlersSchema.prefault({}),
   /** Alert names mapped to a handler, for alerts whose `remediation` label is absent or names no handler. */
-  alerts: z.record(z.string().min(1), z.union([z.enum(HANDLER_NAMES), z.literal('none')])).default({}),
+  alerts: z
+    .record(
+      z.string().min(1),
+      z.enum([...HANDLER_NAMES, 'none'], { error: (iss) => `${JSON.stringify(iss.input)} is not a handler of dbpilot (${HANDLER_NAMES.join(', ')}, or none)` }),
+    )
+    .default({}),
   pagerduty: z
     .strictObject({
       routes: z.partialRecord(z.enum(TEAMS), z.string().regex(/^\S{32}$/, 'a PagerDuty Events v2 routing key has 32 characters')).default({}),

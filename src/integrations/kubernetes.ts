@@ -7,6 +7,8 @@
  *   rolloutRestart / waitForRollout    kubectl rollout restart … / kubectl rollout status …
  *   listPods / readPod / labelPod      kubectl get pods -l … / kubectl get pod … / kubectl label pod … --overwrite
  *   readPvc / resizePvc                kubectl get pvc … / kubectl patch pvc … -p '{"spec":{"resources":{"requests":{"storage":…}}}}'
+ *   readStorageClass                   kubectl get storageclass NAME (storage.k8s.io/v1, cluster-scoped): may the
+ *                                      PVC grow at all (allowVolumeExpansion)
  *   read/create/replaceConfigMap       the failover intent, a ConfigMap dbpilot owns (compare-and-swap on resourceVersion)
  *   createJobFromCronJob / readJob     kubectl create job NAME --from=cronjob/CRONJOB / kubectl get job NAME (scenario 4:
  *                                      the service's own `prisma migrate deploy`, from the suspended CronJob it ships)
@@ -26,6 +28,7 @@ import {
   KubeConfig,
   Observable,
   PatchStrategy,
+  StorageV1Api,
   V1MicroTime,
   setHeaderOptions,
   type ConfigurationOptions,
@@ -41,6 +44,7 @@ import {
   type V1PersistentVolumeClaim,
   type V1Pod,
   type V1StatefulSet,
+  type V1StorageClass,
 } from '@kubernetes/client-node';
 import { DbpilotError, DependencyError, safeMessage } from '../errors.js';
 import { KubernetesApiError, SecretChangedError, isNotFound } from './kubernetes-errors.js';
@@ -133,6 +137,17 @@ export interface PvcInfo {
   phase: string | undefined;
   volumeName: string | undefined;
   resourceVersion: string | undefined;
+}
+
+/** A StorageClass as far as expanding a PVC goes. */
+export interface StorageClassInfo {
+  name: string;
+  provisioner: string;
+  /**
+   * spec.allowVolumeExpansion; false when the field is absent, as the PersistentVolumeClaimResize
+   * admission plugin reads it (an unset field refuses every resize).
+   */
+  allowVolumeExpansion: boolean;
 }
 
 export interface RolloutStatus {
@@ -481,13 +496,18 @@ function pvcInfo(p: V1PersistentVolumeClaim): PvcInfo {
   const capacity = p.status?.capacity?.storage;
   return {
     name: p.metadata?.name ?? '',
-    storageClassName: p.spec?.storageClassName,
+    // GetPersistentVolumeClaimClass: the beta annotation, where set, wins over spec.storageClassName.
+    storageClassName: p.metadata?.annotations?.['volume.beta.kubernetes.io/storage-class'] ?? p.spec?.storageClassName,
     requestedStorage: requested === undefined ? undefined : String(requested),
     capacityStorage: capacity === undefined ? undefined : String(capacity),
     phase: p.status?.phase,
     volumeName: p.spec?.volumeName,
     resourceVersion: p.metadata?.resourceVersion,
   };
+}
+
+function storageClassInfo(c: V1StorageClass): StorageClassInfo {
+  return { name: c.metadata?.name ?? '', provisioner: c.provisioner ?? '', allowVolumeExpansion: c.allowVolumeExpansion === true };
 }
 
 function leaseRecord(l: V1Lease): LeaseRecord {
@@ -529,6 +549,7 @@ export class KubernetesClient {
   private readonly apps: AppsV1Api;
   private readonly coordination: CoordinationV1Api;
   private readonly batch: BatchV1Api;
+  private readonly storage: StorageV1Api;
   private readonly requestTimeoutMs: number;
   private readonly rolloutPollMs: number;
 
@@ -542,6 +563,7 @@ export class KubernetesClient {
     this.apps = kc.makeApiClient(AppsV1Api);
     this.coordination = kc.makeApiClient(CoordinationV1Api);
     this.batch = kc.makeApiClient(BatchV1Api);
+    this.storage = kc.makeApiClient(StorageV1Api);
   }
 
   // ----- Scenario 1, step 4: update service connection strings -----
@@ -711,6 +733,15 @@ export class KubernetesClient {
       this.core.patchNamespacedPersistentVolumeClaim({ name, namespace: this.namespace, body }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch, o)),
     );
     return pvcInfo(pvc);
+  }
+
+  /**
+   * `kubectl get storageclass NAME`: StorageClasses are cluster-scoped, so this is the one call that
+   * needs a ClusterRole (get, by name where the chart knows it).
+   */
+  async readStorageClass(name: string, opts?: CallOptions): Promise<StorageClassInfo> {
+    const sc = await this.call(`read storageclass ${name}`, opts, (o) => this.storage.readStorageClass({ name }, o));
+    return storageClassInfo(sc);
   }
 
   // ----- Scenario 4, step 3: re-run the service's `prisma migrate deploy` as a Job -----

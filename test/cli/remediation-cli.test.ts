@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { Store } from '../../src/store/store.js';
+import { pgQuery, withDatabase } from '../support/service.js';
 import { PagerDutyStandin } from '../support/pagerduty-standin.js';
 import { TEAM_KEYS, createSlowQueryDb, freshFingerprint, payload, startRemediation, until, type SlowQueryDb, type SlowSession } from '../support/remediation.js';
 
@@ -145,6 +146,26 @@ describe('dbpilot plan', () => {
     await s.end();
   });
 
+  it('vacuum-full: -t names the one table; plan shows its size and the ACCESS EXCLUSIVE lock, remediate --yes rewrites it', async () => {
+    const url = withDatabase(inject('pgPrimaryUrl'), db.name);
+    await pgQuery(url, `CREATE TABLE reclaim (id int PRIMARY KEY, payload text) WITH (autovacuum_enabled = false)`);
+    await pgQuery(url, `INSERT INTO reclaim SELECT g, repeat('x', 100) FROM generate_series(1, 5000) g`);
+    await pgQuery(url, `DELETE FROM reclaim WHERE id <= 4000`);
+    const node = async () => (await pgQuery<{ n: string }>(url, `SELECT relfilenode::text AS n FROM pg_class WHERE relname = 'reclaim'`))[0]!.n;
+    const before = await node();
+    const p = await dbpilot('plan', 'vacuum-full', '-d', db.name, '-t', 'public.reclaim');
+    expect(p.code, p.stderr).toBe(0);
+    expect(p.stdout).toMatch(new RegExp(`^vacuum-full on postgres/${db.server}/${db.name}: VACUUM FULL reclaim in ${db.name} on ${db.server}: .*it takes an ACCESS EXCLUSIVE lock on reclaim for the whole rewrite`, 'm'));
+    expect(p.stdout).toMatch(/^1\. vacuumFull$/m);
+    expect(p.stdout).toContain(`VACUUM FULL reclaim;`);
+    expect(await node()).toBe(before);
+    const r = await dbpilot('remediate', 'vacuum-full', '-d', db.name, '-t', 'public.reclaim', '--yes');
+    expect(r.code, r.stderr + r.stdout).toBe(0);
+    expect(r.stdout).toMatch(/\[done\] vacuumFull/);
+    expect(await node()).not.toBe(before);
+    await pgQuery(url, `DROP TABLE reclaim`);
+  });
+
   it('says so when there is nothing to do', async () => {
     const r = await dbpilot('plan', 'slow-queries', '--database', db.name);
     expect(r.code, r.stderr).toBe(0);
@@ -181,7 +202,7 @@ describe('dbpilot plan', () => {
   it('refuses an unknown handler with exit code 2 and the handlers it has', async () => {
     const r = await dbpilot('plan', 'restart-redis');
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/^dbpilot: no handler named restart-redis; available: slow-queries, primary-failover, rebuild-replica, prisma-migration, replication-lag, data-corruption, redis-failure, redis-flushall \[DBPILOT_REGISTRY_INVALID\]$/m);
+    expect(r.stderr).toMatch(/^dbpilot: no handler named restart-redis; available: slow-queries, primary-failover, rebuild-replica, prisma-migration, disk-full, vacuum-full, replication-lag, data-corruption, redis-failure, redis-flushall \[DBPILOT_REGISTRY_INVALID\]$/m);
     expect(r.stdout).toBe('');
   });
 });

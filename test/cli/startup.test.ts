@@ -121,7 +121,7 @@ describe('serve on a port that is taken', () => {
 
 describe('check-config runs what serve runs', () => {
   it.each([
-    [{ alerts: { PostgresDiskAlmostFull: 'disk-full' } }, /^dbpilot: alerts\.PostgresDiskAlmostFull: handler disk-full is not available in this build \(available: slow-queries, primary-failover, rebuild-replica, prisma-migration, replication-lag, data-corruption, redis-failure, redis-flushall\) \[DBPILOT_REGISTRY_INVALID\]$/m],
+    [{ alerts: { PostgresDiskAlmostFull: 'restart-redis' } }, /^dbpilot: alerts\.PostgresDiskAlmostFull: "restart-redis" is not a handler of dbpilot \(primary-failover, rebuild-replica, slow-queries, disk-full, vacuum-full, prisma-migration, redis-failure, redis-flushall, replication-lag, data-corruption, or none\) \[DBPILOT_CONFIG_INVALID\]$/m],
     [{ kubernetes: { kubeconfig: '/nonexistent/kubeconfig' } }, /^dbpilot: kubernetes: cannot load configuration: .*\[DBPILOT_DEPENDENCY_FAILED\]$/m],
     // A parent that is a file: refused even for root, who may write anywhere else.
     [{ store: { path: '/etc/hostname/dbpilot/dbpilot.sqlite' } }, /^dbpilot: store\.path: \/etc\/hostname is not a directory \[DBPILOT_CONFIG_INVALID\]$/m],

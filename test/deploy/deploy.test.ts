@@ -317,7 +317,7 @@ function configFileOf(manifests: Manifest[], c: K8s, dir: string): string {
  * Every client-node call in src/integrations/kubernetes.ts and the RBAC permission it needs. The
  * test below re-reads the source: a call added there without a line here (and in the Role) fails.
  */
-const API_CALLS: Record<string, { apiGroup: string; resource: string; verb: string; usedBy: string }> = {
+const API_CALLS: Record<string, { apiGroup: string; resource: string; verb: string; usedBy: string; clusterScoped?: true }> = {
   'core.readNamespacedSecret': { apiGroup: '', resource: 'secrets', verb: 'get', usedBy: 'readSecretKey' },
   'core.patchNamespacedSecret': { apiGroup: '', resource: 'secrets', verb: 'patch', usedBy: 'replaceSecretKey / patchSecretKeyIfUnchanged' },
   'apps.patchNamespacedDeployment': { apiGroup: 'apps', resource: 'deployments', verb: 'patch', usedBy: 'rolloutRestart' },
@@ -339,7 +339,11 @@ const API_CALLS: Record<string, { apiGroup: string; resource: string; verb: stri
   'batch.readNamespacedCronJob': { apiGroup: 'batch', resource: 'cronjobs', verb: 'get', usedBy: 'createJobFromCronJob (scenario 4: the service’s suspended migrate CronJob)' },
   'batch.createNamespacedJob': { apiGroup: 'batch', resource: 'jobs', verb: 'create', usedBy: 'createJobFromCronJob (scenario 4: re-run prisma migrate deploy)' },
   'batch.readNamespacedJob': { apiGroup: 'batch', resource: 'jobs', verb: 'get', usedBy: 'readJob (scenario 4: did migrate deploy complete)' },
+  'storage.readStorageClass': { apiGroup: 'storage.k8s.io', resource: 'storageclasses', verb: 'get', usedBy: 'readStorageClass (scenario 3: may the PVC grow)', clusterScoped: true },
 };
+
+/** What only the disk-full handler needs (scenario 3): with its mode off, the Role grants none of it. */
+const PVC_PERMISSIONS = ['core/persistentvolumeclaims:get', 'core/persistentvolumeclaims:patch'];
 
 /** What only a service that re-runs migrate deploy as a Job needs: without one (and names restricted), the Role grants none of it. */
 const JOB_PERMISSIONS = ['batch/cronjobs:get', 'batch/jobs:create', 'batch/jobs:get'];
@@ -356,11 +360,14 @@ const RESOURCE_OF: Record<string, string> = {
   ConfigMap: 'configmaps',
   CronJob: 'cronjobs',
   Job: 'jobs',
+  StorageClass: 'storageclasses',
 };
-const GROUP_OF: Record<string, string> = { core: '', apps: 'apps', coordination: 'coordination.k8s.io', batch: 'batch' };
+const GROUP_OF: Record<string, string> = { core: '', apps: 'apps', coordination: 'coordination.k8s.io', batch: 'batch', storage: 'storage.k8s.io' };
 
 const permission = (p: { apiGroup: string; resource: string; verb: string }): string => `${p.apiGroup || 'core'}/${p.resource}:${p.verb}`;
-const NEEDED = new Set(Object.values(API_CALLS).map(permission));
+/** What the namespaced Role must grant, and what only a ClusterRole can (cluster-scoped kinds). */
+const NEEDED = new Set(Object.values(API_CALLS).filter((p) => !p.clusterScoped).map(permission));
+const NEEDED_CLUSTER = new Set(Object.values(API_CALLS).filter((p) => p.clusterScoped).map(permission));
 
 /** Every (apiGroup, resource, verb) a Role grants, and the resourceNames each is limited to ([] = all). */
 function grants(role: K8s): Map<string, string[][]> {
@@ -382,23 +389,26 @@ describe('the Kubernetes API calls dbpilot makes', () => {
   const source = read('src/integrations/kubernetes.ts');
 
   it('are exactly the calls in src/integrations/kubernetes.ts', () => {
-    const calls = new Set([...source.matchAll(/this\.(core|apps|coordination|batch)\.(\w+)\(/g)].map((m) => `${m[1]}.${m[2]}`));
+    const calls = new Set([...source.matchAll(/this\.(core|apps|coordination|batch|storage)\.(\w+)\(/g)].map((m) => `${m[1]}.${m[2]}`));
     expect([...calls].sort()).toEqual(Object.keys(API_CALLS).sort());
     // The API objects are the ones the field names say.
     expect(source).toMatch(/this\.core = kc\.makeApiClient\(CoreV1Api\)/);
     expect(source).toMatch(/this\.apps = kc\.makeApiClient\(AppsV1Api\)/);
     expect(source).toMatch(/this\.coordination = kc\.makeApiClient\(CoordinationV1Api\)/);
     expect(source).toMatch(/this\.batch = kc\.makeApiClient\(BatchV1Api\)/);
+    expect(source).toMatch(/this\.storage = kc\.makeApiClient\(StorageV1Api\)/);
   });
 
   it('map to RBAC permissions by client-node naming (verb prefix, Kind → resource)', () => {
     for (const [call, p] of Object.entries(API_CALLS)) {
-      const m = /^(\w+)\.(read|list|create|replace|patch|delete)Namespaced(\w+)$/.exec(call);
+      // A namespaced kind's methods say Namespaced; a cluster-scoped kind's (StorageClass) do not.
+      const m = /^(\w+)\.(read|list|create|replace|patch|delete)(Namespaced)?(\w+)$/.exec(call);
       expect(m, call).not.toBeNull();
-      expect({ apiGroup: GROUP_OF[m![1]!], verb: VERB_OF[m![2]!], resource: RESOURCE_OF[m![3]!] }, call).toEqual({
+      expect({ apiGroup: GROUP_OF[m![1]!], verb: VERB_OF[m![2]!], resource: RESOURCE_OF[m![4]!], clusterScoped: m![3] === undefined }, call).toEqual({
         apiGroup: p.apiGroup,
         verb: p.verb,
         resource: p.resource,
+        clusterScoped: p.clusterScoped === true,
       });
     }
   });
@@ -444,15 +454,18 @@ describe('Helm chart', () => {
         expect(doc.kind, source).toEqual(expect.any(String));
         expect(doc.metadata?.name, source).toMatch(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/);
         expect(doc.metadata.name.length, source).toBeLessThanOrEqual(63);
-        expect(doc.metadata.namespace, source).toBe('lomash-wood');
+        // Cluster-scoped objects have no namespace.
+        if (doc.kind === 'ClusterRole' || doc.kind === 'ClusterRoleBinding') expect(doc.metadata.namespace, source).toBeUndefined();
+        else expect(doc.metadata.namespace, source).toBe('lomash-wood');
         for (const l of COMMON_LABELS) expect(doc.metadata.labels?.[l], `${source}: label ${l}`).toEqual(expect.any(String));
         expect(doc.metadata.labels['app.kubernetes.io/name']).toBe('dbpilot');
         expect(doc.metadata.labels['app.kubernetes.io/managed-by']).toBe('Helm');
       }
       const kinds = manifests.map((m) => m.doc.kind as string);
       for (const k of ['ConfigMap', 'Service', 'ServiceAccount', 'Role', 'RoleBinding', 'StatefulSet', 'PodDisruptionBudget']) expect(kinds).toContain(k);
-      expect(kinds).not.toContain('ClusterRole');
-      expect(kinds).not.toContain('ClusterRoleBinding');
+      // One ClusterRole and its binding (the disk-full handler's StorageClass read), never more.
+      expect(kinds.filter((k) => k === 'ClusterRole')).toHaveLength(1);
+      expect(kinds.filter((k) => k === 'ClusterRoleBinding')).toHaveLength(1);
       expect(new Set(manifests.map((m) => `${m.doc.kind}/${m.doc.metadata.name}`)).size).toBe(manifests.length);
     });
 
@@ -475,6 +488,20 @@ describe('Helm chart', () => {
       for (const verb of ['coordination.k8s.io/leases:create', 'core/configmaps:create', 'core/pods:list', ...(jobs ? ['batch/jobs:create'] : [])]) {
         expect(g.get(verb)!.some((names) => names.length === 0), verb).toBe(true);
       }
+    });
+
+    it('the ClusterRole grants get on storageclasses and nothing else, bound to the pod’s ServiceAccount only', () => {
+      const cr = one(manifests, 'ClusterRole');
+      const g = grants(cr);
+      expect([...g.keys()].sort()).toEqual([...NEEDED_CLUSTER].sort());
+      expect(g.get('storage.k8s.io/storageclasses:get')).toEqual([[]]);
+      expect(cr.aggregationRule).toBeUndefined();
+      const binding = one(manifests, 'ClusterRoleBinding');
+      const sa = one(manifests, 'ServiceAccount');
+      expect(binding.roleRef).toEqual({ apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: cr.metadata.name });
+      expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: sa.metadata.name, namespace: sa.metadata.namespace }]);
+      // Unique in the cluster: the release and the namespace it acts in.
+      expect(cr.metadata.name).toBe('dbpilot-lomash-wood-storageclasses');
     });
 
     it('the Role lives where dbpilot acts and is bound to the pod’s ServiceAccount only', () => {
@@ -628,7 +655,34 @@ describe('Helm chart', () => {
     expect(namedPod.get('core/pods:get')).toEqual([['redis-master-0'], pods.slice(0, 4)]);
     expect(namedPod.get('core/pods:patch')!.flat()).not.toContain('redis-master-0');
     expect(named.get('core/pods:list')).toEqual([[]]);
-    expect(named.get('core/persistentvolumeclaims:patch')).toEqual([['data-postgres-primary-0']]);
+    // The data PVCs of config.postgres' pods (postgres-data-<pod>, the runbook's claim name), and the one named.
+    const pvcs = ['postgres-data-postgres-primary-0', 'postgres-data-postgres-replica-0'];
+    expect(named.get('core/persistentvolumeclaims:patch')).toEqual([[...pvcs, 'data-postgres-primary-0']]);
+    expect(named.get('core/persistentvolumeclaims:get')).toEqual([[...pvcs, 'data-postgres-primary-0']]);
+    expect(grants(one(render(), 'Role')).get('core/persistentvolumeclaims:patch')).toEqual([pvcs]);
+    // handlers.disk-full names a pod's claim, or its claim template.
+    const custom = grants(
+      one(render({ values: { config: { handlers: { 'disk-full': { volumeClaimTemplate: 'data', pvcs: { 'postgres-replica-0': 'pg-replica-volume' } } } } } }), 'Role'),
+    );
+    expect(custom.get('core/persistentvolumeclaims:patch')).toEqual([['data-postgres-primary-0', 'pg-replica-volume']]);
+    // Unrestricted names: the PVC rule is not limited unless rbac.pvcNames says so.
+    expect(grants(one(render({ values: { rbac: { restrictToConfiguredNames: false } } }), 'Role')).get('core/persistentvolumeclaims:patch')).toEqual([[]]);
+    // StorageClasses named: the ClusterRole is limited to them.
+    expect(grants(one(render({ values: { rbac: { storageClassNames: ['gp3'] } } }), 'ClusterRole')).get('storage.k8s.io/storageclasses:get')).toEqual([['gp3']]);
+  });
+
+  it('disk-full off (its own mode, or the global one): no PVC rights and no ClusterRole at all', () => {
+    for (const config of [{ handlers: { 'disk-full': { mode: 'off' } } }, { mode: 'off' }]) {
+      const manifests = render({ values: { config } });
+      const g = grants(one(manifests, 'Role'));
+      for (const p of PVC_PERMISSIONS) expect(g.has(p), `${JSON.stringify(config)}: ${p}`).toBe(false);
+      expect(manifests.map((m) => m.doc.kind)).not.toContain('ClusterRole');
+      expect(manifests.map((m) => m.doc.kind)).not.toContain('ClusterRoleBinding');
+    }
+    // Global off, the handler itself on: its rights are back.
+    const on = render({ values: { config: { mode: 'off', handlers: { 'disk-full': { mode: 'approve' } } } } });
+    expect(grants(one(on, 'Role')).has('core/persistentvolumeclaims:patch')).toBe(true);
+    expect(on.map((m) => m.doc.kind)).toContain('ClusterRole');
   });
 
   it('grants the Job calls of scenario 4 only for services that re-run migrate deploy as a Job: the CronJobs by name, create and get on jobs (not restrictable)', () => {
@@ -680,7 +734,7 @@ describe('Helm chart', () => {
   it('names follow the release: fullname, and the Lease/Role namespace from the configuration', () => {
     const manifests = render({ releaseName: 'ops', values: ALL_ON });
     for (const { doc } of manifests) {
-      expect(doc.metadata.name).toBe('ops-dbpilot');
+      expect(doc.metadata.name).toBe(doc.kind.startsWith('Cluster') ? 'ops-dbpilot-lomash-wood-storageclasses' : 'ops-dbpilot');
       expect(doc.metadata.labels['app.kubernetes.io/instance']).toBe('ops');
     }
     const overridden = render({ releaseName: 'ops', values: { fullnameOverride: 'pilot', image: { tag: '9.9.9' } } });

@@ -20,6 +20,8 @@ import { ServiceMonitor } from '@kubernetes-models/prometheus-operator/monitorin
 import { StatefulSet } from 'kubernetes-models/apps/v1/StatefulSet';
 import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1/NetworkPolicy';
 import { PodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
+import { ClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole';
+import { ClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding';
 import { Role } from 'kubernetes-models/rbac.authorization.k8s.io/v1/Role';
 import { RoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/RoleBinding';
 import { ConfigMap } from 'kubernetes-models/v1/ConfigMap';
@@ -49,6 +51,8 @@ const MODELS: Record<string, ModelClass> = {
   'v1/ServiceAccount': ServiceAccount,
   'apps/v1/StatefulSet': StatefulSet,
   'policy/v1/PodDisruptionBudget': PodDisruptionBudget,
+  'rbac.authorization.k8s.io/v1/ClusterRole': ClusterRole,
+  'rbac.authorization.k8s.io/v1/ClusterRoleBinding': ClusterRoleBinding,
   'rbac.authorization.k8s.io/v1/Role': Role,
   'rbac.authorization.k8s.io/v1/RoleBinding': RoleBinding,
   'networking.k8s.io/v1/NetworkPolicy': NetworkPolicy,
@@ -149,6 +153,8 @@ const VALUE_SETS: [string, Dict][] = [
   ],
   ['a single replica without Kubernetes', { replicaCount: 1, config: { kubernetes: null }, podDisruptionBudget: { enabled: false } }],
   ['pods and PVCs named', { rbac: { podNames: ['postgres-replica-1'], pvcNames: ['data-postgres-primary-0'] } }],
+  ['StorageClasses named, PVCs from handlers.disk-full', { rbac: { storageClassNames: ['gp3'] }, config: { handlers: { 'disk-full': { volumeClaimTemplate: 'data', pvcs: { 'postgres-replica-0': 'pg-replica-volume' } } } } }],
+  ['disk-full off', { config: { handlers: { 'disk-full': { mode: 'off' } } } }],
   ['no secrets or deployments to touch', { config: { kubernetes: { secrets: [], deployments: [] } } }],
   ['an image digest', { image: { digest: 'sha256:abc' } }],
   ['the dashboard ConfigMap', { grafanaDashboard: { enabled: true } }],

@@ -572,6 +572,31 @@ describe('KubernetesClient', () => {
     });
   });
 
+  describe('StorageClasses (scenario 3, step 5: may the PVC grow at all)', () => {
+    it('readStorageClass reads the cluster-scoped object; an absent allowVolumeExpansion reads as false', async () => {
+      k8s.seedStorageClass('gp3-expand', true);
+      k8s.seedStorageClass('gp2-unset', null, { provisioner: 'kubernetes.io/aws-ebs' });
+      await expect(client.readStorageClass('gp3-expand')).resolves.toEqual({ name: 'gp3-expand', provisioner: 'ebs.csi.aws.com', allowVolumeExpansion: true });
+      expect(k8s.requests.at(-1)).toMatchObject({ method: 'GET', path: '/apis/storage.k8s.io/v1/storageclasses/gp3-expand', status: 200 });
+      await expect(client.readStorageClass('gp2-unset')).resolves.toEqual({ name: 'gp2-unset', provisioner: 'kubernetes.io/aws-ebs', allowVolumeExpansion: false });
+      const missing = await rejection(client.readStorageClass('no-such-class'));
+      expect(missing.status).toBe(404);
+      expect(missing.message).toContain('storageclasses.storage.k8s.io "no-such-class" not found');
+    });
+
+    it('readPvc reports the class the beta annotation names, as the resize admission reads it', async () => {
+      k8s.seedPvc({ name: 'data-beta', storage: '10Gi', storageClassName: 'standard' });
+      // Set by whoever made the claim (here straight over HTTP): annotations may change on a bound claim.
+      const res = await fetch(`${k8s.url}/api/v1/namespaces/${NS}/persistentvolumeclaims/data-beta`, {
+        method: 'PATCH',
+        headers: { authorization: `Bearer ${k8s.token}`, 'content-type': 'application/merge-patch+json' },
+        body: JSON.stringify({ metadata: { annotations: { 'volume.beta.kubernetes.io/storage-class': 'legacy' } } }),
+      });
+      expect(res.status).toBe(200);
+      await expect(client.readPvc('data-beta')).resolves.toMatchObject({ storageClassName: 'legacy' });
+    });
+  });
+
   describe('leases', () => {
     const spec = (holder: string, at: Date, transitions = 0) => ({ holderIdentity: holder, leaseDurationSeconds: 15, acquireTime: at, renewTime: at, leaseTransitions: transitions });
 

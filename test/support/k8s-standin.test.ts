@@ -13,6 +13,7 @@ import {
   CoreV1Api,
   KubeConfig,
   PatchStrategy,
+  StorageV1Api,
   V1MicroTime,
   setHeaderOptions,
   type V1Lease,
@@ -67,6 +68,7 @@ describe('Kubernetes stand-in', () => {
   let core: CoreV1Api;
   let apps: AppsV1Api;
   let coord: CoordinationV1Api;
+  let storage: StorageV1Api;
   let kubeconfig = '';
 
   beforeAll(async () => {
@@ -78,6 +80,7 @@ describe('Kubernetes stand-in', () => {
     core = kc.makeApiClient(CoreV1Api);
     apps = kc.makeApiClient(AppsV1Api);
     coord = kc.makeApiClient(CoordinationV1Api);
+    storage = kc.makeApiClient(StorageV1Api);
   });
   afterAll(async () => {
     await k8s.close();
@@ -516,6 +519,47 @@ describe('Kubernetes stand-in', () => {
       expect(later.spec?.resources?.requests?.storage).toBe('20Gi');
     });
 
+    it('refuses to grow a claim that is not Bound, with the admission plugin\'s own message', async () => {
+      k8s.seedPvc({ name: 'pvc-pending', storage: '10Gi', bound: false });
+      const f = await failure(resize('pvc-pending', '20Gi'));
+      expect(f.code).toBe(403);
+      expect(f.status.message).toBe('persistentvolumeclaims "pvc-pending" is forbidden: Only bound persistent volume claims can be expanded');
+    });
+
+    it('consults the StorageClass object itself: changing allowVolumeExpansion through the API changes the verdict', async () => {
+      k8s.seedPvc({ name: 'pvc-sc', storage: '10Gi', storageClassName: 'gp3-toggle', allowVolumeExpansion: false });
+      expect((await failure(resize('pvc-sc', '20Gi'))).code).toBe(403);
+      // The cluster admin turns expansion on (a merge patch of the cluster-scoped StorageClass).
+      await storage.patchStorageClass({ name: 'gp3-toggle', body: { allowVolumeExpansion: true } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
+      await resize('pvc-sc', '20Gi');
+      await storage.patchStorageClass({ name: 'gp3-toggle', body: { allowVolumeExpansion: false } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
+      expect((await failure(resize('pvc-sc', '30Gi'))).code).toBe(403);
+    });
+
+    it('an absent allowVolumeExpansion, a missing StorageClass or a claim with no class refuses the resize', async () => {
+      k8s.seedStorageClass('gp3-unset', null);
+      k8s.seedPvc({ name: 'pvc-unset', storage: '10Gi', storageClassName: 'gp3-unset' });
+      expect((await failure(resize('pvc-unset', '20Gi'))).code).toBe(403);
+      k8s.seedPvc({ name: 'pvc-gone', storage: '10Gi', storageClassName: 'deleted-class' });
+      await storage.deleteStorageClass({ name: 'deleted-class' });
+      const gone = await failure(resize('pvc-gone', '20Gi'));
+      expect(gone.code).toBe(403);
+      expect(gone.status.message).toContain('the storageclass that provisions the pvc must support resize');
+      // Shrinking is validation's business (422), never admission's, and the same size passes.
+      await resize('pvc-gone', '10Gi');
+    });
+
+    it('the beta storage-class annotation names the class, as GetPersistentVolumeClaimClass reads it', async () => {
+      k8s.seedStorageClass('fixed-beta', false);
+      k8s.seedPvc({ name: 'pvc-beta', storage: '10Gi', storageClassName: 'standard' });
+      // Annotations may change on a claim; the class the admission checks is now the annotation's.
+      await core.patchNamespacedPersistentVolumeClaim(
+        { name: 'pvc-beta', namespace: NS, body: { metadata: { annotations: { 'volume.beta.kubernetes.io/storage-class': 'fixed-beta' } } } },
+        setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+      );
+      expect((await failure(resize('pvc-beta', '20Gi'))).code).toBe(403);
+    });
+
     it('refuses a storage value that is not a quantity', async () => {
       k8s.seedPvc({ name: 'pvc-q', storage: '10Gi' });
       expect((await failure(resize('pvc-q', '20 gigs'))).code).toBe(422);
@@ -523,6 +567,48 @@ describe('Kubernetes stand-in', () => {
       expect(parseQuantity('1.5G')).toBe(1.5e9);
       expect(parseQuantity('1e3')).toBe(1000);
       expect(parseQuantity('100gi')).toBeNull();
+    });
+  });
+
+  describe('StorageClasses (storage.k8s.io/v1, cluster-scoped)', () => {
+    it('are read at /apis/storage.k8s.io/v1/storageclasses/NAME, with the defaults the API server fills in', async () => {
+      k8s.seedStorageClass('gp3-read', true);
+      const sc = await storage.readStorageClass({ name: 'gp3-read' });
+      expect(sc).toMatchObject({ kind: 'StorageClass', apiVersion: 'storage.k8s.io/v1', provisioner: 'ebs.csi.aws.com', allowVolumeExpansion: true, reclaimPolicy: 'Delete', volumeBindingMode: 'Immediate' });
+      expect(sc.metadata?.namespace).toBeUndefined();
+      expect(k8s.requests.at(-1)).toMatchObject({ method: 'GET', path: '/apis/storage.k8s.io/v1/storageclasses/gp3-read', status: 200 });
+      expect((await storage.listStorageClass()).items.map((i) => i.metadata?.name)).toContain('gp3-read');
+    });
+
+    it('are not found under a namespace, nor when absent', async () => {
+      k8s.seedStorageClass('gp3-ns', true);
+      const res = await fetch(`${k8s.url}/apis/storage.k8s.io/v1/namespaces/${NS}/storageclasses/gp3-ns`, { headers: { authorization: `Bearer ${k8s.token}` } });
+      expect(res.status).toBe(404);
+      const missing = await failure(storage.readStorageClass({ name: 'no-such-class' }));
+      expect(missing.code).toBe(404);
+      expect(missing.status.message).toBe('storageclasses.storage.k8s.io "no-such-class" not found');
+    });
+
+    it('a create needs a provisioner; provisioner, parameters and reclaimPolicy are immutable, allowVolumeExpansion is not', async () => {
+      const none = await failure(storage.createStorageClass({ body: { metadata: { name: 'no-prov' } } as never }));
+      expect(none.code).toBe(422);
+      expect(none.status.details?.causes?.[0]).toMatchObject({ field: 'provisioner', reason: 'FieldValueRequired' });
+      const created = await storage.createStorageClass({ body: { metadata: { name: 'sc-imm', namespace: 'ignored' }, provisioner: 'ebs.csi.aws.com', parameters: { type: 'gp3' } } });
+      expect(created.metadata?.namespace).toBeUndefined();
+      const merge = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+      for (const [body, field] of [
+        [{ provisioner: 'other.csi' }, 'provisioner'],
+        [{ parameters: { type: 'io2' } }, 'parameters'],
+        [{ reclaimPolicy: 'Retain' }, 'reclaimPolicy'],
+      ] as const) {
+        const f = await failure(storage.patchStorageClass({ name: 'sc-imm', body }, merge));
+        expect(f.code, field).toBe(422);
+        expect(f.status.details?.causes?.[0]?.field).toBe(field);
+      }
+      const ok = await storage.patchStorageClass({ name: 'sc-imm', body: { allowVolumeExpansion: true } }, merge);
+      expect(ok.allowVolumeExpansion).toBe(true);
+      const bad = await failure(storage.patchStorageClass({ name: 'sc-imm', body: { allowVolumeExpansion: 'yes' } }, merge));
+      expect(bad.code).toBe(422);
     });
   });
 

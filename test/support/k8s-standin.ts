@@ -8,7 +8,9 @@
  *
  * - Authentication: a bearer token; anything else is 401 with a `Status` body.
  * - Routing: core/v1 secrets, configmaps, pods, persistentvolumeclaims; apps/v1 deployments,
- *   statefulsets; coordination.k8s.io/v1 leases; batch/v1 jobs, cronjobs; get, list, create (POST), update (PUT), patch and
+ *   statefulsets; coordination.k8s.io/v1 leases; batch/v1 jobs, cronjobs; and the cluster-scoped
+ *   storage.k8s.io/v1 storageclasses (`/apis/storage.k8s.io/v1/storageclasses/NAME`, no namespace in
+ *   the path; under a namespace it is 404, as upstream); get, list, create (POST), update (PUT), patch and
  *   delete of each. Unknown paths are 404 "the server could not find the requested resource"; verbs
  *   it does not model are 405. A body over 3 MiB is 413 (the default --max-request-body-bytes).
  * - Optimistic concurrency: one cluster-wide resourceVersion counter (like etcd's revision), bumped on
@@ -36,8 +38,12 @@
  *   ([-._a-zA-Z0-9]+, not "." / ".." / "..*", at most 253), their 1 MiB data limit, keys in both
  *   data and binaryData, immutable Secrets and ConfigMaps, Lease durations/transitions, replicas,
  *   immutable selectors, pod spec immutability, PVC spec immutability and "storage can not be less
- *   than previous value". Admission (403 Forbidden): a PVC may grow only if bound and its
- *   StorageClass allows expansion.
+ *   than previous value"; StorageClasses need a provisioner, and their provisioner, parameters,
+ *   reclaimPolicy and volumeBindingMode are immutable. Admission (403 Forbidden), as the
+ *   PersistentVolumeClaimResize plugin does it: a PVC may grow only if it is Bound, its class (the
+ *   beta annotation volume.beta.kubernetes.io/storage-class, else spec.storageClassName) is set and
+ *   unchanged, and that StorageClass object exists in the stand-in with allowVolumeExpansion: true
+ *   (absent counts as false). Seed classes with seedStorageClass, or create them through the API.
  * - Status is owned by the server: writes to the main resource keep the old status (as the
  *   strategies' PrepareForUpdate do). A Deployment/StatefulSet whose spec changes gets
  *   metadata.generation + 1; a simulated controller first observes the new generation with the
@@ -166,7 +172,7 @@ export interface K8sStandInOptions {
  */
 export type RolloutOutcome = { completeAfterMs: number } | 'held' | 'progressDeadlineExceeded';
 
-export type ResourceName = 'secrets' | 'configmaps' | 'pods' | 'persistentvolumeclaims' | 'deployments' | 'statefulsets' | 'leases' | 'jobs' | 'cronjobs';
+export type ResourceName = 'secrets' | 'configmaps' | 'pods' | 'persistentvolumeclaims' | 'deployments' | 'statefulsets' | 'leases' | 'jobs' | 'cronjobs' | 'storageclasses';
 
 /** Where the simulated job controller takes a Job (setJobOutcome): still running, or finished one way or the other. */
 export type JobOutcome = 'running' | 'complete' | 'failed';
@@ -184,6 +190,8 @@ interface ResourceDef {
   hasStatus: boolean;
   /** metadata.generation is maintained (bumped when spec changes). */
   tracksGeneration: boolean;
+  /** Cluster-scoped (no namespace in the path or the object); stored under the namespace "". */
+  clusterScoped?: boolean;
 }
 
 const RESOURCES: ResourceDef[] = [
@@ -196,7 +204,11 @@ const RESOURCES: ResourceDef[] = [
   { group: 'coordination.k8s.io', version: 'v1', resource: 'leases', kind: 'Lease', allowCreateOnUpdate: true, allowUnconditionalUpdate: false, hasStatus: false, tracksGeneration: false },
   { group: 'batch', version: 'v1', resource: 'jobs', kind: 'Job', allowCreateOnUpdate: false, allowUnconditionalUpdate: true, hasStatus: true, tracksGeneration: true },
   { group: 'batch', version: 'v1', resource: 'cronjobs', kind: 'CronJob', allowCreateOnUpdate: false, allowUnconditionalUpdate: true, hasStatus: true, tracksGeneration: true },
+  { group: 'storage.k8s.io', version: 'v1', resource: 'storageclasses', kind: 'StorageClass', allowCreateOnUpdate: false, allowUnconditionalUpdate: true, hasStatus: false, tracksGeneration: false, clusterScoped: true },
 ];
+
+/** Where a cluster-scoped object is stored (its key's namespace part). */
+const CLUSTER = '';
 
 function apiVersionOf(def: ResourceDef): string {
   return def.group ? `${def.group}/${def.version}` : def.version;
@@ -831,6 +843,14 @@ function decodeError(def: ResourceDef, o: JsonObject): string | null {
         jobSpecDecodeError('JobSpec.spec.jobTemplate.spec', obj(jt.spec))
       );
     }
+    case 'storageclasses':
+      return (
+        boolError('StorageClass.allowVolumeExpansion', o.allowVolumeExpansion) ??
+        (o.provisioner !== undefined && o.provisioner !== null && typeof o.provisioner !== 'string'
+          ? `json: cannot unmarshal ${typeof o.provisioner} into Go struct field StorageClass.provisioner of type string`
+          : null) ??
+        stringMapError('StorageClass.parameters', o.parameters)
+      );
     case 'persistentvolumeclaims': {
       const requests = obj(obj(obj(o.spec).resources).requests);
       for (const [k, v] of Object.entries(requests)) {
@@ -1054,7 +1074,6 @@ export class K8sStandIn {
   private baseUrl = '';
   private readonly store = new Map<string, Stored>();
   private readonly namespaces = new Set<string>();
-  private readonly storageClasses = new Map<string, { allowVolumeExpansion: boolean }>();
   private readonly recorded: RecordedRequest[] = [];
   private faults: Fault[] = [];
   private revision = 100;
@@ -1230,8 +1249,15 @@ export class K8sStandIn {
     this.namespaces.add(ns);
   }
 
-  seedStorageClass(name: string, allowVolumeExpansion: boolean): void {
-    this.storageClasses.set(name, { allowVolumeExpansion });
+  /**
+   * Seeds (or replaces) a StorageClass object, as the API serves it: provisioner, reclaimPolicy Delete
+   * and volumeBindingMode Immediate (SetDefaults_StorageClass). `allowVolumeExpansion` null leaves the
+   * field out, which the resize admission reads as false.
+   */
+  seedStorageClass(name: string, allowVolumeExpansion: boolean | null, opts: { provisioner?: string } = {}): JsonObject {
+    const o: JsonObject = { metadata: { name }, provisioner: opts.provisioner ?? 'ebs.csi.aws.com', reclaimPolicy: 'Delete', volumeBindingMode: 'Immediate' };
+    if (allowVolumeExpansion !== null) o.allowVolumeExpansion = allowVolumeExpansion;
+    return this.seed('storageclasses', CLUSTER, o);
   }
 
   /** Seeds a Secret. `data` values are plain text (encoded here); `rawData` values are stored as given (already base64). */
@@ -1302,7 +1328,7 @@ export class K8sStandIn {
   /** Seeds a bound PVC. Its StorageClass (default "standard") is registered with allowVolumeExpansion (default true) unless already known. */
   seedPvc(p: { name: string; namespace?: string; storage: string; storageClassName?: string; allowVolumeExpansion?: boolean; bound?: boolean }): JsonObject {
     const sc = p.storageClassName ?? 'standard';
-    if (p.allowVolumeExpansion !== undefined || !this.storageClasses.has(sc)) this.seedStorageClass(sc, p.allowVolumeExpansion ?? true);
+    if (p.allowVolumeExpansion !== undefined || !this.store.has(key('storageclasses', CLUSTER, sc))) this.seedStorageClass(sc, p.allowVolumeExpansion ?? true);
     const bound = p.bound ?? true;
     const spec: JsonObject = { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: p.storage } }, storageClassName: sc, volumeMode: 'Filesystem' };
     if (bound) spec.volumeName = `pvc-${randomUUID()}`;
@@ -1397,6 +1423,9 @@ export class K8sStandIn {
   pvc(name: string, namespace?: string): JsonObject | undefined {
     return this.get('persistentvolumeclaims', name, namespace);
   }
+  storageClass(name: string): JsonObject | undefined {
+    return this.get('storageclasses', name, CLUSTER);
+  }
   lease(name: string, namespace?: string): JsonObject | undefined {
     return this.get('leases', name, namespace);
   }
@@ -1424,10 +1453,11 @@ export class K8sStandIn {
   private seed(resource: ResourceName, namespace: string | undefined, o: JsonObject): JsonObject {
     const def = RESOURCES.find((r) => r.resource === resource);
     if (!def) throw new Error(`unknown resource ${resource}`);
-    const ns = namespace ?? this.defaultNamespace;
-    this.namespaces.add(ns);
+    const ns = def.clusterScoped ? CLUSTER : (namespace ?? this.defaultNamespace);
+    if (!def.clusterScoped) this.namespaces.add(ns);
     const m = meta(o);
-    m.namespace = ns;
+    if (def.clusterScoped) delete m.namespace;
+    else m.namespace = ns;
     m.uid = randomUUID();
     m.creationTimestamp = rfc3339(new Date());
     m.resourceVersion = String(++this.revision);
@@ -1594,7 +1624,7 @@ export class K8sStandIn {
     for (const s of this.store.values()) {
       if (s.def !== def) continue;
       const m = obj(s.obj.metadata);
-      if (m.namespace !== namespace) continue;
+      if ((m.namespace ?? CLUSTER) !== namespace) continue;
       if (!selectorMatches(reqs, obj(m.labels))) continue;
       if (!fields.every((f) => (fieldValue(s.obj, f.field) === f.value) === (f.op === '='))) continue;
       const item = clone(s.obj);
@@ -1617,8 +1647,10 @@ export class K8sStandIn {
   }
 
   private create(def: ResourceDef, namespace: string, o: JsonObject): JsonObject {
-    this.requireNamespace(namespace);
+    if (!def.clusterScoped) this.requireNamespace(namespace);
     const m = meta(o);
+    // rest.BeforeCreate: a cluster-scoped object's namespace is cleared, whatever was sent.
+    if (def.clusterScoped) delete m.namespace;
     if (m.namespace !== undefined && m.namespace !== namespace)
       throw errBadRequest('the namespace of the provided object does not match the namespace sent on the request');
     const name = typeof m.name === 'string' ? m.name : '';
@@ -1644,6 +1676,7 @@ export class K8sStandIn {
     if (m.namespace !== undefined && m.namespace !== namespace)
       throw errBadRequest('the namespace of the provided object does not match the namespace sent on the request');
     m.name = name;
+    if (def.clusterScoped) delete m.namespace;
     const s = this.store.get(key(def.resource, namespace, name));
     if (!s) {
       if (!def.allowCreateOnUpdate) throw errNotFound(def, name);
@@ -1822,6 +1855,17 @@ export class K8sStandIn {
         causes.push(...jobSpecCauses('spec.jobTemplate.spec', obj(jt.spec)));
         break;
       }
+      case 'storageclasses': {
+        // ValidateStorageClass / ValidateStorageClassUpdate (pkg/apis/storage/validation).
+        if (typeof o.provisioner !== 'string' || o.provisioner === '') causes.push(required('provisioner'));
+        if (old) {
+          if (!deepEqual(obj(old.parameters), obj(o.parameters))) causes.push(forbidden('parameters', 'updates to parameters are forbidden.'));
+          if (old.provisioner !== o.provisioner) causes.push(forbidden('provisioner', 'updates to provisioner are forbidden.'));
+          if (old.reclaimPolicy !== o.reclaimPolicy) causes.push(forbidden('reclaimPolicy', 'updates to reclaimPolicy are forbidden.'));
+          if (old.volumeBindingMode !== o.volumeBindingMode) causes.push(invalid('volumeBindingMode', o.volumeBindingMode, 'field is immutable'));
+        }
+        break;
+      }
       case 'pods': {
         if (old && !deepEqual(old.spec, o.spec))
           causes.push(forbidden('spec', 'pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)'));
@@ -1852,15 +1896,29 @@ export class K8sStandIn {
     return causes;
   }
 
-  /** Validating admission (PersistentVolumeClaimResize). */
+  /**
+   * Validating admission: PersistentVolumeClaimResize (plugin/pkg/admission/storage/persistentvolume/
+   * resize). Only a request for more storage is looked at. The old claim must be Bound; then
+   * allowResize: the class of the new and of the old claim (GetPersistentVolumeClaimClass: the beta
+   * annotation, else spec.storageClassName) must be set and the same, the StorageClass must exist (the
+   * plugin reads it from its lister; here, the stand-in's own StorageClass objects) and its
+   * allowVolumeExpansion must be true — absent is false.
+   */
   private admit(def: ResourceDef, name: string, o: JsonObject, old: JsonObject): void {
     if (def.resource !== 'persistentvolumeclaims') return;
     const before = parseQuantity(storageOf(old));
     const after = parseQuantity(storageOf(o));
     if (before === null || after === null || after <= before) return;
-    const sc = this.storageClasses.get(String(obj(old.spec).storageClassName ?? ''));
-    const bound = obj(old.status).phase === 'Bound' && typeof obj(old.spec).volumeName === 'string';
-    if (!bound || !sc?.allowVolumeExpansion) {
+    if (obj(old.status).phase !== 'Bound') throw errForbidden(def, name, 'Only bound persistent volume claims can be expanded');
+    const classOf = (pvc: JsonObject): string => {
+      const beta = obj(obj(pvc.metadata).annotations)['volume.beta.kubernetes.io/storage-class'];
+      if (typeof beta === 'string') return beta;
+      const c = obj(pvc.spec).storageClassName;
+      return typeof c === 'string' ? c : '';
+    };
+    const cls = classOf(o);
+    const sc = cls !== '' && cls === classOf(old) ? this.store.get(key('storageclasses', CLUSTER, cls)) : undefined;
+    if (sc?.obj.allowVolumeExpansion !== true) {
       throw errForbidden(def, name, 'only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize');
     }
   }
@@ -1868,7 +1926,8 @@ export class K8sStandIn {
   private commit(def: ResourceDef, namespace: string, name: string, o: JsonObject, old: JsonObject | undefined): JsonObject {
     const m = meta(o);
     m.name = name;
-    m.namespace = namespace;
+    if (def.clusterScoped) delete m.namespace;
+    else m.namespace = namespace;
     const k = key(def.resource, namespace, name);
     if (old) {
       const om = obj(old.metadata);
@@ -2035,9 +2094,16 @@ function parseRoute(pathname: string): { def: ResourceDef; namespace: string; na
   } else {
     return null;
   }
+  if (rest[1] !== 'namespaces') {
+    // A cluster-scoped resource: /apis/<group>/<version>/<resource>[/<name>[/<subresource>]].
+    const [version, resource, name, subresource, ...extra] = rest;
+    if (resource === undefined || extra.length > 0) return null;
+    const def = RESOURCES.find((r) => r.clusterScoped && r.group === group && r.version === version && r.resource === resource);
+    return def ? { def, namespace: CLUSTER, name, subresource } : null;
+  }
   const [version, nsWord, namespace, resource, name, subresource, ...extra] = rest;
   if (nsWord !== 'namespaces' || namespace === undefined || resource === undefined || extra.length > 0) return null;
-  const def = RESOURCES.find((r) => r.group === group && r.version === version && r.resource === resource);
+  const def = RESOURCES.find((r) => !r.clusterScoped && r.group === group && r.version === version && r.resource === resource);
   if (!def) return null;
   return { def, namespace, name, subresource };
 }
@@ -2069,6 +2135,11 @@ function normalize(def: ResourceDef, o: JsonObject): void {
     delete o.stringData;
   }
   if (def.resource === 'secrets' && o.type === undefined) o.type = 'Opaque';
+  // SetDefaults_StorageClass.
+  if (def.resource === 'storageclasses') {
+    if (o.reclaimPolicy === undefined || o.reclaimPolicy === null) o.reclaimPolicy = 'Delete';
+    if (o.volumeBindingMode === undefined || o.volumeBindingMode === null) o.volumeBindingMode = 'Immediate';
+  }
   pruneEmpty(def, o);
 }
 

@@ -69,3 +69,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "existingSecret must name the Secret holding the webhook token, the PostgreSQL password and the PagerDuty routing keys" -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+"true" when the disk-full handler (runbook scenario 3) may act or plan: its mode, else config.mode, is
+not off. Only then does dbpilot get its PVC rights and the ClusterRole that reads StorageClasses.
+*/}}
+{{- define "dbpilot.diskFullEnabled" -}}
+{{- $mode := dig "handlers" "disk-full" "mode" (dig "mode" "dry-run" .Values.config) .Values.config -}}
+{{- if ne $mode "off" }}true{{ end -}}
+{{- end -}}
+
+{{/* The ClusterRole (StorageClasses are cluster-scoped): named after the release and the namespace, unique in the cluster. */}}
+{{- define "dbpilot.clusterRoleName" -}}
+{{- printf "%s-%s-storageclasses" (include "dbpilot.fullname" .) (include "dbpilot.targetNamespace" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}

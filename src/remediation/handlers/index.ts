@@ -1,11 +1,9 @@
 /**
  * The handler registry: every runbook handler this build has, with the options it owns. The
  * configuration schema's `handlers:` block is built from this list, so adding a handler touches its
- * own file and this one. Names of runbook handlers this build does not have yet take the policy
- * options only (their alerts are escalated).
+ * own file and this one.
  */
 import { z } from 'zod';
-import { genericOptions } from './options.js';
 import { slowQueriesHandler, slowQueriesOptions } from './slow-queries.js';
 import { primaryFailoverHandler, primaryFailoverOptions } from './primary-failover.js';
 import { rebuildReplicaHandler, rebuildReplicaOptions } from './rebuild-replica.js';
@@ -13,13 +11,15 @@ import { prismaMigrationHandler, prismaMigrationOptions } from './prisma-migrati
 import { replicationLagHandler, replicationLagOptions } from './replication-lag.js';
 import { dataCorruptionHandler, dataCorruptionOptions } from './data-corruption.js';
 import { redisFailureHandler, redisFailureOptions, redisFlushallHandler, redisFlushallOptions } from './redis-failure.js';
+import { diskFullHandler, diskFullOptions, vacuumFullHandler, vacuumFullOptions } from './disk-full.js';
 import type { Handler } from '../handler.js';
 
 export const handlersSchema = z.strictObject({
   'primary-failover': primaryFailoverOptions.prefault({}),
   'rebuild-replica': rebuildReplicaOptions.prefault({}),
   'slow-queries': slowQueriesOptions.prefault({}),
-  'disk-full': genericOptions.optional(),
+  'disk-full': diskFullOptions.prefault({}),
+  'vacuum-full': vacuumFullOptions.prefault({}),
   'prisma-migration': prismaMigrationOptions.prefault({}),
   'redis-failure': redisFailureOptions.prefault({}),
   'redis-flushall': redisFlushallOptions.prefault({}),
@@ -39,6 +39,8 @@ export function builtHandlers(): Handler[] {
     primaryFailoverHandler() as Handler,
     rebuildReplicaHandler() as Handler,
     prismaMigrationHandler() as Handler,
+    diskFullHandler() as Handler,
+    vacuumFullHandler() as Handler,
     replicationLagHandler() as Handler,
     dataCorruptionHandler() as Handler,
     redisFailureHandler() as Handler,

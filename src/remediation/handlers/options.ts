@@ -13,6 +13,8 @@ export const HANDLER_NAMES = [
   'rebuild-replica',
   'slow-queries',
   'disk-full',
+  /** Runbook scenario 3, step 4 (VACUUM FULL of one table): approval only. */
+  'vacuum-full',
   'prisma-migration',
   'redis-failure',
   'redis-flushall',
