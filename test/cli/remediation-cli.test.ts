@@ -126,7 +126,10 @@ afterAll(async () => {
 const target = () => `postgres/${db.server}/${db.name}`;
 
 describe('dbpilot plan', () => {
+  /** The runs in the store: a plan must add none (other tests of this file record runs of their own). */
+  const runIds = () => readStore((st) => st.listRuns().map((r) => r.id));
   it('shows the steps it would take against the live system, as the runbook commands, and records nothing', async () => {
+    const before = runIds();
     const s = await slowQuery();
     const r = await dbpilot('plan', 'slow-queries', '--database', db.name);
     expect(r.code, r.stderr).toBe(0);
@@ -142,7 +145,7 @@ describe('dbpilot plan', () => {
     expect(parsed.target).toBe(target());
     expect(parsed.plan.data.targets.map((t) => [t.pid, t.user])).toEqual([[s.pid, db.role]]);
     expect(parsed.steps.map((st) => st.name)).toEqual(['cancelBackends', 'terminateBackends']);
-    expect(readStore((st) => st.listRuns())).toEqual([]);
+    expect(runIds()).toEqual(before);
     await s.end();
   });
 
@@ -153,12 +156,14 @@ describe('dbpilot plan', () => {
     await pgQuery(url, `DELETE FROM reclaim WHERE id <= 4000`);
     const node = async () => (await pgQuery<{ n: string }>(url, `SELECT relfilenode::text AS n FROM pg_class WHERE relname = 'reclaim'`))[0]!.n;
     const before = await node();
+    const runsBefore = runIds();
     const p = await dbpilot('plan', 'vacuum-full', '-d', db.name, '-t', 'public.reclaim');
     expect(p.code, p.stderr).toBe(0);
     expect(p.stdout).toMatch(new RegExp(`^vacuum-full on postgres/${db.server}/${db.name}: VACUUM FULL reclaim in ${db.name} on ${db.server}: .*it takes an ACCESS EXCLUSIVE lock on reclaim for the whole rewrite`, 'm'));
     expect(p.stdout).toMatch(/^1\. vacuumFull$/m);
     expect(p.stdout).toContain(`VACUUM FULL reclaim;`);
     expect(await node()).toBe(before);
+    expect(runIds()).toEqual(runsBefore);
     const r = await dbpilot('remediate', 'vacuum-full', '-d', db.name, '-t', 'public.reclaim', '--yes');
     expect(r.code, r.stderr + r.stdout).toBe(0);
     expect(r.stdout).toMatch(/\[done\] vacuumFull/);
@@ -173,6 +178,7 @@ describe('dbpilot plan', () => {
   });
 
   it('a diagnose-only handler (replication-lag) shows what it read and that it changes nothing; --json carries the numbers', async () => {
+    const before = runIds();
     const replica = new URL(inject('pgReplicaUrls')[0]!);
     const server = `${replica.hostname}:${replica.port}`;
     const r = await dbpilot('plan', 'replication-lag', '--server', server);
@@ -185,10 +191,11 @@ describe('dbpilot plan', () => {
     expect(parsed.plan.diagnoseOnly).toBe(true);
     expect(parsed.steps).toEqual([]);
     expect(parsed.plan.data.replicas.find((x) => x.server === server)).toMatchObject({ in_recovery: true, wal_receiver: { status: 'streaming' } });
-    expect(readStore((st) => st.listRuns())).toEqual([]);
+    expect(runIds()).toEqual(before);
   });
 
   it('redis-failure on the running Redis: it answers PING, so the plan restarts nothing (and needs no kubernetes: to say so); redis-flushall is refused where not allowed', async () => {
+    const before = runIds();
     const r = await dbpilot('plan', 'redis-failure');
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout.trim()).toMatch(/^redis-failure on redis: Redis answers PING on a new connection \(attempt 1 of 3\): not restarted \(used_memory /);
@@ -196,7 +203,7 @@ describe('dbpilot plan', () => {
     expect(f.stdout).toBe('');
     expect(f.stderr).toMatch(/^dbpilot: FLUSHALL \(runbook scenario 5 step 3\) is refused: it deletes every key of every database, and handlers\.redis-flushall\.allow is not true in this configuration \(environment production\) \[DBPILOT_UNSAFE_TO_ACT\]$/m);
     expect(f.code).toBe(2);
-    expect(readStore((st) => st.listRuns())).toEqual([]);
+    expect(runIds()).toEqual(before);
   });
 
   it('refuses an unknown handler with exit code 2 and the handlers it has', async () => {
