@@ -2,6 +2,8 @@
  * The HTTP surface as a Fastify plugin: routes only, so tests drive it with inject() and the server
  * (main.ts) owns listening, timeouts and shutdown.
  */
+import { promisify } from 'node:util';
+import { constants as zlibConstants, gzip } from 'node:zlib';
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
 import { Registry } from 'prom-client';
 import type { Runtime } from './runtime.js';
@@ -15,6 +17,27 @@ export interface AppOptions {
 }
 
 const wantsOpenMetrics = (accept: string | undefined) => !!accept && /application\/openmetrics-text/i.test(accept);
+
+const gzipAsync = promisify(gzip);
+
+/**
+ * Whether the client takes gzip (RFC 9110 §12.5.3): `gzip` (or `x-gzip`, or `*`) listed with a q above 0.
+ * Prometheus asks `Accept-Encoding: gzip` on every scrape.
+ */
+export function acceptsGzip(header: string | string[] | undefined): boolean {
+  const value = Array.isArray(header) ? header.join(',') : header;
+  if (!value) return false;
+  let star: boolean | null = null;
+  for (const part of value.split(',')) {
+    const [raw = '', ...params] = part.toLowerCase().split(';');
+    const token = raw.trim();
+    const q = params.map((p) => /^\s*q\s*=\s*([0-9.]+)\s*$/.exec(p)).find((m) => m)?.[1];
+    const ok = q === undefined || Number(q) > 0;
+    if (token === 'gzip' || token === 'x-gzip') return ok;
+    if (token === '*') star = ok;
+  }
+  return star === true;
+}
 
 export const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
   const { runtime } = opts;
@@ -30,12 +53,15 @@ export const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
 
   fastify.get('/metrics', async (req, reply) => {
     await runtime.exporter.registry.collect();
-    if (wantsOpenMetrics(req.headers.accept)) {
-      reply.type(Registry.OPENMETRICS_CONTENT_TYPE);
-      return runtime.metrics.openMetrics();
-    }
-    reply.type(Registry.PROMETHEUS_CONTENT_TYPE);
-    return runtime.metrics.text();
+    const openMetrics = wantsOpenMetrics(req.headers.accept);
+    reply.type(openMetrics ? Registry.OPENMETRICS_CONTENT_TYPE : Registry.PROMETHEUS_CONTENT_TYPE);
+    const body = openMetrics ? await runtime.metrics.openMetrics() : await runtime.metrics.text();
+    reply.header('vary', 'Accept-Encoding');
+    if (!acceptsGzip(req.headers['accept-encoding'])) return body;
+    // As the Go exporters do when Prometheus asks: about a fifth of the bytes. The fastest level, in
+    // libuv's thread pool, so the event loop is not held while it compresses.
+    reply.header('content-encoding', 'gzip');
+    return gzipAsync(body, { level: zlibConstants.Z_BEST_SPEED });
   });
 
   fastify.get('/health', async (_req, reply) => {
