@@ -82,6 +82,8 @@ const configSchema = z.strictObject({
       tableSizeTopN: z.number().int().min(1).max(1000).default(10),
       /** pg_database_size / pg_total_relation_size are expensive: refreshed at most this often, served from cache in between. */
       sizeRefreshSeconds: z.number().int().min(1).default(60),
+      /** _prisma_migrations is read per database (a connection each): at most this often, served from cache in between; 0 reads it on every scrape. */
+      prismaRefreshSeconds: z.number().int().min(0).default(30),
     })
     .prefault({}),
   redis: z

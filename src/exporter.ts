@@ -48,6 +48,8 @@ export function createExporter(config: Config, metrics: Metrics, cluster: PgClus
     return topology.primaryServer();
   };
   const databases = new DatabaseList(observedPrimary, config.postgres.databases);
+  // Cached values read on the primary belong to it: after a failover they are refreshed at once.
+  const primaryScope = async () => (await observedPrimary()).server;
   const pgServer = pgServerCollector(metrics, topology);
   const pgStatReplication = pgStatReplicationCollector(metrics, observedPrimary);
   // The same share of the collector budget as each PostgreSQL probe (src/runtime.ts), so a frozen Redis
@@ -65,13 +67,23 @@ export function createExporter(config: Config, metrics: Metrics, cluster: PgClus
       // to 1 within seconds of PostgreSQL, and a server that is down sees one size query every 5 s.
       retryMs: Math.min(SIZE_RETRY_MS, sizeRefreshMs),
       waitMs: Math.floor(config.collectors.timeoutMs * 0.8),
+      scope: primaryScope,
       lastSuccess: metrics.gauge(
         'dbpilot_pg_sizes_last_success_timestamp_seconds',
         'Unix time of the size refresh whose pg_database_size_bytes / pg_table_size_bytes are served; their age is time() minus this. Older than sizeRefreshSeconds while refreshes fail (dbpilot_collector_success{collector="pg_sizes"} 0): the last good sizes stay served meanwhile.',
       ),
     }),
   );
-  registry.register(prismaMigrationsCollector(metrics, observedPrimary, databases, prismaSchemasByDatabase(config.services)));
+  // _prisma_migrations changes when a deploy runs, and PrismaMigrationFailed waits 10 minutes: one
+  // statement per database on every scrape (half of a scrape's SQL on the runbook's eight databases)
+  // bought nothing. Cached like the sizes, a failed refresh retried after 5 s.
+  const prisma = prismaMigrationsCollector(metrics, observedPrimary, databases, prismaSchemasByDatabase(config.services));
+  const prismaRefreshMs = config.postgres.prismaRefreshSeconds * 1000;
+  registry.register(
+    prismaRefreshMs === 0
+      ? prisma
+      : cachedCollector(prisma, { refreshMs: prismaRefreshMs, retryMs: Math.min(SIZE_RETRY_MS, prismaRefreshMs), waitMs: Math.floor(config.collectors.timeoutMs * 0.8), scope: primaryScope }),
+  );
   if (config.postgres.dataDirectory) registry.register(diskCollector(metrics, observedPrimary, config.postgres.dataDirectory));
   registry.register(redisC);
   // The services of the runbook (the list the failover checks after its restarts), each probed within

@@ -125,6 +125,12 @@ export interface CacheOptions {
   waitMs: number;
   /** Set to the time (Unix seconds) of the refresh whose values are served; absent until one succeeded. */
   lastSuccess?: Gauge<string>;
+  /**
+   * What the values belong to (the observed primary's server): when it changes — a failover — the
+   * cached values describe another server, so the scrape starts a refresh at once and waits for it as
+   * when there is nothing to serve. A scope that cannot be read changes nothing.
+   */
+  scope?: () => Promise<string>;
   now?: () => number;
 }
 
@@ -142,17 +148,24 @@ export interface CacheOptions {
  */
 export function cachedCollector(inner: Collector, opts: CacheOptions): Collector & { lastRefresh(): number | null } {
   const now = opts.now ?? Date.now;
-  let good: { at: number; set: SampleSet } | null = null;
+  let good: { at: number; set: SampleSet; scope: string | undefined } | null = null;
   let failed: { at: number; error: unknown } | null = null;
   let refreshing: Promise<void> | null = null;
-  const refresh = () => {
+  const scopeOf = async (): Promise<string | undefined> => {
+    try {
+      return opts.scope ? await opts.scope() : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const refresh = (scope: string | undefined) => {
     refreshing ??= inner
       .collect(new AbortController().signal)
       .then(
         (set) => {
           // A refresh that reached only part of its source (one database failed) is served — its values
           // are the newest there are — and still counts as failed, so it is retried like one.
-          good = { at: now(), set };
+          good = { at: now(), set, scope };
           failed = set.errors.length > 0 ? { at: good.at, error: new Error(set.errors.join('; ')) } : null;
         },
         (error: unknown) => void (failed = { at: now(), error }),
@@ -167,11 +180,13 @@ export function cachedCollector(inner: Collector, opts: CacheOptions): Collector
     gauges: opts.lastSuccess ? [...inner.gauges, opts.lastSuccess] : inner.gauges,
     lastRefresh: () => good?.at ?? null,
     async collect(signal) {
+      const scope = await scopeOf();
       const t = now();
-      const due = failed ? t - failed.at >= opts.retryMs : good === null || t - good.at >= opts.refreshMs;
+      const moved = good !== null && scope !== undefined && (good as { scope: string | undefined }).scope !== scope;
+      const due = moved || (failed ? t - failed.at >= opts.retryMs : good === null || t - good.at >= opts.refreshMs);
       if (due) {
-        const p = refresh();
-        if (good === null || failed !== null) {
+        const p = refresh(scope);
+        if (good === null || failed !== null || moved) {
           let timer: NodeJS.Timeout | undefined;
           await Promise.race([
             p,
@@ -182,7 +197,7 @@ export function cachedCollector(inner: Collector, opts: CacheOptions): Collector
           ]).finally(() => clearTimeout(timer));
         }
       }
-      const served = good as { at: number; set: SampleSet } | null;
+      const served = good as { at: number; set: SampleSet; scope: string | undefined } | null;
       const failure = failed as { at: number; error: unknown } | null;
       if (served === null) throw failure ? failure.error : new Error(`${inner.name}: first refresh still running`);
       const out = new SampleSet();

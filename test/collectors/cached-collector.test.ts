@@ -14,7 +14,7 @@ const WAIT_MS = 50;
 
 type Outcome = { ok: number } | { fail: string } | 'hang';
 
-function setup(outcomes: Outcome[]) {
+function setup(outcomes: Outcome[], scope?: () => Promise<string>) {
   const metrics = new Metrics({ processMetrics: false });
   const size = metrics.gauge('test_size_bytes', 'a size', ['datname']);
   const lastSuccess = metrics.gauge('test_last_success_timestamp_seconds', 'when');
@@ -33,7 +33,7 @@ function setup(outcomes: Outcome[]) {
       return set;
     },
   };
-  const c = cachedCollector(inner, { refreshMs: REFRESH_MS, retryMs: RETRY_MS, waitMs: WAIT_MS, lastSuccess, now: () => clock });
+  const c = cachedCollector(inner, { refreshMs: REFRESH_MS, retryMs: RETRY_MS, waitMs: WAIT_MS, lastSuccess, now: () => clock, ...(scope ? { scope } : {}) });
   /** One scrape: the collection, as the registry runs it (a fresh signal, never aborted here). */
   const scrape = async () => {
     try {
@@ -143,5 +143,29 @@ describe('cachedCollector', () => {
     await t.scrape();
     // The hung refresh is still the one in flight: no second one started beside it.
     expect(t.calls).toHaveLength(3);
+  });
+
+  it('a new scope (the primary after a failover) refreshes at once and the scrape serves the new values; an unreadable scope changes nothing', async () => {
+    let primary = '10.0.0.5:5432';
+    let readable = true;
+    const t = setup([{ ok: 10 }, { ok: 20 }, { ok: 30 }], async () => {
+      if (!readable) throw new Error('no primary');
+      return primary;
+    });
+    expect((await t.scrape()).value).toBe(10);
+    t.advance(1000);
+    expect((await t.scrape()).value).toBe(10);
+    expect(t.calls).toHaveLength(1);
+    primary = '10.0.0.6:5432';
+    t.advance(1000);
+    // Well inside refreshMs: refreshed because the values belonged to the old primary, and waited for.
+    expect((await t.scrape()).value).toBe(20);
+    expect(t.calls).toHaveLength(2);
+    t.advance(1000);
+    expect((await t.scrape()).value).toBe(20);
+    readable = false;
+    t.advance(1000);
+    expect((await t.scrape()).value).toBe(20);
+    expect(t.calls).toHaveLength(2);
   });
 });

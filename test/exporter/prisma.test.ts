@@ -26,7 +26,8 @@ describe('prisma_migrations_failed', () => {
          (gen_random_uuid()::text, $1, NULL, '20240301000000_add_payments', 'Database error code: 42P07', NULL, now(), 0)`,
       [CHECKSUM],
     );
-    svc = await startTestService(makeConfig({ postgres: { databases: [withTable.name, without.name] } }));
+    // Read on every scrape here, so each scrape follows the table.
+    svc = await startTestService(makeConfig({ postgres: { databases: [withTable.name, without.name], prismaRefreshSeconds: 0 } }));
   });
 
   afterAll(async () => {
@@ -65,6 +66,30 @@ describe('prisma_migrations_failed', () => {
     expect(await serverCount()).toBe(1);
     expect(value(r.metrics, 'prisma_migrations_failed', { server: P, datname: without.name })).toBe(0);
     expect(value(r.metrics, 'dbpilot_collector_success', { collector: 'prisma_migrations' })).toBe(1);
+  });
+
+  it('by default is served from a cache refreshed every prismaRefreshSeconds, not read on every scrape', async () => {
+    const cached = await startTestService(makeConfig({ postgres: { databases: [withTable.name], prismaRefreshSeconds: 2 } }));
+    try {
+      const before = await serverCount();
+      expect(value((await scrape(cached.url)).metrics, 'prisma_migrations_failed', { server: P, datname: withTable.name })).toBe(before);
+      await pgQuery(withTable.url, `INSERT INTO _prisma_migrations (id, checksum, migration_name) VALUES (gen_random_uuid()::text, $1, '20240501000000_cached')`, [CHECKSUM]);
+      // Within the refresh interval the cached count is served.
+      expect(value((await scrape(cached.url)).metrics, 'prisma_migrations_failed', { server: P, datname: withTable.name })).toBe(before);
+      // After it, a scrape starts the refresh and a later one serves its count.
+      await new Promise((r) => setTimeout(r, 2100));
+      await scrape(cached.url);
+      let seen = before;
+      for (let i = 0; i < 20 && seen === before; i++) {
+        seen = value((await scrape(cached.url)).metrics, 'prisma_migrations_failed', { server: P, datname: withTable.name });
+        if (seen === before) await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(seen).toBe(before + 1);
+      expect(await serverCount()).toBe(before + 1);
+    } finally {
+      await pgQuery(withTable.url, `DELETE FROM _prisma_migrations WHERE migration_name = '20240501000000_cached'`);
+      await cached.close();
+    }
   });
 });
 
