@@ -27,6 +27,7 @@ import { onCleanup } from './cleanup.js';
 import { binaryVersion, cleanEnv, explain, startChild, which, type ChildSpec, type RunningChild } from './children.js';
 import { METER_DB, type Dataset } from './dataset.js';
 import { dbpilotCommand, forceGc, gcPreloadArgs, type DbpilotRuntime } from './dbpilot-build.js';
+import { measureFloor, recordStatements, type FloorFigures, type RecordedStatement } from './floor.js';
 import { countSamples, sampleValue, samplesOf, Scraper, SCRAPE_HEADERS } from './http.js';
 import { Meter, type ServerCpu } from './meter.js';
 import { cpuSeconds, rssBytes } from './procs.js';
@@ -36,6 +37,8 @@ import { fmt, MiB, round, summarize, type Summary } from './stats.js';
 /** p50 of the two peers measured on this machine earlier (issue "Exporter"). */
 const REFERENCE_PEERS_MS = { postgres_exporter: 45.1, redis_exporter: 5.3 };
 const TARGET_RATIO = 0.25;
+/** The issue's second speed target: within 2 × of the floor (bench/floor.ts). */
+const FLOOR_RATIO = 2;
 const TARGET_RSS_BYTES = 100 * MiB;
 /** RSS wanders with GC; more than this between scrape 200 and 1,000 counts as growth. */
 const GROWTH_TOLERANCE_BYTES = 5 * MiB;
@@ -99,6 +102,8 @@ interface InProcessFigures {
   sizeRefreshStatements: number;
   sizeRefreshSeconds: number;
   check: { scrapes: number; registryStatements: number; connections: number; transactions: number };
+  /** The statements of one steady-state scrape, for the floor (not in the JSON). */
+  recorded?: RecordedStatement[];
 }
 
 interface LoadFigures {
@@ -120,6 +125,8 @@ interface ScrapeFigures {
   machine: { cpus: number; loadAvgStart: number[]; loadAvgEnd: number[] };
   idleServerCpu: ServerCpu;
   inProcess: InProcessFigures;
+  /** Every signal of one scrape read concurrently on persistent connections, nothing else. */
+  floor: FloorFigures;
   exporters: ExporterFigures[];
   peers: { p50SumMs: number | null; ratio: number | null; referenceSumMs: number; referenceRatio: number };
   load: LoadFigures[];
@@ -173,9 +180,13 @@ async function runInProcess(ctx: SectionContext, ds: Dataset, meter: Meter, warm
   let sizeRefreshStatements = 0;
   let served = 0;
   let connections = 0;
+  let recorded: RecordedStatement[] = [];
   try {
     for (let i = 0; i < warmup + scrapes; i++) {
+      // The first timed scrape's statements are the floor's (the caches are warm by then).
+      const recorder = i === warmup ? recordStatements() : null;
       const r = await scraper.scrape();
+      if (recorder) recorded = recorder.stop();
       served++;
       if (r.status !== 200) throw new Error(`dbpilot /metrics answered ${r.status}`);
       for (const [name, res] of registry.last) {
@@ -206,6 +217,7 @@ async function runInProcess(ctx: SectionContext, ds: Dataset, meter: Meter, warm
     sizeRefreshStatements,
     sizeRefreshSeconds: config.postgres.sizeRefreshSeconds,
     check: { scrapes: served, registryStatements, connections, transactions: x1 - x0 },
+    recorded,
   };
 }
 
@@ -544,6 +556,10 @@ function printReport(f: ScrapeFigures): void {
     `  meter check: registry ${ck.registryStatements} statements in ${ck.scrapes} scrapes + ${ck.connections} connection start-ups = ` +
       `${ck.registryStatements + ck.connections}; pg_stat_database counted ${ck.transactions} transactions.`,
   );
+  out(
+    `  floor: the ${f.floor.statements} statements of one scrape and a Redis INFO, all at once on ${f.floor.connections} persistent connections, ` +
+      `${f.floor.n} rounds: p50 ${fmt(f.floor.p50, 2)} ms, p90 ${fmt(f.floor.p90, 2)} ms, p99 ${fmt(f.floor.p99, 2)} ms.`,
+  );
 
   out();
   out(
@@ -690,6 +706,10 @@ export const scrapeSection: Section = {
       ctx.log(`C. ${exporterTargets.map((t) => t.label).join(', ')} scraped in turn: ${scrapes} rounds…`);
       const latency = await runInterleaved(ctx, exporterTargets, warmup, scrapes);
 
+      ctx.log(`floor: the ${inProcess.recorded?.length ?? 0} statements of one scrape and a Redis INFO, concurrently on persistent connections, ${warmup} + ${scrapes} rounds…`);
+      const floor = await measureFloor(inProcess.recorded ?? [], ds.redis.url, warmup, scrapes);
+      delete inProcess.recorded;
+
       const load: LoadFigures[] = [];
       if (loadSeconds > 0) {
         for (const t of exporterTargets.filter((x) => x.id !== 'postgres_exporter_auto')) {
@@ -711,6 +731,7 @@ export const scrapeSection: Section = {
         machine: { cpus: os.cpus().length, loadAvgStart, loadAvgEnd: os.loadavg() },
         idleServerCpu: idle,
         inProcess,
+        floor,
         exporters,
         peers: { p50SumMs: p50Sum, ratio: p50Sum === null ? null : dbp.latencyMs.p50 / p50Sum, referenceSumMs, referenceRatio: dbp.latencyMs.p50 / referenceSumMs },
         load,
@@ -725,6 +746,12 @@ export const scrapeSection: Section = {
           measured: `${fmt(dbp.latencyMs.p50, 2)} ms (ratio ${fmt(dbp.latencyMs.p50 / peerBase, 3)})`,
           target: `≤ ${fmt(TARGET_RATIO * peerBase, 2)} ms`,
           pass: dbp.latencyMs.p50 <= TARGET_RATIO * peerBase,
+        },
+        {
+          name: `dbpilot p50 ≤ ${FLOOR_RATIO} × the floor (${floor.statements} statements + Redis INFO, concurrently, persistent connections)`,
+          measured: `${fmt(dbp.latencyMs.p50, 2)} ms (floor ${fmt(floor.p50, 2)} ms, ×${fmt(dbp.latencyMs.p50 / floor.p50, 2)})`,
+          target: `≤ ${fmt(FLOOR_RATIO * floor.p50, 2)} ms`,
+          pass: floor.n > 0 ? dbp.latencyMs.p50 <= FLOOR_RATIO * floor.p50 : null,
         },
         {
           name: `dbpilot RSS after ${dbp.rss.endScrape} scrapes ≤ 100 MiB`,

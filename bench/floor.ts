@@ -1,0 +1,61 @@
+/**
+ * The floor of a scrape (issue "Exporter", speed target): what reading every signal dbpilot reads costs
+ * with nothing of dbpilot around it. The statements of one steady-state scrape are recorded as dbpilot
+ * sends them (PgServer.query, wrapped while one in-process scrape runs: the topology's probes and every
+ * collector's query, with the cached sizes and Prisma counts served from cache as in most scrapes),
+ * then replayed, all at once, each on a persistent connection of its own, beside one Redis INFO on a
+ * persistent connection. The time from the first send to the last answer is the floor: no HTTP, no
+ * exposition, no pool, no connection set-up.
+ */
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { PgServer } from '../src/integrations/postgres.js';
+import { summarize, type Summary } from './stats.js';
+
+export interface RecordedStatement {
+  url: string;
+  sql: string;
+  params: unknown[];
+}
+
+/** Records what PgServer.query sends until stop() is called. */
+export function recordStatements(): { stop(): RecordedStatement[] } {
+  const original = PgServer.prototype.query;
+  const recorded: RecordedStatement[] = [];
+  PgServer.prototype.query = function (this: PgServer, sql: string, params: unknown[] = [], database: string = this.defaultDatabase) {
+    const u = new URL((this as unknown as { opts: { url: string } }).opts.url);
+    u.pathname = `/${encodeURIComponent(database)}`;
+    recorded.push({ url: u.toString(), sql, params });
+    return original.call(this, sql, params, database);
+  } as typeof original;
+  return {
+    stop() {
+      PgServer.prototype.query = original;
+      return recorded;
+    },
+  };
+}
+
+export interface FloorFigures extends Summary {
+  statements: number;
+  connections: number;
+}
+
+/** Replays the statements (and one Redis INFO) concurrently, `warmup` + `rounds` times; the timed rounds' summary. */
+export async function measureFloor(statements: RecordedStatement[], redisUrl: string, warmup: number, rounds: number): Promise<FloorFigures> {
+  const clients = statements.map((s) => new pg.Client({ connectionString: s.url, application_name: 'bench_floor' }));
+  const redis = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  try {
+    await Promise.all([...clients.map((c) => c.connect()), redis.connect()]);
+    const ms: number[] = [];
+    for (let i = 0; i < warmup + rounds; i++) {
+      const t0 = performance.now();
+      await Promise.all([...statements.map((s, k) => clients[k]!.query(s.sql, s.params)), redis.info()]);
+      if (i >= warmup) ms.push(performance.now() - t0);
+    }
+    return { ...summarize(ms), statements: statements.length, connections: clients.length + 1 };
+  } finally {
+    await Promise.allSettled(clients.map((c) => c.end()));
+    redis.disconnect();
+  }
+}
