@@ -187,3 +187,16 @@ export function serverForAlert(ctx: Pick<HandlerContext, 'cluster' | 'topology'>
     `server label ${showLabel(label)} names no configured PostgreSQL server (configured: ${ctx.cluster.all.map((s) => s.server).join(', ')})`,
   );
 }
+
+/** A check's verdict: it held, with what was seen. */
+export const ok = (detail: string, data?: unknown): CheckResult => ({ ok: true, detail, ...(data !== undefined ? { data } : {}) });
+/** A check's verdict: it did not hold, with what was seen. */
+export const fail = (detail: string, data?: unknown): CheckResult => ({ ok: false, detail, ...(data !== undefined ? { data } : {}) });
+
+/** Waits `ms`; rejects with the signal's reason (a lost Lease, the step's deadline) as soon as it aborts. */
+export const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
+  new Promise<void>((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => (clearTimeout(t), reject(signal.reason)), { once: true });
+  });

@@ -37,7 +37,7 @@ import { z } from 'zod';
 import { UnsafeToActError, safeMessage } from '../../errors.js';
 import type { PgServer } from '../../integrations/postgres.js';
 import { storageGrowthProblem } from '../../integrations/rds.js';
-import { serverForAlert, showLabel, type AlertInfo, type CheckResult, type Handler, type HandlerContext, type Plan, type Step, type StepContext } from '../handler.js';
+import { fail, ok, serverForAlert, showLabel, sleep, type AlertInfo, type CheckResult, type Handler, type HandlerContext, type Plan, type Step, type StepContext } from '../handler.js';
 import { namespaceOf, psqlCommand } from '../runbook.js';
 import { handlerOptions, identifier } from './options.js';
 
@@ -325,15 +325,6 @@ async function diskDiagnostics(ctx: HandlerContext, server: PgServer, largest: n
   return out;
 }
 
-const sleep = (ms: number, signal?: AbortSignal) =>
-  new Promise<void>((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => (clearTimeout(t), reject(signal.reason)), { once: true });
-  });
-
-const ok = (detail: string, data?: unknown): CheckResult => ({ ok: true, detail, ...(data !== undefined ? { data } : {}) });
-const fail = (detail: string, data?: unknown): CheckResult => ({ ok: false, detail, ...(data !== undefined ? { data } : {}) });
 
 const POLL_MS = 500;
 /** The file system "follows" the volume when it grew by at least half of what the volume grew (file-system overhead, reserved blocks). */

@@ -36,6 +36,7 @@ import type { PgServer } from '../../integrations/postgres.js';
 import { isSecretChanged } from '../../integrations/kubernetes-errors.js';
 import { parseLsn, type MemberState } from '../../topology.js';
 import type { AlertInfo, CheckResult, Handler, HandlerContext, Plan, Step, StepContext } from '../handler.js';
+import { sleep } from '../handler.js';
 import { namespaceOf } from '../runbook.js';
 import { handlerOptions } from './options.js';
 
@@ -85,13 +86,6 @@ const planSchema = z.strictObject({
   continuing: z.strictObject({ run: z.string(), by: z.string(), phase: z.string(), restartedAt: z.string().optional(), startedAt: z.string() }).nullable(),
 });
 export type FailoverPlan = z.output<typeof planSchema>;
-
-const sleep = (ms: number, signal?: AbortSignal) =>
-  new Promise<void>((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => (clearTimeout(t), reject(signal.reason)), { once: true });
-  });
 
 function hostPortOf(url: string): string {
   const u = new URL(url);

@@ -51,7 +51,7 @@ import {
 } from '../../integrations/prisma.js';
 import type { KubernetesClient, JobSummary } from '../../integrations/kubernetes.js';
 import type { AlertInfo, CheckResult, Handler, HandlerContext, Plan, Step, StepContext } from '../handler.js';
-import { serverForAlert } from '../handler.js';
+import { fail, ok, serverForAlert, sleep } from '../handler.js';
 import { namespaceOf, psqlCommand } from '../runbook.js';
 import { databaseName, handlerOptions, identifier } from './options.js';
 
@@ -251,15 +251,6 @@ export function deployVerdict(input: {
 // ---------------------------------------------------------------------------------------------------
 // Shared parts of the handler and the reset procedure
 
-const sleep = (ms: number, signal?: AbortSignal) =>
-  new Promise<void>((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => (clearTimeout(t), reject(signal.reason)), { once: true });
-  });
-
-const ok = (detail: string, data?: unknown): CheckResult => ({ ok: true, detail, ...(data !== undefined ? { data } : {}) });
-const fail = (detail: string, data?: unknown): CheckResult => ({ ok: false, detail, ...(data !== undefined ? { data } : {}) });
 
 function serverOf(ctx: HandlerContext, label: string): PgServer {
   const s = ctx.cluster.all.find((x) => x.server === label);

@@ -27,7 +27,7 @@ import { UnsafeToActError, safeMessage } from '../../errors.js';
 import { probeService, type ServiceProbe } from '../../collectors/service-health.js';
 import { parseRedisInfo, infoNumber, type RedisInfo } from '../../collectors/redis-info.js';
 import type { FreshConnectionOptions, RedisClient } from '../../integrations/redis.js';
-import type { AlertInfo, CheckResult, Handler, HandlerContext, Plan, Step } from '../handler.js';
+import { fail, ok, sleep, type AlertInfo, type CheckResult, type Handler, type HandlerContext, type Plan, type Step } from '../handler.js';
 import { namespaceOf } from '../runbook.js';
 import { handlerOptions } from './options.js';
 
@@ -149,15 +149,6 @@ export function factsLine(f: RedisFacts | null): string {
 const pingAttempt = z.strictObject({ attempt: z.number(), ok: z.boolean(), reply: z.string().nullable(), error: z.string().nullable() });
 type PingAttempt = z.output<typeof pingAttempt>;
 
-const sleep = (ms: number, signal?: AbortSignal) =>
-  new Promise<void>((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => (clearTimeout(t), reject(signal.reason)), { once: true });
-  });
-
-const ok = (detail: string, data?: unknown): CheckResult => ({ ok: true, detail, ...(data !== undefined ? { data } : {}) });
-const fail = (detail: string, data?: unknown): CheckResult => ({ ok: false, detail, ...(data !== undefined ? { data } : {}) });
 
 async function pingOnce(redis: RedisClient, o: FreshConnectionOptions, attempt: number): Promise<PingAttempt> {
   try {
