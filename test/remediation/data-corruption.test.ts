@@ -17,6 +17,7 @@ import { PagerDutyStandin } from '../support/pagerduty-standin.js';
 import { startPgCluster, type PgCluster, type PgNode } from '../support/pg-cluster.js';
 import { RdsStandin, awsConfigFor, standinEnv } from '../support/rds-standin.js';
 import { TEAM_KEYS, freshFingerprint, groupPageKey, payload, startRemediation, until, type RemediationHarness } from '../support/remediation.js';
+import { pgQuery } from '../support/service.js';
 
 const DB = 'lomash_orders';
 const pd = new PagerDutyStandin();
@@ -26,16 +27,8 @@ let cluster: PgCluster;
 let h: RemediationHarness | null = null;
 let P = '';
 
-async function q<T extends Record<string, unknown>>(url: string, sql: string, params: unknown[] = []): Promise<T[]> {
-  const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 });
-  c.on('error', () => undefined);
-  await c.connect();
-  try {
-    return (await c.query<T>(sql, params)).rows;
-  } finally {
-    await c.end().catch(() => undefined);
-  }
-}
+/** One statement on a connection of its own. */
+const q = pgQuery;
 const dbUrl = () => {
   const u = new URL(cluster.primary.url());
   u.pathname = `/${DB}`;

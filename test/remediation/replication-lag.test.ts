@@ -15,6 +15,7 @@ import type { Mode } from '../../src/modes.js';
 import { PagerDutyStandin } from '../support/pagerduty-standin.js';
 import { startPgCluster, type PgCluster, type PgNode } from '../support/pg-cluster.js';
 import { TEAM_KEYS, freshFingerprint, startRemediation, until, type RemediationHarness } from '../support/remediation.js';
+import { pgQuery } from '../support/service.js';
 
 const pd = new PagerDutyStandin();
 let cluster: PgCluster;
@@ -25,16 +26,8 @@ const SLOT = 'lagging_consumer';
 let longQuery: pg.Client | null = null;
 let longQueryPid = 0;
 
-async function q<T extends Record<string, unknown>>(url: string, sql: string, params: unknown[] = []): Promise<T[]> {
-  const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 });
-  c.on('error', () => undefined);
-  await c.connect();
-  try {
-    return (await c.query<T>(sql, params)).rows;
-  } finally {
-    await c.end().catch(() => undefined);
-  }
-}
+/** One statement on a connection of its own. */
+const q = pgQuery;
 
 const logFile = (n: PgNode) => path.join(path.dirname(n.dataDir), 'postgres.log');
 
