@@ -74,10 +74,18 @@ export function formatDuration(d: number): string {
   return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')} min`;
 }
 
-/** A tick step of 1, 2 or 5 × 10^k ms giving at most `max` intervals over `span`. */
+/** Tick steps from one second up: seconds, minutes and hours a clock shows (1-2-5 below one second). */
+const CLOCK_STEPS = [1, 2, 5, 10, 15, 30].map((s) => s * 1000).concat([1, 2, 5, 10, 15, 30].map((m) => m * 60_000), [1, 2, 3, 6, 12, 24].map((h) => h * 3_600_000));
+
+/** The smallest readable tick step giving at most `max` intervals over `span` ms. */
 export function tickStep(span: number, max = 8): number {
   if (!(span > 0)) return 1;
   const raw = span / max;
+  if (raw > 1000) {
+    const clock = CLOCK_STEPS.find((c) => c >= raw);
+    if (clock !== undefined) return clock;
+    return Math.ceil(raw / 86_400_000) * 86_400_000;
+  }
   const pow = 10 ** Math.floor(Math.log10(raw));
   for (const m of [1, 2, 5, 10]) if (m * pow >= raw) return m * pow;
   return 10 * pow;
