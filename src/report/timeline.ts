@@ -38,6 +38,8 @@ export const colourOf = (status: string): string => STATUS_COLOURS[status] ?? OT
 export const CHART = {
   /** Left column: step names. */
   labelWidth: 260,
+  /** Step labels longer than this are cut (with an ellipsis) in the chart. */
+  labelChars: 38,
   /** The time axis: x = labelWidth + fraction of the span × plotWidth. */
   plotWidth: 640,
   /** Room right of the plot for the last bar's duration label. */
@@ -167,7 +169,10 @@ function chartSvg(layout: TimelineLayout, steps: StepRow[]): string {
   layout.bars.forEach((b, i) => {
     const s = steps[i]!;
     const cy = b.y + CHART.rowHeight / 2;
-    parts.push(`<text class="step-label" x="${CHART.labelWidth - 8}" y="${cy + 4}" text-anchor="end">${escapeHtml(`${s.idx + 1}. ${s.name}`)}</text>`);
+    // The left column holds about 38 characters; the full name is in the bar's tooltip and the table.
+    const label = `${s.idx + 1}. ${s.name}`;
+    const shown = label.length > CHART.labelChars ? `${label.slice(0, CHART.labelChars - 1)}…` : label;
+    parts.push(`<text class="step-label" x="${CHART.labelWidth - 8}" y="${cy + 4}" text-anchor="end">${escapeHtml(shown)}<title>${escapeHtml(label)}</title></text>`);
     if (b.start === null || b.end === null) {
       parts.push(`<text class="not-started" x="${CHART.labelWidth + 4}" y="${cy + 4}">${escapeHtml(`${s.status}, not started`)}</text>`);
       return;

@@ -117,9 +117,18 @@ describe('chart geometry', () => {
     expect(layoutTimeline(run({ finishedAt: at(7 * 60_000) }), []).ticks.map((t) => t.label)).toEqual(['0', '+1 min', '+2 min', '+3 min', '+4 min', '+5 min', '+6 min', '+7 min']);
   });
 
+  it('cuts a long step name in the chart, keeping it whole in the tooltip and the table', () => {
+    const long = 'x'.repeat(80);
+    const html = renderTimeline(run(), [step(0, 0, 1000, 'done', { name: long })]);
+    const label = html.match(/<text class="step-label"[^>]*>([^<]*)<title>([^<]*)<\/title>/);
+    expect(label?.[1]).toBe(`1. ${'x'.repeat(CHART.labelChars - 4)}…`);
+    expect(label?.[2]).toBe(`1. ${long}`);
+    expect(html).toContain(`<td>${long}</td>`);
+  });
+
   it('labels each bar with the step name and its duration', () => {
     const html = renderTimeline(run(), [step(0, 0, 1500, 'done', { name: 'terminateSlowQueries' })]);
-    expect(html).toMatch(/<text class="step-label"[^>]*>1\. terminateSlowQueries<\/text>/);
+    expect(html).toMatch(/<text class="step-label"[^>]*>1\. terminateSlowQueries<title>1\. terminateSlowQueries<\/title><\/text>/);
     expect(html).toMatch(/<text class="duration"[^>]*>1\.50 s<\/text>/);
   });
 });
