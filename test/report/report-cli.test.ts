@@ -174,6 +174,14 @@ describe('dbpilot report', () => {
     expect(bars(readFileSync(out, 'utf8'))).toHaveLength(3);
   });
 
+  it('writes the page itself to stdout with --out -, and no file', async () => {
+    const r = await dbpilot('report', run.id, '--out', '-');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^<!DOCTYPE html>[\s\S]*<\/html>\n$/);
+    expect(bars(r.stdout)).toHaveLength(3);
+    expect(existsSync(path.join(cwd, '-'))).toBe(false);
+  });
+
   it('exits 2 naming an unknown run id, writing no file', async () => {
     const unknown = '00000000-0000-4000-8000-00000000dead';
     const r = await dbpilot('report', unknown);
