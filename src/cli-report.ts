@@ -7,21 +7,13 @@
  * system is read-only: `kubectl exec … -- dbpilot report <id> --out - > report.html`). An unknown
  * run id exits 2 naming it.
  */
-import { renameSync, writeFileSync } from 'node:fs';
-import path from 'node:path';
 import type { Command } from 'commander';
 import { loadConfig } from './config.js';
 import { DbpilotError } from './errors.js';
 import { escapeControl } from './logger.js';
+import { writeReportFile } from './report/file.js';
 import { renderTimeline } from './report/timeline.js';
 import { Store } from './store/store.js';
-
-/** Writes the page next to its destination first, so a reader never sees half a page. */
-function writeAtomically(file: string, content: string): void {
-  const tmp = `${file}.${process.pid}.tmp`;
-  writeFileSync(tmp, content, { mode: 0o644 });
-  renameSync(tmp, file);
-}
 
 export function registerReportCommands(program: Command): void {
   program
@@ -31,22 +23,16 @@ export function registerReportCommands(program: Command): void {
     .action((id: string, o: { out?: string }) => {
       const config = loadConfig({ file: program.opts<{ config?: string }>().config }).config;
       const store = new Store(config.store.path, { readonly: true });
-      let html: string;
       try {
         const run = store.getRun(id);
         if (!run) throw new DbpilotError('DBPILOT_RUN_NOT_FOUND', `no remediation run ${escapeControl(JSON.stringify(id))} in the store at ${config.store.path}`);
-        html = renderTimeline(run, store.steps(run.id), { now: new Date() });
+        const html = renderTimeline(run, store.steps(run.id), { now: new Date() });
         if (o.out === '-') {
           process.stdout.write(html);
           return;
         }
         // The default name comes from the store's own id (a UUID), never from the argument as typed.
-        const file = path.resolve(o.out ?? `dbpilot-report-${run.id}.html`);
-        try {
-          writeAtomically(file, html);
-        } catch (err) {
-          throw new DbpilotError('DBPILOT_REPORT_WRITE_FAILED', `cannot write the report to ${file}: ${(err as Error).message}`);
-        }
+        const file = writeReportFile(o.out ?? `dbpilot-report-${run.id}.html`, html);
         process.stdout.write(`${file}\n`);
       } finally {
         store.close();

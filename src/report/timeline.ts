@@ -49,6 +49,8 @@ export const CHART = {
   barHeight: 14,
   /** A step that took no measurable time is still drawn, this wide. */
   minBarWidth: 1,
+  /** The shortest time axis drawn. */
+  minSpanMs: 1000,
 } as const;
 
 export interface TimelineOptions {
@@ -136,7 +138,8 @@ export function layoutTimeline(run: RunRow, steps: StepRow[], opts: TimelineOpti
   const times = [ms(run.createdAt), ms(run.finishedAt), ...spans.flatMap((p) => [p.start, p.end])].filter((t): t is number => t !== null);
   const t0 = times.length ? Math.min(...times) : null;
   const t1 = times.length ? Math.max(...times) : null;
-  const span = t0 !== null && t1 !== null && t1 > t0 ? t1 - t0 : 1;
+  // At least a second of axis: a run that took no measurable time still gets readable, distinct ticks.
+  const span = t0 !== null && t1 !== null ? Math.max(t1 - t0, CHART.minSpanMs) : CHART.minSpanMs;
   const xOf = (t: number) => CHART.labelWidth + ((t - (t0 ?? t)) / span) * CHART.plotWidth;
   const bars: BarLayout[] = spans.map(({ s, start, end, open }, row) => {
     const x = start === null ? CHART.labelWidth : xOf(start);

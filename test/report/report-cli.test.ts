@@ -192,6 +192,24 @@ describe('dbpilot report', () => {
     expect(existsSync(path.join(cwd, `dbpilot-report-${unknown}.html`))).toBe(false);
   });
 
+  it('exits 2 naming the file when --out cannot be written, leaving no partial file', async () => {
+    const out = path.join(dir, 'no-such-dir', 'r.html');
+    const r = await dbpilot('report', run.id, '--out', out);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`cannot write the report to ${out}`);
+    expect(r.stderr).toContain('DBPILOT_REPORT_WRITE_FAILED');
+    expect(r.stdout).toBe('');
+    expect(existsSync(path.dirname(out))).toBe(false);
+  });
+
+  it('exits 2 when there is no store, creating none', async () => {
+    const missing = path.join(dir, 'nowhere', 'dbpilot.sqlite');
+    const child = spawnSync(process.execPath, [BIN, 'report', run.id], { cwd, env: { ...cleanEnv(), DBPILOT_STORE_PATH: missing }, encoding: 'utf8', timeout: 45_000 });
+    expect(child.status).toBe(2);
+    expect(child.stderr).toContain(`no store at ${missing}`);
+    expect(existsSync(missing)).toBe(false);
+  });
+
   const chromium = spawnSync('sh', ['-c', 'command -v chromium'], { encoding: 'utf8' }).stdout.trim();
   it.skipIf(!chromium)(`renders the chart in headless Chromium: one laid-out bar per started step${chromium ? '' : ' (skipped: the chromium binary is missing; Debian package chromium)'}`, async () => {
     const page = path.join(dir, 'chromium.html');

@@ -126,6 +126,14 @@ describe('chart geometry', () => {
     expect(html).toContain(`<td>${long}</td>`);
   });
 
+  it('draws at least a second of axis, so a run that took no measurable time still has distinct ticks', () => {
+    const r = run({ createdAt: at(0), finishedAt: at(0), updatedAt: at(0) });
+    const l = layoutTimeline(r, [step(0, 0, 0), step(1, 0, 250)]);
+    expect(l.ticks.map((t) => t.label)).toEqual(['0', '+200 ms', '+400 ms', '+600 ms', '+800 ms', '+1000 ms']);
+    expect(l.bars[1]!.width).toBeCloseTo(0.25 * CHART.plotWidth, 6);
+    expect(l.bars[0]!.width).toBe(CHART.minBarWidth);
+  });
+
   it('labels each bar with the step name and its duration', () => {
     const html = renderTimeline(run(), [step(0, 0, 1500, 'done', { name: 'terminateSlowQueries' })]);
     expect(html).toMatch(/<text class="step-label"[^>]*>1\. terminateSlowQueries<title>1\. terminateSlowQueries<\/title><\/text>/);
