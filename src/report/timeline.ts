@@ -117,13 +117,26 @@ export interface BarLayout {
   y: number;
 }
 
+/** A moment of the alert drawn as a vertical line (when it fits the chart) or said in words. */
+export interface MarkerLayout {
+  kind: 'alert-fired' | 'alert-resolved';
+  t: number;
+  /** Null when the moment lies too far from the run to share its axis (see layoutTimeline). */
+  x: number | null;
+  text: string;
+}
+
 export interface TimelineLayout {
   t0: number | null;
   t1: number | null;
   bars: BarLayout[];
   ticks: { x: number; label: string }[];
+  markers: MarkerLayout[];
   height: number;
 }
+
+/** Room under the rows for the markers' labels. */
+const MARKER_ROW = 18;
 
 /** The chart's geometry from the times alone (exported for the tests). */
 export function layoutTimeline(run: RunRow, steps: StepRow[], opts: TimelineOptions = {}): TimelineLayout {
@@ -136,8 +149,23 @@ export function layoutTimeline(run: RunRow, steps: StepRow[], opts: TimelineOpti
     return { s, start, end, open };
   });
   const times = [ms(run.createdAt), ms(run.finishedAt), ...spans.flatMap((p) => [p.start, p.end])].filter((t): t is number => t !== null);
-  const t0 = times.length ? Math.min(...times) : null;
-  const t1 = times.length ? Math.max(...times) : null;
+  let t0 = times.length ? Math.min(...times) : null;
+  let t1 = times.length ? Math.max(...times) : null;
+  // The alert's own moments: when it fired (Alertmanager runs only; a manual run's "alert" is the
+  // command) and when Alertmanager said it resolved. Each shares the axis when it lies within one run
+  // length of the run, so the time from alert to action shows; farther away (an alert firing for
+  // hours before this run) it would squeeze the steps into a sliver, and is said in words instead.
+  const moments: { kind: MarkerLayout['kind']; t: number | null; label: string }[] = [
+    { kind: 'alert-fired', t: run.origin === 'alertmanager' ? ms(run.startsAt) : null, label: 'alert fired' },
+    { kind: 'alert-resolved', t: ms(run.alertResolvedAt), label: 'alert resolved' },
+  ];
+  const own = t0 !== null && t1 !== null ? { t0, t1, span: Math.max(t1 - t0, CHART.minSpanMs) } : null;
+  const fits = (t: number) => own !== null && t >= own.t0 - own.span && t <= own.t1 + own.span;
+  for (const m of moments) {
+    if (m.t === null || !fits(m.t)) continue;
+    t0 = Math.min(t0!, m.t);
+    t1 = Math.max(t1!, m.t);
+  }
   // At least a second of axis: a run that took no measurable time still gets readable, distinct ticks.
   const span = t0 !== null && t1 !== null ? Math.max(t1 - t0, CHART.minSpanMs) : CHART.minSpanMs;
   const xOf = (t: number) => CHART.labelWidth + ((t - (t0 ?? t)) / span) * CHART.plotWidth;
@@ -151,7 +179,16 @@ export function layoutTimeline(run: RunRow, steps: StepRow[], opts: TimelineOpti
     const step = tickStep(span);
     for (let off = 0; off <= span + 1e-9; off += step) ticks.push({ x: CHART.labelWidth + (off / span) * CHART.plotWidth, label: tickLabel(off, step) });
   }
-  return { t0, t1, bars, ticks, height: CHART.axisHeight + Math.max(steps.length, 1) * CHART.rowHeight + 8 };
+  const markers: MarkerLayout[] = moments.flatMap((m): MarkerLayout[] => {
+    if (m.t === null) return [];
+    if (fits(m.t)) return [{ kind: m.kind, t: m.t, x: xOf(m.t), text: m.label }];
+    const ref = m.t < (own?.t0 ?? m.t) ? own!.t0 : (own?.t1 ?? m.t);
+    const when = own === null ? '' : m.t < ref ? ` ${formatDuration(ref - m.t)} before the run began` : ` ${formatDuration(m.t - ref)} after the run's last recorded moment`;
+    return [{ kind: m.kind, t: m.t, x: null, text: `${m.label}${when} (off the chart)` }];
+  });
+  const rowsBottom = CHART.axisHeight + Math.max(steps.length, 1) * CHART.rowHeight;
+  const height = rowsBottom + 8 + (markers.some((m) => m.x !== null) ? MARKER_ROW : 0);
+  return { t0, t1, bars, ticks, markers, height };
 }
 
 const n = (v: number) => Number(v.toFixed(2));
@@ -188,7 +225,16 @@ function chartSvg(layout: TimelineLayout, steps: StepRow[]): string {
     );
     parts.push(`<text class="duration" x="${n(b.x + b.width + 4)}" y="${cy + 4}">${escapeHtml(duration)}</text>`);
   });
+  for (const m of layout.markers) {
+    if (m.x === null) continue;
+    // Labels anchored away from the edge they are near, so neither runs off the chart.
+    const anchor = m.kind === 'alert-fired' ? 'start' : 'end';
+    parts.push(`<line class="marker ${m.kind}" x1="${n(m.x)}" y1="${CHART.axisHeight - 6}" x2="${n(m.x)}" y2="${layout.height - MARKER_ROW + 4}" stroke="#f57c00" stroke-dasharray="3 3"><title>${escapeHtml(`${m.text}: ${new Date(m.t).toISOString()}`)}</title></line>`);
+    parts.push(`<text class="marker-label ${m.kind}" x="${n(m.x)}" y="${layout.height - 4}" text-anchor="${anchor}">${escapeHtml(m.text)}</text>`);
+  }
   parts.push('</svg>');
+  const off = layout.markers.filter((m) => m.x === null);
+  if (off.length) parts.push(`<p class="off-chart">${off.map((m) => escapeHtml(`${m.text}: ${new Date(m.t).toISOString()}`)).join('<br>')}</p>`);
   return parts.join('\n');
 }
 
@@ -265,7 +311,7 @@ h1{font-size:20px;margin:0 0 12px}h2{font-size:16px;margin:24px 0 8px}
 dl.run{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:0}
 dt{font-weight:600;color:#555}dd{margin:0;word-break:break-word}
 .chart{overflow-x:auto;border:1px solid #ddd;padding:8px}
-svg text{font:12px system-ui,sans-serif;fill:#222}svg .tick-label{fill:#666;font-size:11px}
+svg text{font:12px system-ui,sans-serif;fill:#222}svg .tick-label{fill:#666;font-size:11px}svg .marker-label{fill:#e65100;font-size:11px}.off-chart{color:#e65100;font-size:12px;margin:4px 0 0}
 svg .not-started,svg .empty{fill:#888;font-style:italic}svg rect.open{stroke:#0d47a1;stroke-dasharray:4 2}
 .legend span{display:inline-block;margin-right:12px}.legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-2px}
 table{border-collapse:collapse;width:100%}th,td{border:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}

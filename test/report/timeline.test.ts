@@ -17,7 +17,8 @@ function run(over: Partial<RunRow> = {}): RunRow {
     handler: 'slow-queries',
     alertname: 'PostgresSlowQueries',
     fingerprint: 'fp1',
-    startsAt: at(-5000),
+    // The alert fired as the run was created: its marker sits at the start of the axis.
+    startsAt: at(0),
     target: 'postgres/127.0.0.1:5432/app',
     mode: 'auto',
     status: 'succeeded',
@@ -138,6 +139,43 @@ describe('chart geometry', () => {
     const html = renderTimeline(run(), [step(0, 0, 1500, 'done', { name: 'terminateSlowQueries' })]);
     expect(html).toMatch(/<text class="step-label"[^>]*>1\. terminateSlowQueries<title>1\. terminateSlowQueries<\/title><\/text>/);
     expect(html).toMatch(/<text class="duration"[^>]*>1\.50 s<\/text>/);
+  });
+});
+
+describe("the alert's moments", () => {
+  it('marks when the alert fired and resolved on the axis when they are near the run, the axis starting at the firing', () => {
+    // Fired 5 s before a 10 s run; resolved 2 s after it finished.
+    const r = run({ startsAt: at(-5000), alertResolvedAt: at(12_000) });
+    const l = layoutTimeline(r, [step(0, 0, 10_000)]);
+    expect(l.t0).toBe(T0 - 5000);
+    expect(l.t1).toBe(T0 + 12_000);
+    const perMs = CHART.plotWidth / 17_000;
+    expect(l.markers.map((m) => [m.kind, m.x === null ? null : Number(m.x.toFixed(3))])).toEqual([
+      ['alert-fired', CHART.labelWidth],
+      ['alert-resolved', Number((CHART.labelWidth + CHART.plotWidth).toFixed(3))],
+    ]);
+    expect(l.bars[0]!.x).toBeCloseTo(CHART.labelWidth + 5000 * perMs, 6);
+    const html = renderTimeline(r, [step(0, 0, 10_000)]);
+    expect(html).toMatch(/<line class="marker alert-fired" x1="260"/);
+    expect(html).toMatch(/<text class="marker-label alert-resolved"[^>]*>alert resolved<\/text>/);
+    expect(html).not.toContain('off the chart');
+  });
+
+  it('says in words when the alert fired long before the run, instead of squeezing the steps', () => {
+    const r = run({ startsAt: at(-3 * 3_600_000) });
+    const l = layoutTimeline(r, [step(0, 0, 10_000)]);
+    expect(l.t0).toBe(T0);
+    expect(l.bars[0]!.width).toBeCloseTo(CHART.plotWidth, 6);
+    expect(l.markers).toEqual([{ kind: 'alert-fired', t: T0 - 3 * 3_600_000, x: null, text: 'alert fired 3 h 00 min before the run began (off the chart)' }]);
+    const html = renderTimeline(r, [step(0, 0, 10_000)]);
+    expect(html).toContain(`<p class="off-chart">alert fired 3 h 00 min before the run began (off the chart): ${at(-3 * 3_600_000)}</p>`);
+    expect(html).not.toContain('<line class="marker');
+  });
+
+  it("draws no 'alert fired' for a run started from the CLI (its alert is the command)", () => {
+    const l = layoutTimeline(run({ origin: 'cli', startsAt: at(-1000) }), [step(0, 0, 1000)]);
+    expect(l.markers).toEqual([]);
+    expect(l.t0).toBe(T0);
   });
 });
 
