@@ -134,6 +134,7 @@ export async function main(argv: string[]): Promise<void> {
   registerRemediationCommands(program);
   (await import('./cli-backup.js')).registerBackupCommands(program);
   (await import('./cli-prisma.js')).registerPrismaCommands(program);
+  (await import('./cli-drill.js')).registerDrillCommands(program);
   try {
     await program.parseAsync(argv);
   } catch (err) {
