@@ -239,5 +239,8 @@ describe('dbpilot drill (the real CLI on its own sandbox)', () => {
     expect(target.code).toBe(2);
     expect(target.stderr).toMatch(/--target-config: staging targets are not supported yet/);
     for (const r of [later, unknown, target]) expect(leftovers(r.tmp)).toEqual([]);
+    const help = await drill(['--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout.replace(/\s+/g, ' ')).toContain('Drills in this build: primary-failure, slow-query, redis-failure; prisma-migration, replication-lag, disk-pressure, --with-prometheus and --report come later');
   });
 });
