@@ -5,6 +5,7 @@
 import type { Command } from 'commander';
 import Table from 'cli-table3';
 import { Cleanup, onSignals } from './drill/cleanup.js';
+import { escapeControl } from './logger.js';
 import { DRILLS, isDrill, LATER_DRILLS, runTrial, type StepResult, type TrialResult } from './drill/drill.js';
 
 const fmtMs = (v: number | null | undefined) => (v === null || v === undefined ? '—' : v >= 10_000 ? `${(v / 1000).toFixed(1)} s` : `${v} ms`);
@@ -56,13 +57,14 @@ function printTable(scenario: string, trials: TrialResult[]): string {
   }
   const ok = trials.every((x) => x.recovered);
   const head = `drill ${scenario}: ${trials.length} trial${many ? 's' : ''}, ${ok ? 'recovered' : 'RECOVERY FAILED'}${trials.find((x) => !x.recovered)?.reason ? ` (${trials.find((x) => !x.recovered)!.reason})` : ''}\n`;
-  return `${head}${t.toString()}\n`;
+  return `${escapeControl(head.trimEnd())}\n${t.toString()}\n`;
 }
 
 /** Live progress on stderr: an updating step list on a TTY, plain lines otherwise. */
 function progressWriter(): { say: (l: string) => void; step: (s: StepResult) => void } {
   const tty = process.stderr.isTTY === true;
   let open: string | null = null;
+  // Step details and run reasons carry text from the world (query text, API answers): never let it drive the terminal.
   const write = (s: string) => process.stderr.write(s);
   const endOpen = () => {
     if (open !== null) write('\n');
@@ -71,10 +73,10 @@ function progressWriter(): { say: (l: string) => void; step: (s: StepResult) => 
   return {
     say: (l) => {
       endOpen();
-      write(`${l}\n`);
+      write(`${escapeControl(l)}\n`);
     },
     step: (s) => {
-      const line = `  ${s.status === 'running' ? '…' : s.status === 'done' && s.checkOk !== false ? '✓' : '✗'} ${s.name}${s.status === 'running' ? '' : ` ${s.status} in ${fmtMs(s.durationMs)}${s.detail ? ` — ${s.detail}` : ''}`}`;
+      const line = `  ${s.status === 'running' ? '…' : s.status === 'done' && s.checkOk !== false ? '✓' : '✗'} ${s.name}${s.status === 'running' ? '' : ` ${s.status} in ${fmtMs(s.durationMs)}${s.detail ? ` — ${escapeControl(s.detail)}` : ''}`}`;
       if (!tty) return void write(`step ${s.name} ${s.status}${s.status === 'running' ? '' : ` ${fmtMs(s.durationMs)}`}\n`);
       if (open === s.name) write(`\r\x1b[2K${line}`);
       else {
@@ -135,7 +137,7 @@ export function registerDrillCommands(program: Command): void {
       if (o.json) process.stdout.write(`${JSON.stringify({ scenario, trials: results, recovered, error }, null, 2)}\n`);
       else {
         if (results.length) process.stdout.write(printTable(scenario, results));
-        if (error) process.stdout.write(`drill ${scenario} could not finish: ${error}\n`);
+        if (error) process.stdout.write(`drill ${scenario} could not finish: ${escapeControl(error)}\n`);
       }
       const code = recovered ? 0 : 1;
       process.exitCode = code;
