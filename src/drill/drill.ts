@@ -247,8 +247,13 @@ export interface Progress {
   step(s: StepResult): void;
 }
 
+export interface TrialHooks {
+  /** Runs after the break, before the alert is posted (tests: a world that does not recover as planned). */
+  afterBreak?: (sb: Sandbox) => Promise<void>;
+}
+
 /** One trial: a fresh sandbox, the break, the alert, the run, the checks, the teardown. */
-export async function runTrial(scenario: DrillName, trial: number, progress: Progress, cleanup = new Cleanup()): Promise<TrialResult> {
+export async function runTrial(scenario: DrillName, trial: number, progress: Progress, cleanup = new Cleanup(), hooks: TrialHooks = {}): Promise<TrialResult> {
   const say = progress.say;
   const sb = await buildSandbox(cleanup, say);
   say(`sandbox: PostgreSQL primary 127.0.0.1:${sb.cluster.primary.port}, replica 127.0.0.1:${sb.cluster.replicas[0]!.port}, Redis 127.0.0.1:${sb.redis.port}, dbpilot ${sb.url}`);
@@ -257,6 +262,7 @@ export async function runTrial(scenario: DrillName, trial: number, progress: Pro
     say(`break: ${scenario === 'primary-failure' ? 'kill -9 of the primary postmaster' : scenario === 'slow-query' ? 'SELECT pg_sleep(600) as drill_orders_app' : 'Redis stopped'}`);
     const brokeAt = Date.now();
     const broken = scenario === 'primary-failure' ? await breakPrimary(sb) : scenario === 'slow-query' ? await breakWithSlowQuery(sb) : await breakRedis(sb, cleanup);
+    await hooks.afterBreak?.(sb);
     const fingerprint = `${Date.now().toString(16)}${trial.toString(16).padStart(4, '0')}`.slice(-16);
     const postedAt = Date.now();
     say(`alert: ${broken.alertname} posted to ${sb.url}/alertmanager/webhook`);
