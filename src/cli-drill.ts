@@ -5,8 +5,9 @@
 import type { Command } from 'commander';
 import Table from 'cli-table3';
 import { Cleanup, onSignals } from './drill/cleanup.js';
+import type { StepResult, TrialResult } from './drill/drill.js';
+import { DRILLS, isDrill, LATER_DRILLS } from './drill/names.js';
 import { escapeControl } from './logger.js';
-import { DRILLS, isDrill, LATER_DRILLS, runTrial, type StepResult, type TrialResult } from './drill/drill.js';
 
 const fmtMs = (v: number | null | undefined) => (v === null || v === undefined ? '—' : v >= 10_000 ? `${(v / 1000).toFixed(1)} s` : `${v} ms`);
 
@@ -117,6 +118,8 @@ export function registerDrillCommands(program: Command): void {
         process.exitCode = 2;
         return;
       }
+      // The sandbox (servers, stand-ins) is loaded only when a drill runs, not by every dbpilot command.
+      const { runTrial } = await import('./drill/drill.js');
       const progress = progressWriter();
       const cleanup = new Cleanup();
       const offSignals = onSignals(cleanup, (l) => process.stderr.write(`\ndbpilot drill: ${l}\n`));

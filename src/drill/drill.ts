@@ -17,12 +17,9 @@ import type { RunRow, StepRow } from '../store/store.js';
 import { FINAL_STATUSES } from '../store/store.js';
 import { Cleanup } from './cleanup.js';
 import { buildSandbox, NS, REDIS_STATEFULSET, SECRET, type Sandbox, type Say } from './build-sandbox.js';
+import type { DrillName } from './names.js';
 
-export const DRILLS = ['primary-failure', 'slow-query', 'redis-failure'] as const;
-export type DrillName = (typeof DRILLS)[number];
-/** Scenarios of issue 12 that a later build adds. */
-export const LATER_DRILLS = ['prisma-migration', 'replication-lag', 'disk-pressure'] as const;
-export const isDrill = (s: string): s is DrillName => (DRILLS as readonly string[]).includes(s);
+export { DRILLS, LATER_DRILLS, isDrill, type DrillName } from './names.js';
 
 export interface Check {
   name: string;
