@@ -81,7 +81,7 @@ const alive = (pid: number) => {
   }
 };
 
-function drill(args: string[], opts: { interruptWhen?: RegExp } = {}): Promise<Ran> {
+function drill(args: string[], opts: { interruptWhen?: RegExp; signal?: NodeJS.Signals } = {}): Promise<Ran> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dbpilot-drill-test-'));
   fs.chmodSync(tmp, 0o755); // the postgres OS user creates its data dirs below it
   tmps.push(tmp);
@@ -100,7 +100,7 @@ function drill(args: string[], opts: { interruptWhen?: RegExp } = {}): Promise<R
     if (opts.interruptWhen && !interrupted && opts.interruptWhen.test(stderr)) {
       interrupted = true;
       for (const p of descendantsOf(child.pid!)) descendants.add(p);
-      child.kill('SIGINT');
+      child.kill(opts.signal ?? 'SIGINT');
     }
   });
   return new Promise((resolve) =>
@@ -222,6 +222,15 @@ describe('dbpilot drill (the real CLI on its own sandbox)', () => {
     const r = await drill(['primary-failure'], { interruptWhen: /^step promoteReplica/m });
     expect(r.code).toBe(130);
     expect(r.stderr).toContain('SIGINT: stopping the sandbox');
+    const ports = [...r.stderr.matchAll(/(?:primary|replica|Redis) 127\.0\.0\.1:(\d+)/g)].map((m) => Number(m[1]));
+    expect(ports).toHaveLength(3);
+    await expectNothingLeft(r, ports);
+  });
+
+  it('SIGTERM while Redis is down in a redis-failure drill stops everything too (exit 143)', async () => {
+    const r = await drill(['redis-failure'], { interruptWhen: /^step waitForRedisRollout/m, signal: 'SIGTERM' });
+    expect(r.code).toBe(143);
+    expect(r.stderr).toContain('SIGTERM: stopping the sandbox');
     const ports = [...r.stderr.matchAll(/(?:primary|replica|Redis) 127\.0\.0\.1:(\d+)/g)].map((m) => Number(m[1]));
     expect(ports).toHaveLength(3);
     await expectNothingLeft(r, ports);
