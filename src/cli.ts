@@ -135,6 +135,7 @@ export async function main(argv: string[]): Promise<void> {
   (await import('./cli-backup.js')).registerBackupCommands(program);
   (await import('./cli-prisma.js')).registerPrismaCommands(program);
   (await import('./cli-report.js')).registerReportCommands(program);
+  (await import('./cli-drill.js')).registerDrillCommands(program);
   try {
     await program.parseAsync(argv);
   } catch (err) {

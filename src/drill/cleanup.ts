@@ -1,0 +1,82 @@
+/**
+ * Clean-up for a drill (after bench/cleanup.ts): everything the drill starts — servers, stand-ins,
+ * the in-process dbpilot, temp dirs — registers an async stop here; they run newest first at the end,
+ * on an error, and on Ctrl-C / SIGTERM. A second signal exits at once: the PostgreSQL and Redis
+ * servers still die with us (they run under `setpriv --pdeathsig KILL`), and the sandbox's exit hook
+ * removes its temp dirs.
+ */
+type Stop = { label: string; fn: () => Promise<void> | void };
+
+export class Cleanup {
+  private readonly stack: Stop[] = [];
+  private running: Promise<void> | null = null;
+
+  /** Registers a stop; returns a function that runs it now (once) and unregisters it. */
+  add(label: string, fn: () => Promise<void> | void): () => Promise<void> {
+    const entry: Stop = { label, fn };
+    this.stack.push(entry);
+    let done: Promise<void> | null = null;
+    return () =>
+      (done ??= (async () => {
+        const i = this.stack.indexOf(entry);
+        if (i >= 0) this.stack.splice(i, 1);
+        await fn();
+      })());
+  }
+
+  get size(): number {
+    return this.stack.length;
+  }
+
+  /** Runs every registered stop, newest first; errors are reported and do not stop the others. */
+  all(): Promise<void> {
+    this.running ??= (async () => {
+      while (this.stack.length > 0) {
+        const { label, fn } = this.stack.pop()!;
+        try {
+          await withTimeout(Promise.resolve().then(fn), 30_000, label);
+        } catch (err) {
+          process.stderr.write(`dbpilot drill: clean-up of ${label} failed: ${(err as Error).message}\n`);
+        }
+      }
+    })().finally(() => {
+      this.running = null;
+    });
+    return this.running;
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, label: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${label} did not stop within ${ms} ms`)), ms);
+      timer.unref();
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Ctrl-C and SIGTERM: clean up, then exit 130 / 143. A second signal exits immediately.
+ * Returns a function that removes the handlers.
+ */
+export function onSignals(cleanup: Cleanup, say: (line: string) => void): () => void {
+  let signalled = false;
+  const handler = (signal: NodeJS.Signals) => {
+    const code = signal === 'SIGINT' ? 130 : 143;
+    if (signalled) {
+      say(`${signal} again, exiting without waiting`);
+      process.exit(code);
+    }
+    signalled = true;
+    say(`${signal}: stopping the sandbox…`);
+    void cleanup.all().finally(() => process.exit(code));
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+  return () => {
+    process.off('SIGINT', handler);
+    process.off('SIGTERM', handler);
+  };
+}

@@ -1,0 +1,320 @@
+/**
+ * Game-day drills (issue 12, first slice): break the drill's own sandbox the way a runbook scenario
+ * says, post the alert Alertmanager would send to dbpilot's webhook, wait for the run to finish, and
+ * check recovery by reading the world — never what dbpilot says about it.
+ *
+ * - primary-failure (runbook scenario 1): kill -9 of the primary's postmaster → PostgresPrimaryDown.
+ *   Recovered: the replica is out of recovery and accepts a write, the Secret's DATABASE_URL names it.
+ * - slow-query (scenario 2): `SELECT pg_sleep(600)` by an application role → PostgresLongRunningQueries.
+ *   Recovered: the query is gone from pg_stat_activity and its client saw it cancelled or terminated.
+ * - redis-failure (scenario 5): Redis stopped → RedisDown. The drill plays the StatefulSet controller:
+ *   once the stand-in's StatefulSet has its restartedAt annotation, it starts Redis again.
+ *   Recovered: Redis answers PING on a new connection.
+ */
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import type { RunRow, StepRow } from '../store/store.js';
+import { FINAL_STATUSES } from '../store/store.js';
+import { Cleanup } from './cleanup.js';
+import { buildSandbox, NS, REDIS_STATEFULSET, SECRET, type Sandbox, type Say } from './build-sandbox.js';
+import type { DrillName } from './names.js';
+
+export { DRILLS, LATER_DRILLS, isDrill, type DrillName } from './names.js';
+
+export interface Check {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
+export interface StepResult {
+  name: string;
+  status: string;
+  durationMs: number | null;
+  checkOk: boolean | null;
+  detail: string | null;
+}
+
+export interface TrialResult {
+  trial: number;
+  scenario: DrillName;
+  alertname: string;
+  handler: string;
+  runId: string | null;
+  runStatus: string | null;
+  reason: string | null;
+  /** The alert posted to the webhook → the run created (dbpilot's receipt and plan admission). */
+  detectionMs: number | null;
+  /** The run created → its first step started: the handler's plan (for a failover, its confirmation probes). */
+  planMs: number | null;
+  /** The break → the run finished. */
+  recoveryMs: number | null;
+  steps: StepResult[];
+  /** Read from the world after the run. */
+  checks: Check[];
+  /** PagerDuty events the stand-in accepted during the trial. */
+  pages: number;
+  recovered: boolean;
+  /** What the sandbox used, so a caller can check that it is all gone. */
+  sandbox: { ports: number[]; dirs: string[] };
+}
+
+interface Broken {
+  alertname: string;
+  labels: Record<string, string>;
+  /** Reads the world after the run. */
+  verify(): Promise<Check[]>;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function query<T extends pg.QueryResultRow>(url: string, sql: string, params: unknown[] = []): Promise<T[]> {
+  const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000, query_timeout: 5000 });
+  c.on('error', () => undefined);
+  await c.connect();
+  try {
+    return (await c.query<T>(sql, params)).rows;
+  } finally {
+    await c.end().catch(() => undefined);
+  }
+}
+
+const attempt = async (name: string, fn: () => Promise<Check>): Promise<Check> => {
+  try {
+    return await fn();
+  } catch (err) {
+    return { name, ok: false, detail: (err as Error).message };
+  }
+};
+
+const hostPortOf = (url: string | undefined): string | null => {
+  if (!url) return null;
+  try {
+    const u = new URL(url);
+    return `${u.hostname}:${u.port || '5432'}`;
+  } catch {
+    return null;
+  }
+};
+
+async function breakPrimary(sb: Sandbox): Promise<Broken> {
+  const primary = `127.0.0.1:${sb.cluster.primary.port}`;
+  const replica = sb.cluster.replicas[0]!;
+  await sb.cluster.primary.kill();
+  return {
+    alertname: 'PostgresPrimaryDown',
+    labels: { alertname: 'PostgresPrimaryDown', remediation: 'primary-failover', team: 'lead-dba', severity: 'critical', server: primary },
+    verify: async () => [
+      await attempt('promoted replica accepts a write', async () => {
+        await query(replica.url(), 'CREATE TABLE IF NOT EXISTS drill_after_failover (at timestamptz DEFAULT now())');
+        const last = (await query<{ r: boolean; x: string }>(replica.url(), 'INSERT INTO drill_after_failover DEFAULT VALUES RETURNING pg_is_in_recovery() AS r, txid_current()::text AS x'))[0]!;
+        return { name: 'promoted replica accepts a write', ok: last.r === false, detail: `127.0.0.1:${replica.port}: pg_is_in_recovery() = ${last.r}, wrote in transaction ${last.x}` };
+      }),
+      await attempt(`secret ${SECRET.name} points at it`, async () => {
+        const at = hostPortOf(sb.k8s.secretValue(SECRET.name, SECRET.key, NS));
+        const want = `127.0.0.1:${replica.port}`;
+        return { name: `secret ${SECRET.name} points at it`, ok: at === want, detail: `${SECRET.key} names ${at ?? 'nothing'} (promoted replica ${want})` };
+      }),
+    ],
+  };
+}
+
+async function breakWithSlowQuery(sb: Sandbox): Promise<Broken> {
+  const db = 'drill_app';
+  const role = 'drill_orders_app';
+  const admin = sb.cluster.primary.url();
+  await query(admin, `CREATE DATABASE ${db}`);
+  await query(admin, `CREATE ROLE ${role} LOGIN NOSUPERUSER NOREPLICATION`);
+  await query(admin, `GRANT CONNECT ON DATABASE ${db} TO ${role}`);
+  const client = new pg.Client({ connectionString: sb.cluster.primary.url(db, role), application_name: 'orders-service', connectionTimeoutMillis: 5000 });
+  client.on('error', () => undefined);
+  await client.connect();
+  const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+  let outcome = 'running';
+  const done = client.query('SELECT pg_sleep(600)').then(
+    () => (outcome = 'finished'),
+    (err: { code?: string }) => (outcome = err.code === '57014' ? 'cancelled' : err.code === '57P01' ? 'terminated' : `ended (${err.code ?? 'connection lost'})`),
+  );
+  // The alert fires once the query has run past postgres.longRunningQuerySeconds (1 s in the sandbox).
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const rows = await query<{ n: number }>(admin, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query_start < now() - interval '1.2 seconds'`, [pid]);
+    if (rows[0]!.n === 1) break;
+    if (Date.now() > deadline) throw new Error(`the slow query (pid ${pid}) did not show up as long-running`);
+    await sleep(100);
+  }
+  const server = `127.0.0.1:${sb.cluster.primary.port}`;
+  return {
+    alertname: 'PostgresLongRunningQueries',
+    labels: { alertname: 'PostgresLongRunningQueries', remediation: 'slow-queries', team: 'oncall-backend', severity: 'warning', server, datname: db },
+    verify: async () => {
+      await Promise.race([done, sleep(2000)]);
+      await client.end().catch(() => undefined);
+      return [
+        await attempt('the slow query is gone', async () => {
+          const rows = await query<{ n: number }>(admin, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND state <> 'idle'`, [pid]);
+          return { name: 'the slow query is gone', ok: rows[0]!.n === 0, detail: rows[0]!.n === 0 ? `backend ${pid} no longer runs pg_sleep` : `backend ${pid} still runs pg_sleep` };
+        }),
+        { name: "its client saw it stopped", ok: outcome === 'cancelled' || outcome === 'terminated', detail: `the application's query: ${outcome}` },
+      ];
+    },
+  };
+}
+
+async function breakRedis(sb: Sandbox, cleanup: Cleanup): Promise<Broken> {
+  await sb.redis.stop();
+  // The StatefulSet controller's part: once the restart is requested, Redis runs again.
+  let stopped = false;
+  const restartedAt = () =>
+    ((sb.k8s.statefulSet(REDIS_STATEFULSET, NS)?.spec as { template?: { metadata?: { annotations?: Record<string, string> } } } | undefined)?.template?.metadata?.annotations ?? {})['kubectl.kubernetes.io/restartedAt'];
+  const controller = (async () => {
+    while (!stopped && restartedAt() === undefined) await sleep(20);
+    if (!stopped) await sb.redis.start();
+  })();
+  const stop = cleanup.add('the StatefulSet controller', async () => {
+    stopped = true;
+    await controller.catch(() => undefined);
+  });
+  return {
+    alertname: 'RedisDown',
+    labels: { alertname: 'RedisDown', remediation: 'redis-failure', team: 'devops', severity: 'critical', service: 'redis' },
+    verify: async () => {
+      await stop();
+      return [
+        await attempt('Redis answers PING', async () => {
+          const r = new Redis({ host: '127.0.0.1', port: sb.redis.port, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 2000 });
+          r.on('error', () => undefined);
+          try {
+            await r.connect();
+            const pong = await r.ping();
+            return { name: 'Redis answers PING', ok: pong === 'PONG', detail: `127.0.0.1:${sb.redis.port} answered ${pong} on a new connection` };
+          } finally {
+            r.disconnect();
+          }
+        }),
+        { name: `statefulset/${REDIS_STATEFULSET} restart requested`, ok: restartedAt() !== undefined, detail: `restartedAt ${restartedAt() ?? 'absent'}` },
+      ];
+    },
+  };
+}
+
+/** An Alertmanager webhook (version 4), shaped like the ones captured in test/fixtures/alertmanager. */
+export function alertmanagerPayload(labels: Record<string, string>, fingerprint: string, startsAt: string): Record<string, unknown> {
+  const alertname = labels.alertname!;
+  return {
+    receiver: 'dbpilot',
+    status: 'firing',
+    alerts: [
+      {
+        status: 'firing',
+        labels,
+        annotations: { summary: `${alertname} (dbpilot drill)` },
+        startsAt,
+        endsAt: '0001-01-01T00:00:00Z',
+        generatorURL: 'http://127.0.0.1:9090/graph?g0.expr=dbpilot_drill&g0.tab=1',
+        fingerprint,
+      },
+    ],
+    groupLabels: { alertname },
+    commonLabels: labels,
+    commonAnnotations: {},
+    externalURL: 'http://127.0.0.1:9093',
+    version: '4',
+    groupKey: `{}:{alertname="${alertname}"}`,
+    truncatedAlerts: 0,
+  };
+}
+
+const ms = (a: string | null, b: string | null): number | null => (a && b ? Date.parse(b) - Date.parse(a) : null);
+
+function stepResult(s: StepRow): StepResult {
+  const check = s.check as { ok?: boolean; detail?: string } | null;
+  return {
+    name: s.name,
+    status: s.status,
+    durationMs: ms(s.startedAt, s.finishedAt),
+    checkOk: typeof check?.ok === 'boolean' ? check.ok : null,
+    detail: check?.detail ?? s.error ?? null,
+  };
+}
+
+export interface Progress {
+  say: Say;
+  /** A step's state changed (for the live step list). */
+  step(s: StepResult): void;
+}
+
+export interface TrialHooks {
+  /** Runs after the break, before the alert is posted (tests: a world that does not recover as planned). */
+  afterBreak?: (sb: Sandbox) => Promise<void>;
+}
+
+/** One trial: a fresh sandbox, the break, the alert, the run, the checks, the teardown. */
+export async function runTrial(scenario: DrillName, trial: number, progress: Progress, cleanup = new Cleanup(), hooks: TrialHooks = {}): Promise<TrialResult> {
+  const say = progress.say;
+  const sb = await buildSandbox(cleanup, say);
+  say(`sandbox: PostgreSQL primary 127.0.0.1:${sb.cluster.primary.port}, replica 127.0.0.1:${sb.cluster.replicas[0]!.port}, Redis 127.0.0.1:${sb.redis.port}, dbpilot ${sb.url}`);
+  const dirs = [sb.dir, ...sb.cluster.replicas.map((r) => r.dataDir), sb.cluster.primary.dataDir];
+  try {
+    say(`break: ${scenario === 'primary-failure' ? 'kill -9 of the primary postmaster' : scenario === 'slow-query' ? 'SELECT pg_sleep(600) as drill_orders_app' : 'Redis stopped'}`);
+    const brokeAt = Date.now();
+    const broken = scenario === 'primary-failure' ? await breakPrimary(sb) : scenario === 'slow-query' ? await breakWithSlowQuery(sb) : await breakRedis(sb, cleanup);
+    await hooks.afterBreak?.(sb);
+    const fingerprint = `${Date.now().toString(16)}${trial.toString(16).padStart(4, '0')}`.slice(-16);
+    const postedAt = Date.now();
+    say(`alert: ${broken.alertname} posted to ${sb.url}/alertmanager/webhook`);
+    const res = await fetch(`${sb.url}/alertmanager/webhook`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${sb.token}` },
+      body: JSON.stringify(alertmanagerPayload(broken.labels, fingerprint, new Date(brokeAt).toISOString())),
+    });
+    if (res.status !== 202) throw new Error(`dbpilot's webhook answered ${res.status}: ${await res.text()}`);
+    const store = sb.remediation.store;
+    let run: RunRow | undefined;
+    const seen = new Map<string, string>();
+    const deadline = Date.now() + 90_000;
+    for (;;) {
+      run ??= store.listRuns({ fingerprint })[0];
+      if (run) {
+        run = store.getRun(run.id) ?? run;
+        for (const s of store.steps(run.id)) {
+          const key = `${s.status}:${s.finishedAt ?? ''}`;
+          if (seen.get(s.name) !== key && s.status !== 'planned') {
+            seen.set(s.name, key);
+            progress.step(stepResult(s));
+          }
+        }
+        if (FINAL_STATUSES.includes(run.status)) break;
+      }
+      if (Date.now() > deadline) throw new Error(`the run did not finish within 90 s${run ? ` (status ${run.status})` : ' (no run created)'}`);
+      await sleep(25);
+    }
+    const finishedAt = run.finishedAt ?? run.updatedAt;
+    say(`run ${run.id}: ${run.status}${run.reason ? ` (${run.reason})` : ''}`);
+    const checks = await broken.verify();
+    for (const c of checks) say(`check: ${c.ok ? 'ok' : 'FAILED'} ${c.name}: ${c.detail}`);
+    await sb.remediation.outbox.flush().catch(() => undefined);
+    const rows = store.steps(run.id);
+    const steps = rows.map(stepResult);
+    return {
+      trial,
+      scenario,
+      alertname: broken.alertname,
+      handler: run.handler,
+      runId: run.id,
+      runStatus: run.status,
+      reason: run.reason,
+      detectionMs: Date.parse(run.createdAt) - postedAt,
+      planMs: rows[0]?.startedAt ? Date.parse(rows[0].startedAt) - Date.parse(run.createdAt) : null,
+      recoveryMs: Date.parse(finishedAt) - brokeAt,
+      steps,
+      checks,
+      pages: sb.pagerduty.accepted.length,
+      recovered: run.status === 'succeeded' && steps.every((s) => s.status === 'done' && s.checkOk !== false) && checks.every((c) => c.ok),
+      sandbox: { ports: sb.ports(), dirs },
+    };
+  } finally {
+    say('teardown: stopping the sandbox');
+    await cleanup.all();
+  }
+}
