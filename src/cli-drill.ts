@@ -95,12 +95,13 @@ export function registerDrillCommands(program: Command): void {
     .command('drill')
     .argument('<scenario>', `one of ${DRILLS.join(', ')}`)
     .description(
-      `game-day drill: builds a disposable sandbox (PostgreSQL primary + streaming replica, Redis, Kubernetes and PagerDuty stand-ins) from this machine's binaries, breaks it as the scenario says, lets dbpilot (auto mode) recover it, verifies recovery and tears everything down. Drills in this build: ${DRILLS.join(', ')}; ${LATER_DRILLS.join(', ')}, --with-prometheus and --report come later`,
+      `game-day drill: builds a disposable sandbox (PostgreSQL primary + streaming replica, Redis, Kubernetes and PagerDuty stand-ins) from this machine's binaries, breaks it as the scenario says, lets dbpilot (auto mode) recover it, verifies recovery and tears everything down. Drills in this build: ${DRILLS.join(', ')}; ${LATER_DRILLS.join(', ')} and --with-prometheus come later`,
     )
     .option('--json', 'print the results as JSON')
     .option('--trials <n>', 'run the drill N times, each on a fresh sandbox (median and worst per row)', '1')
     .option('--target-config <file>', 'not supported yet: the drill runs only on its own sandbox')
-    .action(async (scenario: string, o: { json?: boolean; trials: string; targetConfig?: string }) => {
+    .option('--report <file.html>', "write each trial's run timeline as a self-contained page (as `dbpilot report` does); with --trials N, <file>-<trial>.html")
+    .action(async (scenario: string, o: { json?: boolean; trials: string; targetConfig?: string; report?: string }) => {
       if (o.targetConfig !== undefined) {
         process.stderr.write('dbpilot drill: --target-config: staging targets are not supported yet; this build drills only its own disposable sandbox and never reads a dbpilot configuration\n');
         process.exitCode = 2;
@@ -136,8 +137,23 @@ export function registerDrillCommands(program: Command): void {
       } finally {
         offSignals();
       }
+      const reports: string[] = [];
+      if (o.report !== undefined) {
+        const { writeReportFile } = await import('./report/file.js');
+        for (const r of results) {
+          if (!r.reportHtml) continue;
+          const file = trials === 1 ? o.report : o.report.replace(/(\.html?)?$/i, (ext) => `-${r.trial}${ext || '.html'}`);
+          try {
+            reports.push(writeReportFile(file, r.reportHtml));
+          } catch (err) {
+            error ??= (err as Error).message;
+          }
+        }
+      }
+      for (const r of results) delete r.reportHtml;
       const recovered = error === null && results.length === trials && results.every((r) => r.recovered);
-      if (o.json) process.stdout.write(`${JSON.stringify({ scenario, trials: results, recovered, error }, null, 2)}\n`);
+      for (const f of reports) process.stderr.write(`report: ${f}\n`);
+      if (o.json) process.stdout.write(`${JSON.stringify({ scenario, trials: results, recovered, error, ...(o.report !== undefined ? { reports } : {}) }, null, 2)}\n`);
       else {
         if (results.length) process.stdout.write(printTable(scenario, results));
         if (error) process.stdout.write(`drill ${scenario} could not finish: ${escapeControl(error)}\n`);

@@ -57,6 +57,8 @@ export interface TrialResult {
   recovered: boolean;
   /** What the sandbox used, so a caller can check that it is all gone. */
   sandbox: { ports: number[]; dirs: string[] };
+  /** The run's timeline page (src/report/timeline.ts), rendered before the sandbox's store is removed; not in --json. */
+  reportHtml?: string;
 }
 
 interface Broken {
@@ -296,7 +298,11 @@ export async function runTrial(scenario: DrillName, trial: number, progress: Pro
     await sb.remediation.outbox.flush().catch(() => undefined);
     const rows = store.steps(run.id);
     const steps = rows.map(stepResult);
+    // The sandbox's store goes with the teardown: the page for --report is rendered now.
+    const { renderTimeline } = await import('../report/timeline.js');
+    const reportHtml = renderTimeline(store.getRun(run.id) ?? run, rows);
     return {
+      reportHtml,
       trial,
       scenario,
       alertname: broken.alertname,

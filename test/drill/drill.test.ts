@@ -135,7 +135,10 @@ interface Json {
   scenario: string;
   recovered: boolean;
   error: string | null;
+  /** With --report: the pages written. */
+  reports?: string[];
   trials: {
+    runId: string;
     runStatus: string;
     recovered: boolean;
     detectionMs: number;
@@ -147,8 +150,8 @@ interface Json {
   }[];
 }
 
-async function jsonDrill(scenario: string): Promise<{ r: Ran; j: Json; t: Json['trials'][number] }> {
-  const r = await drill([scenario, '--json']);
+async function jsonDrill(scenario: string, extra: string[] = []): Promise<{ r: Ran; j: Json; t: Json['trials'][number] }> {
+  const r = await drill([scenario, '--json', ...extra]);
   expect(r.code, r.stderr).toBe(0);
   const j = JSON.parse(r.stdout) as Json;
   expect(j).toMatchObject({ scenario, recovered: true, error: null });
@@ -185,8 +188,17 @@ describe('dbpilot drill (the real CLI on its own sandbox)', () => {
     expect(t.pages).toBeGreaterThanOrEqual(1);
   });
 
-  it('slow-query: the application role’s pg_sleep is cancelled and gone; nothing left behind', async () => {
-    const { t } = await jsonDrill('slow-query');
+  it('slow-query: the application role’s pg_sleep is cancelled and gone; --report writes the run’s timeline page; nothing left behind', async () => {
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), 'dbpilot-drill-report-'));
+    tmps.push(out);
+    const file = path.join(out, 'slow-query.html');
+    const { r, j, t } = await jsonDrill('slow-query', ['--report', file]);
+    expect(j.reports).toEqual([file]);
+    expect(r.stderr).toContain(`report: ${file}`);
+    const page = fs.readFileSync(file, 'utf8');
+    // The timeline of the drill's own run: its id, and one bar per step it ran, with that step's status.
+    expect(page).toContain(t.runId);
+    expect([...page.matchAll(/<rect class="bar status-(\w+)[^"]*" data-step="(\d+)"/g)].map((m) => [Number(m[2]), m[1]])).toEqual(t.steps.map((s, i) => [i, s.status]));
     expect(t.steps.map((s) => s.name)).toEqual(['cancelBackends', 'terminateBackends']);
     expect(t.checks.find((c) => c.name === 'its client saw it stopped')!.detail).toMatch(/: (cancelled|terminated)$/);
     expect(t.checks.find((c) => c.name === 'the slow query is gone')!.detail).toMatch(/^backend \d+ no longer runs pg_sleep$/);
@@ -250,6 +262,6 @@ describe('dbpilot drill (the real CLI on its own sandbox)', () => {
     for (const r of [later, unknown, target]) expect(leftovers(r.tmp)).toEqual([]);
     const help = await drill(['--help']);
     expect(help.code).toBe(0);
-    expect(help.stdout.replace(/\s+/g, ' ')).toContain('Drills in this build: primary-failure, slow-query, redis-failure; prisma-migration, replication-lag, disk-pressure, --with-prometheus and --report come later');
+    expect(help.stdout.replace(/\s+/g, ' ')).toContain('Drills in this build: primary-failure, slow-query, redis-failure; prisma-migration, replication-lag, disk-pressure and --with-prometheus come later');
   });
 });
