@@ -1,0 +1,71 @@
+/**
+ * `dbpilot drill primary-failure --with-prometheus` through the real CLI: the alert goes through the
+ * machine's Prometheus and Alertmanager (Debian's prometheus and prometheus-alertmanager; CI installs
+ * them, as for test/e2e/alert-path.test.ts), the drill posts nothing itself, the failover recovers,
+ * Prometheus fired after the kill and before dbpilot created the run, and afterwards nothing is left:
+ * no Prometheus / Alertmanager process, no port, no temp dir. With PROMETHEUS pointing at a binary that
+ * does not exist the drill says so and posts the alert itself.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { jsonDrill, tmps } from './support.js';
+
+/** Live processes whose command line names `dir` (Prometheus and Alertmanager get their config and data paths there). */
+function processesNaming(dir: string): string[] {
+  const hits: string[] = [];
+  for (const e of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${e}/stat`, 'utf8').split(') ')[1]?.[0] === 'Z') continue;
+      const cmd = fs.readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0').join(' ');
+      if (cmd.includes(dir)) hits.push(`${e}: ${cmd}`);
+    } catch {
+      // gone
+    }
+  }
+  return hits;
+}
+
+describe('dbpilot drill --with-prometheus (the real CLI, the real alert path)', () => {
+  it('primary-failure: Prometheus fires after the kill, Alertmanager calls the webhook, dbpilot fails over; nothing left behind', async () => {
+    const { r, t } = await jsonDrill('primary-failure', ['--with-prometheus']);
+    expect(t.alertPath).toMatchObject({ via: 'prometheus' });
+    expect(t.alertPath.fallback).toBeUndefined();
+    expect(t.alertPath.prometheus).toMatch(/^prometheus, version \d/);
+    expect(t.alertPath.alertmanager).toMatch(/^alertmanager, version \d/);
+    // The drill posted nothing: the alert came through Prometheus and Alertmanager.
+    expect(r.stderr).not.toMatch(/^alert: PostgresPrimaryDown posted to/m);
+    expect(r.stderr).toMatch(/^alert: PostgresPrimaryDown pending in Prometheus/m);
+    const broke = Date.parse(t.alertPath.brokeAt!);
+    const pending = Date.parse(t.alertPath.pendingAt!);
+    const firing = Date.parse(t.alertPath.firingAt!);
+    const webhook = Date.parse(t.alertPath.webhookAt!);
+    const created = broke + t.detectionMs;
+    // kill → pending → firing (the rule's for) → webhook call → the run.
+    expect(pending).toBeGreaterThan(broke);
+    expect(firing).toBeGreaterThan(pending);
+    expect(webhook).toBeGreaterThanOrEqual(firing);
+    expect(created).toBeGreaterThanOrEqual(webhook);
+    expect(t.steps.map((s) => s.name)).toContain('promoteReplica');
+    // Prometheus' and Alertmanager's ports are in the sandbox's list (jsonDrill checked they are all closed) …
+    const alertPorts = [...(/^alert path: .* on 127\.0\.0\.1:(\d+), .* on 127\.0\.0\.1:(\d+) /m.exec(r.stderr) ?? [])].slice(1).map(Number);
+    expect(alertPorts).toHaveLength(2);
+    for (const p of alertPorts) expect(t.sandbox.ports).toContain(p);
+    // … and no process runs on the sandbox's files any more.
+    expect(t.sandbox.dirs.length).toBeGreaterThan(0);
+    for (const d of t.sandbox.dirs) expect(processesNaming(d)).toEqual([]);
+  });
+
+  it('without the binaries (PROMETHEUS names one that does not exist) it says so on stderr and posts the alert itself', async () => {
+    const empty = fs.mkdtempSync(path.join(os.tmpdir(), 'dbpilot-drill-nobin-'));
+    tmps.push(empty);
+    const { r, t } = await jsonDrill('primary-failure', ['--with-prometheus'], { PROMETHEUS: path.join(empty, 'prometheus') });
+    expect(t.alertPath.via).toBe('drill');
+    expect(t.alertPath.fallback).toContain(`${path.join(empty, 'prometheus')} does not run (ENOENT)`);
+    expect(r.stderr).toMatch(/^alert path: --with-prometheus, but .*prometheus does not run \(ENOENT\).*; the drill posts the alert itself$/m);
+    expect(r.stderr).toMatch(/^alert: PostgresPrimaryDown posted to/m);
+    expect(r.stderr).not.toMatch(/pending in Prometheus/);
+  });
+});
