@@ -10,7 +10,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { jsonDrill, tmps } from './support.js';
+import { ALERTMANAGER_EXAMPLE, PACKAGE_ROOT, RULES_FILE } from '../../src/drill/alert-path.js';
+import { jsonDrill, ROOT, tmps } from './support.js';
 
 /** Live processes whose command line names `dir` (Prometheus and Alertmanager get their config and data paths there). */
 function processesNaming(dir: string): string[] {
@@ -67,5 +68,15 @@ describe('dbpilot drill --with-prometheus (the real CLI, the real alert path)', 
     expect(r.stderr).toMatch(/^alert path: --with-prometheus, but .*prometheus does not run \(ENOENT\).*; the drill posts the alert itself$/m);
     expect(r.stderr).toMatch(/^alert: PostgresPrimaryDown posted to/m);
     expect(r.stderr).not.toMatch(/pending in Prometheus/);
+  });
+
+  it('reads only files of the package, and the image ships them', () => {
+    // src/drill/ and dist/drill/ are both two levels below the package root.
+    expect(path.resolve(PACKAGE_ROOT)).toBe(path.resolve(ROOT));
+    for (const f of [RULES_FILE, ALERTMANAGER_EXAMPLE]) {
+      expect(fs.existsSync(path.join(ROOT, f)), f).toBe(true);
+      expect(fs.readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8')).toMatch(new RegExp(`^COPY [^\\n]*\\b${f.replace(/\./g, '\\.')}\\b[^\\n]* \\./alerts/$`, 'm'));
+      expect(fs.readFileSync(path.join(ROOT, '.dockerignore'), 'utf8').split('\n')).toContain(`!${f}`);
+    }
   });
 });
