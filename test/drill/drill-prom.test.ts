@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ALERTMANAGER_EXAMPLE, PACKAGE_ROOT, RULES_FILE } from '../../src/drill/alert-path.js';
-import { jsonDrill, ROOT, tmps } from './support.js';
+import { drill, expectNothingLeft, jsonDrill, ROOT, tmps } from './support.js';
 
 /** Live processes whose command line names `dir` (Prometheus and Alertmanager get their config and data paths there). */
 function processesNaming(dir: string): string[] {
@@ -57,6 +57,18 @@ describe('dbpilot drill --with-prometheus (the real CLI, the real alert path)', 
     // … and no process runs on the sandbox's files any more.
     expect(t.sandbox.dirs.length).toBeGreaterThan(0);
     for (const d of t.sandbox.dirs) expect(processesNaming(d)).toEqual([]);
+  });
+
+  it('SIGTERM while Prometheus has the alert pending stops Prometheus and Alertmanager with the rest (exit 143)', async () => {
+    const r = await drill(['primary-failure', '--with-prometheus'], { interruptWhen: /^alert: PostgresPrimaryDown pending in Prometheus/m, signal: 'SIGTERM' });
+    expect(r.code).toBe(143);
+    expect(r.stderr).toContain('SIGTERM: stopping the sandbox');
+    const servers = [...r.stderr.matchAll(/(?:primary|replica|Redis) 127\.0\.0\.1:(\d+)/g)].map((m) => Number(m[1]));
+    const alertPorts = [...(/^alert path: .* on 127\.0\.0\.1:(\d+), .* on 127\.0\.0\.1:(\d+) /m.exec(r.stderr) ?? [])].slice(1).map(Number);
+    expect(servers).toHaveLength(3);
+    expect(alertPorts).toHaveLength(2);
+    // Prometheus and Alertmanager were among the drill's descendants; none is alive, no port open, no dir left.
+    await expectNothingLeft(r, [...servers, ...alertPorts]);
   });
 
   it('without the binaries (PROMETHEUS names one that does not exist) it says so on stderr and posts the alert itself', async () => {
