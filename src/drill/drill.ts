@@ -1,7 +1,8 @@
 /**
  * Game-day drills (issue 12, first slice): break the drill's own sandbox the way a runbook scenario
  * says, post the alert Alertmanager would send to dbpilot's webhook, wait for the run to finish, and
- * check recovery by reading the world — never what dbpilot says about it.
+ * check recovery by reading the world — never what dbpilot says about it. With --with-prometheus the
+ * alert comes through real Prometheus and Alertmanager instead (src/drill/alert-path.ts).
  *
  * - primary-failure (runbook scenario 1): kill -9 of the primary's postmaster → PostgresPrimaryDown.
  *   Recovered: the replica is out of recovery and accepts a write, the Secret's DATABASE_URL names it.
@@ -273,13 +274,13 @@ export async function runTrial(scenario: DrillName, trial: number, progress: Pro
     const store = sb.remediation.store;
     if (alertPath.via === 'prometheus') await alertPath.watch(broken.alertname, postedAt, () => store.listRuns({ alertname: broken.alertname })[0], 120_000);
     else {
-    say(`alert: ${broken.alertname} posted to ${sb.url}/alertmanager/webhook`);
-    const res = await fetch(`${sb.url}/alertmanager/webhook`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${sb.token}` },
-      body: JSON.stringify(alertmanagerPayload(broken.labels, fingerprint, new Date(brokeAt).toISOString())),
-    });
-    if (res.status !== 202) throw new Error(`dbpilot's webhook answered ${res.status}: ${await res.text()}`);
+      say(`alert: ${broken.alertname} posted to ${sb.url}/alertmanager/webhook`);
+      const res = await fetch(`${sb.url}/alertmanager/webhook`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${sb.token}` },
+        body: JSON.stringify(alertmanagerPayload(broken.labels, fingerprint, new Date(brokeAt).toISOString())),
+      });
+      if (res.status !== 202) throw new Error(`dbpilot's webhook answered ${res.status}: ${await res.text()}`);
     }
     let run: RunRow | undefined;
     const seen = new Map<string, string>();

@@ -10,7 +10,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ALERTMANAGER_EXAMPLE, PACKAGE_ROOT, RULES_FILE } from '../../src/drill/alert-path.js';
+import { parseDocument } from 'yaml';
+import { ALERTMANAGER_EXAMPLE, localiseAlertmanagerConfig, PACKAGE_ROOT, RULES_FILE } from '../../src/drill/alert-path.js';
 import { drill, expectNothingLeft, jsonDrill, ROOT, tmps } from './support.js';
 
 /** Live processes whose command line names `dir` (Prometheus and Alertmanager get their config and data paths there). */
@@ -90,5 +91,28 @@ describe('dbpilot drill --with-prometheus (the real CLI, the real alert path)', 
       expect(fs.readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8')).toMatch(new RegExp(`^COPY [^\\n]*\\b${f.replace(/\./g, '\\.')}\\b[^\\n]* \\./alerts/$`, 'm'));
       expect(fs.readFileSync(path.join(ROOT, '.dockerignore'), 'utf8').split('\n')).toContain(`!${f}`);
     }
+  });
+
+  it('points the Alertmanager example at the sandbox and nothing else, and refuses what it does not understand', () => {
+    const example = fs.readFileSync(path.join(ROOT, ALERTMANAGER_EXAMPLE), 'utf8');
+    const local = { webhookUrl: 'http://127.0.0.1:1/alertmanager/webhook', tokenFile: '/s/token', keyFile: (t: string) => `/s/pagerduty-${t}`, pagerdutyUrl: 'http://127.0.0.1:2/v2/enqueue' };
+    const before = parseDocument(example).toJS() as { route: unknown; inhibit_rules: unknown; receivers: { name: string }[] };
+    const after = parseDocument(localiseAlertmanagerConfig(example, local)).toJS() as typeof before & { global: { pagerduty_url: string } };
+    expect(after.route).toEqual(before.route);
+    expect(after.inhibit_rules).toEqual(before.inhibit_rules);
+    expect(after.receivers.map((r) => r.name)).toEqual(before.receivers.map((r) => r.name));
+    expect(after.global.pagerduty_url).toBe(local.pagerdutyUrl);
+    const text = JSON.stringify(after);
+    expect(text).toContain(local.webhookUrl);
+    expect(text).toContain('"credentials_file":"/s/token"');
+    expect(text).not.toMatch(/\/etc\/alertmanager|pagerduty\.com|dbpilot:9630/);
+    const edit = (f: (d: ReturnType<typeof parseDocument>) => void) => {
+      const d = parseDocument(example);
+      f(d);
+      return d.toString();
+    };
+    expect(() => localiseAlertmanagerConfig(edit((d) => d.setIn(['receivers', 1, 'pagerduty_configs', 0, 'routing_key'], 'x'.repeat(32))), local)).toThrow(/has routing_key/);
+    expect(() => localiseAlertmanagerConfig(edit((d) => d.setIn(['receivers', 1, 'slack_configs'], [{ api_url: 'https://hooks.slack.com/x' }])), local)).toThrow(/has slack_configs/);
+    expect(() => localiseAlertmanagerConfig(edit((d) => d.setIn(['receivers', 0, 'webhook_configs', 0, 'http_config', 'tls_config'], { ca_file: '/etc/ca.pem' })), local)).toThrow(/still pointing elsewhere: ca_file/);
   });
 });
