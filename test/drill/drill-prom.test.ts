@@ -4,13 +4,17 @@
  * them, as for test/e2e/alert-path.test.ts), the drill posts nothing itself, the failover recovers,
  * Prometheus fired after the kill and before dbpilot created the run, and afterwards nothing is left:
  * no Prometheus / Alertmanager process, no port, no temp dir. With PROMETHEUS pointing at a binary that
- * does not exist the drill says so and posts the alert itself.
+ * does not exist the drill says so and posts the alert itself; SIGTERM while the alert is pending stops
+ * Prometheus and Alertmanager too. Without spawning: the files it reads are the package's and ship in
+ * the image, the localised Alertmanager example points only at the sandbox, and the table's rows.
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseDocument } from 'yaml';
+import { summaryRows } from '../../src/cli-drill.js';
+import type { TrialResult } from '../../src/drill/drill.js';
 import { ALERTMANAGER_EXAMPLE, localiseAlertmanagerConfig, PACKAGE_ROOT, RULES_FILE } from '../../src/drill/alert-path.js';
 import { drill, expectNothingLeft, jsonDrill, ROOT, tmps } from './support.js';
 
@@ -114,5 +118,21 @@ describe('dbpilot drill --with-prometheus (the real CLI, the real alert path)', 
     expect(() => localiseAlertmanagerConfig(edit((d) => d.setIn(['receivers', 1, 'pagerduty_configs', 0, 'routing_key'], 'x'.repeat(32))), local)).toThrow(/has routing_key/);
     expect(() => localiseAlertmanagerConfig(edit((d) => d.setIn(['receivers', 1, 'slack_configs'], [{ api_url: 'https://hooks.slack.com/x' }])), local)).toThrow(/has slack_configs/);
     expect(() => localiseAlertmanagerConfig(edit((d) => d.setIn(['receivers', 0, 'webhook_configs', 0, 'http_config', 'tls_config'], { ca_file: '/etc/ca.pem' })), local)).toThrow(/still pointing elsewhere: ca_file/);
+  });
+
+  it("the table's rows: firing and webhook arrival from the break, only when the alert came through Prometheus", () => {
+    const trial = (alertPath: TrialResult['alertPath']): TrialResult => ({
+      trial: 1, scenario: 'primary-failure', alertname: 'PostgresPrimaryDown', handler: 'primary-failover', runId: 'r', runStatus: 'succeeded', reason: null,
+      detectionMs: 2600, planMs: 600, recoveryMs: 4000, steps: [], checks: [], pages: 1, recovered: true, alertPath, sandbox: { ports: [], dirs: [] },
+    });
+    const prom = summaryRows([trial({ via: 'prometheus', brokeAt: '2026-12-02T00:00:00.000Z', pendingAt: '2026-12-02T00:00:01.400Z', firingAt: '2026-12-02T00:00:02.400Z', webhookAt: '2026-12-02T00:00:02.450Z' })]);
+    expect(prom.slice(0, 3).map((r) => [r.what, r.ms, r.ok])).toEqual([
+      ['Prometheus: alert firing (break → FiredAt)', [2400], [true]],
+      ["Alertmanager: webhook arrival (break → dbpilot's webhook)", [2450], [true]],
+      ['detection (break → run created)', [2600], [true]],
+    ]);
+    const posted = summaryRows([trial({ via: 'drill', fallback: 'prometheus does not run (ENOENT)' })]);
+    expect(posted[0]!.what).toBe('detection (alert → run created)');
+    expect(posted.some((r) => /Prometheus|Alertmanager/.test(r.what))).toBe(false);
   });
 });
