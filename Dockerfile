@@ -4,7 +4,7 @@
 #
 # Two stages. `build` installs every dependency (better-sqlite3 compiles its native addon here when no
 # prebuilt binary matches), compiles src/ to dist/ and prunes the dev dependencies. `runtime` gets
-# only what runs: node_modules, dist/, bin/ and package.json. src/ is NOT copied, so bin/dbpilot.js
+# only what runs: node_modules, dist/, bin/, package.json and the two alerts/ files the drill reads. src/ is NOT copied, so bin/dbpilot.js
 # takes its dist/ branch (it runs the TypeScript sources through tsx only when src/cli.ts exists).
 # Both stages use the same Debian release, so the addon built against bookworm's glibc loads at run time.
 # The Node major version matches package.json's "engines" (test/deploy/deploy.test.ts checks it).
@@ -49,6 +49,9 @@ COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY bin ./bin
 COPY package.json ./
+# `dbpilot drill --with-prometheus` (src/drill/alert-path.ts) loads the rules into Prometheus and points
+# the Alertmanager example at its sandbox; both read from the package root.
+COPY alerts/dbpilot.rules.yml alerts/alertmanager.example.yml ./alerts/
 USER 10001:10001
 # The SQLite audit store, escalation outbox and run state: keep it on a volume, or pending pages
 # and runs in flight are lost with the container.

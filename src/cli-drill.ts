@@ -27,7 +27,15 @@ export interface Row {
 
 /** The table's rows over every trial: detection, each step, total time to recover, each check. */
 export function summaryRows(trials: TrialResult[]): Row[] {
-  const rows: Row[] = [{ what: 'detection (alert → run created)', ms: trials.map((t) => t.detectionMs), ok: trials.map((t) => t.runId !== null) }];
+  const rows: Row[] = [];
+  // --with-prometheus: the alert's way through Prometheus and Alertmanager, from the break.
+  const since = (t: TrialResult, at: string | null | undefined) => (at && t.alertPath.brokeAt ? Date.parse(at) - Date.parse(t.alertPath.brokeAt) : null);
+  const viaPrometheus = trials.some((t) => t.alertPath?.via === 'prometheus');
+  if (viaPrometheus) {
+    rows.push({ what: 'Prometheus: alert firing (break → FiredAt)', ms: trials.map((t) => since(t, t.alertPath.firingAt)), ok: trials.map((t) => (t.alertPath.via === 'prometheus' ? !!t.alertPath.firingAt : null)) });
+    rows.push({ what: "Alertmanager: webhook arrival (break → dbpilot's webhook)", ms: trials.map((t) => since(t, t.alertPath.webhookAt)), ok: trials.map((t) => (t.alertPath.via === 'prometheus' ? !!t.alertPath.webhookAt : null)) });
+  }
+  rows.push({ what: viaPrometheus ? 'detection (break → run created)' : 'detection (alert → run created)', ms: trials.map((t) => t.detectionMs), ok: trials.map((t) => t.runId !== null) });
   rows.push({ what: 'plan (run created → first step)', ms: trials.map((t) => t.planMs), ok: trials.map(() => null) });
   const names: string[] = [];
   for (const t of trials) for (const s of t.steps) if (!names.includes(s.name)) names.push(s.name);
@@ -95,13 +103,14 @@ export function registerDrillCommands(program: Command): void {
     .command('drill')
     .argument('<scenario>', `one of ${DRILLS.join(', ')}`)
     .description(
-      `game-day drill: builds a disposable sandbox (PostgreSQL primary + streaming replica, Redis, Kubernetes and PagerDuty stand-ins) from this machine's binaries, breaks it as the scenario says, lets dbpilot (auto mode) recover it, verifies recovery and tears everything down. Drills in this build: ${DRILLS.join(', ')}; ${LATER_DRILLS.join(', ')} and --with-prometheus come later`,
+      `game-day drill: builds a disposable sandbox (PostgreSQL primary + streaming replica, Redis, Kubernetes and PagerDuty stand-ins) from this machine's binaries, breaks it as the scenario says, lets dbpilot (auto mode) recover it, verifies recovery and tears everything down. Drills in this build: ${DRILLS.join(', ')}; ${LATER_DRILLS.join(', ')} come later`,
     )
     .option('--json', 'print the results as JSON')
     .option('--trials <n>', 'run the drill N times, each on a fresh sandbox (median and worst per row)', '1')
     .option('--target-config <file>', 'not supported yet: the drill runs only on its own sandbox')
+    .option('--with-prometheus', "the alert goes through real Prometheus (scrape and evaluation every 1 s, alerts/dbpilot.rules.yml) and Alertmanager (alerts/alertmanager.example.yml pointed at the sandbox) instead of being posted by the drill; PROMETHEUS / ALERTMANAGER name the binaries (default prometheus, prometheus-alertmanager on PATH); without them the drill says so and posts the alert itself")
     .option('--report <file.html>', "write each trial's run timeline as a self-contained page (as `dbpilot report` does); with --trials N, <file>-<trial>.html")
-    .action(async (scenario: string, o: { json?: boolean; trials: string; targetConfig?: string; report?: string }) => {
+    .action(async (scenario: string, o: { json?: boolean; trials: string; targetConfig?: string; report?: string; withPrometheus?: boolean }) => {
       if (o.targetConfig !== undefined) {
         process.stderr.write('dbpilot drill: --target-config: staging targets are not supported yet; this build drills only its own disposable sandbox and never reads a dbpilot configuration\n');
         process.exitCode = 2;
@@ -129,7 +138,7 @@ export function registerDrillCommands(program: Command): void {
       try {
         for (let i = 1; i <= trials; i++) {
           if (trials > 1) progress.say(`— trial ${i} of ${trials}`);
-          results.push(await runTrial(scenario, i, progress, cleanup));
+          results.push(await runTrial(scenario, i, progress, cleanup, { withPrometheus: o.withPrometheus === true }));
         }
       } catch (err) {
         error = (err as Error).message;

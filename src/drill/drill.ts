@@ -1,7 +1,8 @@
 /**
  * Game-day drills (issue 12, first slice): break the drill's own sandbox the way a runbook scenario
  * says, post the alert Alertmanager would send to dbpilot's webhook, wait for the run to finish, and
- * check recovery by reading the world — never what dbpilot says about it.
+ * check recovery by reading the world — never what dbpilot says about it. With --with-prometheus the
+ * alert comes through real Prometheus and Alertmanager instead (src/drill/alert-path.ts).
  *
  * - primary-failure (runbook scenario 1): kill -9 of the primary's postmaster → PostgresPrimaryDown.
  *   Recovered: the replica is out of recovery and accepts a write, the Secret's DATABASE_URL names it.
@@ -15,6 +16,7 @@ import { Redis } from 'ioredis';
 import pg from 'pg';
 import type { RunRow, StepRow } from '../store/store.js';
 import { FINAL_STATUSES } from '../store/store.js';
+import { startAlertPath, type AlertPathResult } from './alert-path.js';
 import { Cleanup } from './cleanup.js';
 import { buildSandbox, NS, REDIS_STATEFULSET, SECRET, type Sandbox, type Say } from './build-sandbox.js';
 import type { DrillName } from './names.js';
@@ -55,6 +57,8 @@ export interface TrialResult {
   /** PagerDuty events the stand-in accepted during the trial. */
   pages: number;
   recovered: boolean;
+  /** How the alert reached dbpilot: posted by the drill, or through Prometheus and Alertmanager (--with-prometheus). */
+  alertPath: AlertPathResult;
   /** What the sandbox used, so a caller can check that it is all gone. */
   sandbox: { ports: number[]; dirs: string[] };
   /** The run's timeline page (src/report/timeline.ts), rendered before the sandbox's store is removed; not in --json. */
@@ -249,6 +253,8 @@ export interface Progress {
 export interface TrialHooks {
   /** Runs after the break, before the alert is posted (tests: a world that does not recover as planned). */
   afterBreak?: (sb: Sandbox) => Promise<void>;
+  /** --with-prometheus: the alert goes through real Prometheus and Alertmanager when installed (src/drill/alert-path.ts). */
+  withPrometheus?: boolean;
 }
 
 /** One trial: a fresh sandbox, the break, the alert, the run, the checks, the teardown. */
@@ -256,6 +262,7 @@ export async function runTrial(scenario: DrillName, trial: number, progress: Pro
   const say = progress.say;
   const sb = await buildSandbox(cleanup, say);
   say(`sandbox: PostgreSQL primary 127.0.0.1:${sb.cluster.primary.port}, replica 127.0.0.1:${sb.cluster.replicas[0]!.port}, Redis 127.0.0.1:${sb.redis.port}, dbpilot ${sb.url}`);
+  const alertPath = await startAlertPath(sb, cleanup, say, hooks.withPrometheus === true);
   const dirs = [sb.dir, ...sb.cluster.replicas.map((r) => r.dataDir), sb.cluster.primary.dataDir];
   try {
     say(`break: ${scenario === 'primary-failure' ? 'kill -9 of the primary postmaster' : scenario === 'slow-query' ? 'SELECT pg_sleep(600) as drill_orders_app' : 'Redis stopped'}`);
@@ -264,19 +271,22 @@ export async function runTrial(scenario: DrillName, trial: number, progress: Pro
     await hooks.afterBreak?.(sb);
     const fingerprint = `${Date.now().toString(16)}${trial.toString(16).padStart(4, '0')}`.slice(-16);
     const postedAt = Date.now();
-    say(`alert: ${broken.alertname} posted to ${sb.url}/alertmanager/webhook`);
-    const res = await fetch(`${sb.url}/alertmanager/webhook`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${sb.token}` },
-      body: JSON.stringify(alertmanagerPayload(broken.labels, fingerprint, new Date(brokeAt).toISOString())),
-    });
-    if (res.status !== 202) throw new Error(`dbpilot's webhook answered ${res.status}: ${await res.text()}`);
     const store = sb.remediation.store;
+    if (alertPath.via === 'prometheus') await alertPath.watch(broken.alertname, postedAt, () => store.listRuns({ alertname: broken.alertname })[0], 120_000);
+    else {
+      say(`alert: ${broken.alertname} posted to ${sb.url}/alertmanager/webhook`);
+      const res = await fetch(`${sb.url}/alertmanager/webhook`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${sb.token}` },
+        body: JSON.stringify(alertmanagerPayload(broken.labels, fingerprint, new Date(brokeAt).toISOString())),
+      });
+      if (res.status !== 202) throw new Error(`dbpilot's webhook answered ${res.status}: ${await res.text()}`);
+    }
     let run: RunRow | undefined;
     const seen = new Map<string, string>();
     const deadline = Date.now() + 90_000;
     for (;;) {
-      run ??= store.listRuns({ fingerprint })[0];
+      run ??= store.listRuns(alertPath.via === 'prometheus' ? { alertname: broken.alertname } : { fingerprint })[0];
       if (run) {
         run = store.getRun(run.id) ?? run;
         for (const s of store.steps(run.id)) {
@@ -317,7 +327,8 @@ export async function runTrial(scenario: DrillName, trial: number, progress: Pro
       checks,
       pages: sb.pagerduty.accepted.length,
       recovered: run.status === 'succeeded' && steps.every((s) => s.status === 'done' && s.checkOk !== false) && checks.every((c) => c.ok),
-      sandbox: { ports: sb.ports(), dirs },
+      alertPath: alertPath.result,
+      sandbox: { ports: [...sb.ports(), ...alertPath.ports], dirs },
     };
   } finally {
     say('teardown: stopping the sandbox');

@@ -153,7 +153,7 @@ describe('Dockerfile', () => {
     expect(copySources(firstCopy).sort()).toEqual(['package-lock.json', 'package.json']);
   });
 
-  it('the runtime stage gets node_modules, dist, bin and package.json, and never src/', () => {
+  it('the runtime stage gets node_modules, dist, bin, package.json and the alerts files the drill reads, and never src/', () => {
     const copies = [...finalOf('COPY'), ...finalOf('ADD')];
     const entries: string[] = [];
     for (const c of copies) {
@@ -165,7 +165,8 @@ describe('Dockerfile', () => {
         if (c.flags.from) expect(c.flags.from).toBe('build');
       }
     }
-    expect(entries.sort()).toEqual(['bin', 'dist', 'node_modules', 'package.json']);
+    // alerts/: `dbpilot drill --with-prometheus` reads the rules and the Alertmanager example (src/drill/alert-path.ts).
+    expect(entries.sort()).toEqual(['alerts/alertmanager.example.yml', 'alerts/dbpilot.rules.yml', 'bin', 'dist', 'node_modules', 'package.json']);
     expect(finalOf('ADD')).toHaveLength(0);
   });
 
