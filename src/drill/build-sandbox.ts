@@ -34,7 +34,13 @@ export const REDIS_STATEFULSET = 'redis';
 export const REDIS_POD = 'redis-0';
 /** The sandbox's webhook token: random per drill, never anything of the user's. */
 const token = () => `drill-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
-const ROUTING_KEY = 'DRILL000000000000000000000000000';
+/** One PagerDuty routing key per team, so a drill can tell from the stand-in which team was paged. */
+export const ROUTING_KEYS = {
+  'lead-dba': 'DRILLLEADDBA00000000000000000000',
+  'em-dba': 'DRILLEMDBA0000000000000000000000',
+  'oncall-backend': 'DRILLONCALLBACKEND00000000000000',
+  devops: 'DRILLDEVOPS000000000000000000000',
+} as const;
 
 export interface Sandbox {
   dir: string;
@@ -124,7 +130,7 @@ export async function buildSandbox(cleanup: Cleanup, say: Say): Promise<Sandbox>
       webhook: { token: webhookToken },
       pagerduty: {
         url: pagerduty.url,
-        routes: { 'lead-dba': ROUTING_KEY, 'em-dba': ROUTING_KEY, 'oncall-backend': ROUTING_KEY, devops: ROUTING_KEY },
+        routes: { ...ROUTING_KEYS },
         source: 'dbpilot-drill',
         timeoutMs: 2000,
         retry: { baseMs: 20, maxMs: 200 },
