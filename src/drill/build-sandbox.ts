@@ -32,6 +32,13 @@ export const SECRET = { name: 'lomash-wood-secrets', key: 'DATABASE_URL' } as co
 export const DEPLOYMENTS = ['auth-service', 'product-service', 'order-payment-service', 'appointment-service', 'content-service', 'customer-service', 'notification-service', 'analytics-service'];
 export const REDIS_STATEFULSET = 'redis';
 export const REDIS_POD = 'redis-0';
+/** The prisma-migration drill's service: its Prisma datasource's database, migrated at start-up (migrateDeploy: restart). */
+export const PRISMA_SERVICE = { name: 'order-payment-service', deployment: 'order-payment-service', database: 'drill_orders' } as const;
+
+export interface SandboxOptions {
+  /** services[] gets PRISMA_SERVICE with services[].prisma (database, migrateDeploy: restart). */
+  prismaService?: boolean;
+}
 /** The sandbox's webhook token: random per drill, never anything of the user's. */
 const token = () => `drill-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
 /** One PagerDuty routing key per team, so a drill can tell from the stand-in which team was paged. */
@@ -84,7 +91,7 @@ function healthService(k8s: K8sStandIn): Promise<http.Server> {
 }
 
 /** Builds the sandbox; every part registers its stop in `cleanup` as soon as it exists. */
-export async function buildSandbox(cleanup: Cleanup, say: Say): Promise<Sandbox> {
+export async function buildSandbox(cleanup: Cleanup, say: Say, opts: SandboxOptions = {}): Promise<Sandbox> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dbpilot-drill-'));
   cleanup.add(`temp dir ${dir}`, () => fs.rmSync(dir, { recursive: true, force: true }));
 
@@ -145,10 +152,16 @@ export async function buildSandbox(cleanup: Cleanup, say: Say): Promise<Sandbox>
         lease: { name: 'dbpilot-drill', durationSeconds: 15, renewDeadlineSeconds: 10, retryPeriodSeconds: 0.5 },
       },
       failover: { confirmProbes: 3, confirmIntervalMs: 300, rolloutTimeoutSeconds: 30, healthTimeoutSeconds: 30 },
-      services: [{ name: 'auth-service', healthUrl }],
+      services: [
+        { name: 'auth-service', healthUrl },
+        ...(opts.prismaService
+          ? [{ name: PRISMA_SERVICE.name, healthUrl, deployment: PRISMA_SERVICE.deployment, prisma: { database: PRISMA_SERVICE.database, migrateDeploy: 'restart' } }]
+          : []),
+      ],
       handlers: {
         'primary-failover': { mode: 'auto' },
         'slow-queries': { mode: 'auto', graceSeconds: 1, cooldownSeconds: 0 },
+        'prisma-migration': { mode: 'auto', deployTimeoutSeconds: 30, lockTimeoutSeconds: 2, cooldownSeconds: 0 },
         'redis-failure': { mode: 'auto', pingAttempts: 3, pingIntervalMs: 200, connectTimeoutMs: 300, rolloutTimeoutSeconds: 30, pingTimeoutSeconds: 30, serviceTimeoutMs: 1000 },
       },
     },

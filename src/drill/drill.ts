@@ -16,13 +16,20 @@
  *   on-call backend paged. Recovered: that page arrived, its lag numbers lie within what the drill
  *   read from the replica itself before and after the run, and once the drill resumes replay the
  *   replica replays up to the primary's position.
+ * - prisma-migration (scenario 4): the sandbox has a service with services[].prisma (migrateDeploy:
+ *   restart); the drill runs its `prisma migrate deploy` (test/support's player, now in sandbox/) with a
+ *   migration that fails, which leaves Prisma's _prisma_migrations with a failed row →
+ *   PrismaMigrationFailed. The drill plays the Deployment: once the stand-in's Deployment has its
+ *   restartedAt annotation, it runs migrate deploy again with the fixed migration, as the service's
+ *   next start would. Recovered (read from the database): the migration has a finished row, none is failed.
  */
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import type { RunRow, StepRow } from '../store/store.js';
 import { FINAL_STATUSES } from '../store/store.js';
 import { Cleanup } from './cleanup.js';
-import { buildSandbox, NS, REDIS_STATEFULSET, ROUTING_KEYS, SECRET, type Sandbox, type Say } from './build-sandbox.js';
+import { prismaMigrateDeploy, PrismaCliError, type Migration } from './sandbox/prisma.js';
+import { buildSandbox, NS, PRISMA_SERVICE, REDIS_STATEFULSET, ROUTING_KEYS, SECRET, type Sandbox, type Say } from './build-sandbox.js';
 import type { DrillName } from './names.js';
 
 export { DRILLS, LATER_DRILLS, isDrill, type DrillName } from './names.js';
@@ -344,6 +351,65 @@ async function breakReplicationLag(sb: Sandbox): Promise<Broken> {
   };
 }
 
+const PRISMA_INIT: Migration = { name: '20240101000000_init', sql: 'CREATE TABLE orders (id int PRIMARY KEY, total numeric NOT NULL);' };
+/** As first shipped: the foreign key names a table that does not exist. */
+const PRISMA_BROKEN: Migration = { name: '20240301000000_add_payments', sql: 'CREATE TABLE payments (id int PRIMARY KEY, order_id int NOT NULL REFERENCES "order"(id));' };
+/** The same migration, fixed in the image the restarted pods run. */
+const PRISMA_FIXED: Migration = { name: PRISMA_BROKEN.name, sql: 'CREATE TABLE payments (id int PRIMARY KEY, order_id int NOT NULL REFERENCES orders(id));' };
+
+async function breakPrismaMigration(sb: Sandbox, cleanup: Cleanup): Promise<Broken> {
+  const db = PRISMA_SERVICE.database;
+  await query(sb.cluster.primary.url(), `CREATE DATABASE ${db}`);
+  const url = sb.cluster.primary.url(db);
+  const deploy = (migrations: Migration[]) => prismaMigrateDeploy(url, 'public', migrations, { applicationName: `${PRISMA_SERVICE.name}-init` });
+  await deploy([PRISMA_INIT]);
+  const first = await deploy([PRISMA_INIT, PRISMA_BROKEN]).then(
+    () => null,
+    (err: unknown) => err,
+  );
+  if (!(first instanceof PrismaCliError) || first.code !== 'P3018') throw new Error(`the broken migration did not fail as planned: ${String(first)}`);
+  // The Deployment's part: once the restart is requested, the new pods run migrate deploy with the fixed migration.
+  let stopped = false;
+  let outcome = 'the deployment was not restarted';
+  const restartedAt = () =>
+    ((sb.k8s.deployment(PRISMA_SERVICE.deployment, NS)?.spec as { template?: { metadata?: { annotations?: Record<string, string> } } } | undefined)?.template?.metadata?.annotations ?? {})['kubectl.kubernetes.io/restartedAt'];
+  const controller = (async () => {
+    while (!stopped && restartedAt() === undefined) await sleep(20);
+    if (stopped) return;
+    outcome = await deploy([PRISMA_INIT, PRISMA_FIXED]).then(
+      (r) => `migrate deploy applied ${r.applied.join(', ') || 'nothing'}`,
+      (err: unknown) => `migrate deploy failed: ${(err as Error).message.split('\n')[0]}`,
+    );
+  })();
+  const stop = cleanup.add(`the ${PRISMA_SERVICE.deployment} Deployment`, async () => {
+    stopped = true;
+    await controller.catch(() => undefined);
+  });
+  return {
+    alertname: 'PrismaMigrationFailed',
+    labels: { alertname: 'PrismaMigrationFailed', remediation: 'prisma-migration', team: 'oncall-backend', severity: 'warning', server: `127.0.0.1:${sb.cluster.primary.port}`, datname: db },
+    verify: async () => {
+      await stop();
+      return [
+        await attempt(`${PRISMA_FIXED.name} finished, nothing failed`, async () => {
+          const rows = await query<{ migration_name: string; finished: boolean; rolled_back: boolean }>(
+            url,
+            'SELECT migration_name, finished_at IS NOT NULL AS finished, rolled_back_at IS NOT NULL AS rolled_back FROM _prisma_migrations ORDER BY started_at',
+          );
+          const finished = rows.filter((r) => r.migration_name === PRISMA_FIXED.name && r.finished && !r.rolled_back).length;
+          const failed = rows.filter((r) => !r.finished && !r.rolled_back).map((r) => r.migration_name);
+          return {
+            name: `${PRISMA_FIXED.name} finished, nothing failed`,
+            ok: finished === 1 && failed.length === 0,
+            detail: `_prisma_migrations in ${db}: ${rows.length} rows, ${finished} finished ${PRISMA_FIXED.name}, ${failed.length ? `failed: ${failed.join(', ')}` : 'none failed'}, ${rows.filter((r) => r.rolled_back).length} rolled back`,
+          };
+        }),
+        { name: `deployment/${PRISMA_SERVICE.deployment} restarted and migrated`, ok: outcome.startsWith('migrate deploy applied') && restartedAt() !== undefined, detail: `restartedAt ${restartedAt() ?? 'absent'}; ${outcome}` },
+      ];
+    },
+  };
+}
+
 /** An Alertmanager webhook (version 4), shaped like the ones captured in test/fixtures/alertmanager. */
 export function alertmanagerPayload(labels: Record<string, string>, fingerprint: string, startsAt: string): Record<string, unknown> {
   const alertname = labels.alertname!;
@@ -400,12 +466,13 @@ const BREAKS: Record<DrillName, string> = {
   'slow-query': 'SELECT pg_sleep(600) as drill_orders_app',
   'redis-failure': 'Redis stopped',
   'replication-lag': "SELECT pg_wal_replay_pause() on the replica, then ~1 MB of writes on the primary",
+  'prisma-migration': `prisma migrate deploy of ${PRISMA_BROKEN.name} fails (P3018) in ${PRISMA_SERVICE.database}`,
 };
 
 /** One trial: a fresh sandbox, the break, the alert, the run, the checks, the teardown. */
 export async function runTrial(scenario: DrillName, trial: number, progress: Progress, cleanup = new Cleanup(), hooks: TrialHooks = {}): Promise<TrialResult> {
   const say = progress.say;
-  const sb = await buildSandbox(cleanup, say);
+  const sb = await buildSandbox(cleanup, say, { prismaService: scenario === 'prisma-migration' });
   say(`sandbox: PostgreSQL primary 127.0.0.1:${sb.cluster.primary.port}, replica 127.0.0.1:${sb.cluster.replicas[0]!.port}, Redis 127.0.0.1:${sb.redis.port}, dbpilot ${sb.url}`);
   const dirs = [sb.dir, ...sb.cluster.replicas.map((r) => r.dataDir), sb.cluster.primary.dataDir];
   try {
@@ -418,7 +485,9 @@ export async function runTrial(scenario: DrillName, trial: number, progress: Pro
           ? await breakWithSlowQuery(sb)
           : scenario === 'replication-lag'
             ? await breakReplicationLag(sb)
-            : await breakRedis(sb, cleanup);
+            : scenario === 'prisma-migration'
+              ? await breakPrismaMigration(sb, cleanup)
+              : await breakRedis(sb, cleanup);
     await hooks.afterBreak?.(sb);
     const fingerprint = `${Date.now().toString(16)}${trial.toString(16).padStart(4, '0')}`.slice(-16);
     const postedAt = Date.now();

@@ -83,3 +83,45 @@ describe('dbpilot drill replication-lag', () => {
     expect(summaryRows([t]).find((x) => x.what === 'every check passed')!.ok).toEqual([false]);
   });
 });
+
+describe('dbpilot drill prisma-migration', () => {
+  it('a failed migration row: dbpilot resolves it rolled back and restarts the deployment, the drill’s deployment re-runs migrate deploy, the migration finishes; nothing left behind', async () => {
+    const { r, t } = await jsonDrill('prisma-migration');
+    expect(r.stderr).toMatch(/^break: prisma migrate deploy of 20240301000000_add_payments fails \(P3018\) in drill_orders$/m);
+    expect(t.steps.map((s) => [s.name, s.status, s.checkOk])).toEqual([
+      ['resolveRolledBack', 'done', true],
+      ['rerunMigrateDeploy', 'done', true],
+      ['verifyMigrateDeploy', 'done', true],
+    ]);
+    // Read from the database: the failed row is rolled back (what resolve does), the re-run's row finished, nothing else failed.
+    expect(t.checks.find((c) => c.name === '20240301000000_add_payments finished, nothing failed')!.detail).toBe(
+      '_prisma_migrations in drill_orders: 3 rows, 1 finished 20240301000000_add_payments, none failed, 1 rolled back',
+    );
+    expect(t.checks.find((c) => c.name === 'deployment/order-payment-service restarted and migrated')!.detail).toMatch(
+      /^restartedAt \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ; migrate deploy applied 20240301000000_add_payments$/,
+    );
+  });
+
+  it('the re-run fails again (its table was taken meanwhile): the run escalates and the drill reports not recovered, from the database', async () => {
+    const cleanup = new Cleanup();
+    const t = await runTrial('prisma-migration', 1, { say: () => undefined, step: () => undefined }, cleanup, {
+      // The restarted pods' migrate deploy fails too: the migration's table is taken before they start.
+      afterBreak: async (sb) => {
+        const c = new pg.Client({ connectionString: sb.cluster.primary.url('drill_orders') });
+        await c.connect();
+        try {
+          await c.query('CREATE TABLE payments (id int)');
+        } finally {
+          await c.end();
+        }
+      },
+    });
+    expect(cleanup.size).toBe(0);
+    expect(t.runStatus).toBe('escalated');
+    const row = t.checks.find((c) => c.name === '20240301000000_add_payments finished, nothing failed')!;
+    expect(row.ok).toBe(false);
+    expect(row.detail).toMatch(/, 0 finished 20240301000000_add_payments, failed: 20240301000000_add_payments, 1 rolled back$/);
+    expect(t.checks.find((c) => c.name === 'deployment/order-payment-service restarted and migrated')!.detail).toMatch(/; migrate deploy failed: P3018: /);
+    expect(t.recovered).toBe(false);
+  });
+});

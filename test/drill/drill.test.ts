@@ -92,12 +92,12 @@ describe('dbpilot drill (the real CLI on its own sandbox)', () => {
   });
 
   it('refuses what this build does not drill: unknown and later scenarios, and --target-config, with exit 2 and nothing started', async () => {
-    const later = await drill(['prisma-migration']);
+    const later = await drill(['disk-pressure']);
     expect(later.code).toBe(2);
-    expect(later.stderr).toBe('dbpilot drill: unknown scenario "prisma-migration" (prisma-migration comes in a later build); drills in this build: primary-failure, slow-query, redis-failure, replication-lag\n');
+    expect(later.stderr).toBe('dbpilot drill: unknown scenario "disk-pressure" (disk-pressure comes in a later build); drills in this build: primary-failure, slow-query, redis-failure, replication-lag, prisma-migration\n');
     const unknown = await drill(['datacenter-fire', '--json']);
     expect(unknown.code).toBe(2);
-    expect(unknown.stderr).toContain('drills in this build: primary-failure, slow-query, redis-failure, replication-lag\n');
+    expect(unknown.stderr).toContain('drills in this build: primary-failure, slow-query, redis-failure, replication-lag, prisma-migration\n');
     expect(unknown.stdout).toBe('');
     const target = await drill(['primary-failure', '--target-config', 'staging.yaml']);
     expect(target.code).toBe(2);
@@ -105,6 +105,6 @@ describe('dbpilot drill (the real CLI on its own sandbox)', () => {
     for (const r of [later, unknown, target]) expect(leftovers(r.tmp)).toEqual([]);
     const help = await drill(['--help']);
     expect(help.code).toBe(0);
-    expect(help.stdout.replace(/\s+/g, ' ')).toContain('Drills in this build: primary-failure, slow-query, redis-failure, replication-lag; prisma-migration, disk-pressure and --with-prometheus come later');
+    expect(help.stdout.replace(/\s+/g, ' ')).toContain('Drills in this build: primary-failure, slow-query, redis-failure, replication-lag, prisma-migration; disk-pressure and --with-prometheus come later');
   });
 });
