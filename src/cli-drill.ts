@@ -106,7 +106,7 @@ export function registerDrillCommands(program: Command): void {
     .command('drill')
     .argument('<scenario>', `one of ${DRILLS.join(', ')}`)
     .description(
-      `game-day drill: builds a disposable sandbox (PostgreSQL primary + streaming replica, Redis, Kubernetes and PagerDuty stand-ins) from this machine's binaries, breaks it as the scenario says, lets dbpilot (auto mode) recover it, verifies recovery and tears everything down. Drills in this build: ${DRILLS.join(', ')}; ${LATER_DRILLS.join(', ')} and --with-prometheus come later`,
+      `game-day drill: builds a disposable sandbox (PostgreSQL primary + streaming replica, Redis, Kubernetes and PagerDuty stand-ins) from this machine's binaries, breaks it as the scenario says, lets dbpilot (auto mode) recover it, verifies recovery and tears everything down. Drills in this build: ${DRILLS.join(', ')}; ${LATER_DRILLS.length ? `${LATER_DRILLS.join(', ')} and --with-prometheus come later` : '--with-prometheus comes later'}`,
     )
     .option('--json', 'print the results as JSON')
     .option('--trials <n>', 'run the drill N times, each on a fresh sandbox (median and worst per row)', '1')

@@ -38,7 +38,12 @@ export const PRISMA_SERVICE = { name: 'order-payment-service', deployment: 'orde
 export interface SandboxOptions {
   /** services[] gets PRISMA_SERVICE with services[].prisma (database, migrateDeploy: restart). */
   prismaService?: boolean;
+  /** handlers.disk-full in auto with vacuum: true, no maxSize, and a page threshold below what the data disk uses. */
+  diskPressure?: boolean;
 }
+
+/** The disk-pressure drill's low threshold: any real data disk is above it. */
+export const DISK_PAGE_ABOVE_PERCENT = 0.01;
 /** The sandbox's webhook token: random per drill, never anything of the user's. */
 const token = () => `drill-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
 /** One PagerDuty routing key per team, so a drill can tell from the stand-in which team was paged. */
@@ -132,6 +137,7 @@ export async function buildSandbox(cleanup: Cleanup, say: Say, opts: SandboxOpti
         primary: { url: cluster.primary.url(), pod: 'postgres-primary-0' },
         replicas: [{ url: cluster.replicas[0]!.url(), pod: 'postgres-replica-0' }],
         longRunningQuerySeconds: 1,
+        ...(opts.diskPressure ? { dataDirectory: cluster.primary.dataDir } : {}),
       },
       redis: { url: redis.url },
       webhook: { token: webhookToken },
@@ -161,6 +167,7 @@ export async function buildSandbox(cleanup: Cleanup, say: Say, opts: SandboxOpti
       handlers: {
         'primary-failover': { mode: 'auto' },
         'slow-queries': { mode: 'auto', graceSeconds: 1, cooldownSeconds: 0 },
+        ...(opts.diskPressure ? { 'disk-full': { mode: 'auto', vacuum: true, pageAbovePercent: DISK_PAGE_ABOVE_PERCENT, vacuumMinDeadTuples: 1000, cooldownSeconds: 0 } } : {}),
         'prisma-migration': { mode: 'auto', deployTimeoutSeconds: 30, lockTimeoutSeconds: 2, cooldownSeconds: 0 },
         'redis-failure': { mode: 'auto', pingAttempts: 3, pingIntervalMs: 200, connectTimeoutMs: 300, rolloutTimeoutSeconds: 30, pingTimeoutSeconds: 30, serviceTimeoutMs: 1000 },
       },

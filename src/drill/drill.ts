@@ -22,6 +22,11 @@
  *   PrismaMigrationFailed. The drill plays the Deployment: once the stand-in's Deployment has its
  *   restartedAt annotation, it runs migrate deploy again with the fixed migration, as the service's
  *   next start would. Recovered (read from the database): the migration has a finished row, none is failed.
+ * - disk-pressure (scenario 3, at a low threshold): the disk-full handler in auto with vacuum: true and
+ *   no maxSize, pageAbovePercent below what the data disk uses; a table (autovacuum off) with 40,000
+ *   dead tuples → PostgresDiskAlmostFull. The handler vacuums and, the disk staying above the
+ *   threshold, ends escalated with DevOps paged. Recovered: the dead tuples fell (pg_stat_user_tables,
+ *   a manual VACUUM recorded) and DevOps paged.
  */
 import { Redis } from 'ioredis';
 import pg from 'pg';
@@ -29,7 +34,7 @@ import type { RunRow, StepRow } from '../store/store.js';
 import { FINAL_STATUSES } from '../store/store.js';
 import { Cleanup } from './cleanup.js';
 import { prismaMigrateDeploy, PrismaCliError, type Migration } from './sandbox/prisma.js';
-import { buildSandbox, NS, PRISMA_SERVICE, REDIS_STATEFULSET, ROUTING_KEYS, SECRET, type Sandbox, type Say } from './build-sandbox.js';
+import { buildSandbox, DISK_PAGE_ABOVE_PERCENT, NS, PRISMA_SERVICE, REDIS_STATEFULSET, ROUTING_KEYS, SECRET, type Sandbox, type Say } from './build-sandbox.js';
 import type { DrillName } from './names.js';
 
 export { DRILLS, LATER_DRILLS, isDrill, type DrillName } from './names.js';
@@ -93,7 +98,7 @@ interface Broken {
   /** Filled by verify(): times the drill measured itself. */
   measured?: Measured[];
   /** Reads the world after the run. */
-  verify(ctx: { brokeAt: number; fingerprint: string }): Promise<Check[]>;
+  verify(ctx: { brokeAt: number; postedAt: number; fingerprint: string }): Promise<Check[]>;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -410,6 +415,74 @@ async function breakPrismaMigration(sb: Sandbox, cleanup: Cleanup): Promise<Brok
   };
 }
 
+const DISK_DB = 'drill_disk';
+const DISK_TABLE = 'order_events';
+
+async function breakDiskPressure(sb: Sandbox): Promise<Broken> {
+  const admin = sb.cluster.primary.url();
+  await query(admin, `CREATE DATABASE ${DISK_DB}`);
+  const url = sb.cluster.primary.url(DISK_DB);
+  // Autovacuum off for this table: only dbpilot's VACUUM can make its dead tuples fall.
+  await query(url, `CREATE TABLE ${DISK_TABLE} (id int, payload text) WITH (autovacuum_enabled = false)`);
+  await query(url, `INSERT INTO ${DISK_TABLE} SELECT g, repeat('x', 200) FROM generate_series(1, 50000) AS g`);
+  await query(url, `DELETE FROM ${DISK_TABLE} WHERE id > 10000`);
+  const dead = async () =>
+    (
+      await query<{ dead: number; vacuums: number; autovacuums: number; at: number | null }>(
+        url,
+        `SELECT n_dead_tup::int AS dead, vacuum_count::int AS vacuums, autovacuum_count::int AS autovacuums, (EXTRACT(EPOCH FROM last_vacuum) * 1000)::float8 AS at FROM pg_stat_user_tables WHERE relname = $1`,
+        [DISK_TABLE],
+      )
+    )[0]!;
+  // The statistics reach pg_stat_user_tables a moment after the DELETE commits.
+  const deadline = Date.now() + 15_000;
+  let before = await dead();
+  while (before.dead < 40_000) {
+    if (Date.now() > deadline) throw new Error(`${DISK_DB}.${DISK_TABLE} shows ${before.dead} dead tuples, not the 40000 deleted`);
+    await sleep(100);
+    before = await dead();
+  }
+  const measured: Measured[] = [];
+  return {
+    alertname: 'PostgresDiskAlmostFull',
+    labels: { alertname: 'PostgresDiskAlmostFull', remediation: 'disk-full', team: 'devops', severity: 'critical', server: `127.0.0.1:${sb.cluster.primary.port}` },
+    expectedRunStatus: 'escalated',
+    measured,
+    verify: async ({ brokeAt, postedAt, fingerprint }) => {
+      const dedupKey = `dbpilot/PostgresDiskAlmostFull/${fingerprint}`;
+      const pages = () => sb.pagerduty.accepted.filter((e) => e.dedupKey === dedupKey && e.action === 'trigger');
+      const pageDeadline = Date.now() + 10_000;
+      while (pages().length === 0 && Date.now() < pageDeadline) {
+        await sb.remediation.outbox.flush().catch(() => undefined);
+        await sleep(50);
+      }
+      const page = pages()[0];
+      measured.push({ name: 'time to page (break → DevOps paged)', ms: page ? page.at - brokeAt : null, ok: page?.routingKey === ROUTING_KEYS.devops });
+      const others = pages().filter((e) => e.routingKey !== ROUTING_KEYS.devops).length;
+      const runStatus = (page?.event as { payload?: { custom_details?: { run_status?: string } } } | undefined)?.payload?.custom_details?.run_status;
+      return [
+        await attempt('the dead tuples fell', async () => {
+          const after = await dead();
+          // Vacuumed after the alert was posted: by dbpilot, the only one acting in the sandbox then (autovacuum is off for the table).
+          const afterAlert = after.at !== null && after.at >= postedAt;
+          return {
+            name: 'the dead tuples fell',
+            ok: after.dead < before.dead && after.vacuums > before.vacuums && after.autovacuums === 0 && afterAlert,
+            detail: `${DISK_DB}.${DISK_TABLE} (pg_stat_user_tables): n_dead_tup ${before.dead} → ${after.dead}, vacuum_count ${before.vacuums} → ${after.vacuums}, autovacuum_count ${after.autovacuums}, last_vacuum ${after.at === null ? 'never' : afterAlert ? 'after the alert' : 'BEFORE the alert'}`,
+          };
+        }),
+        {
+          name: 'DevOps paged',
+          ok: page?.routingKey === ROUTING_KEYS.devops && others === 0 && runStatus === 'escalated',
+          detail: page
+            ? `${pages().length} trigger(s): ${page.routingKey === ROUTING_KEYS.devops ? "DevOps's routing key" : `routing key ${page.routingKey}`}${others ? `, ${others} to other keys` : ''}; run_status ${runStatus ?? 'absent'} (threshold ${DISK_PAGE_ABOVE_PERCENT} %, no maxSize)`
+            : 'no page reached the PagerDuty stand-in within 10 s of the run',
+        },
+      ];
+    },
+  };
+}
+
 /** An Alertmanager webhook (version 4), shaped like the ones captured in test/fixtures/alertmanager. */
 export function alertmanagerPayload(labels: Record<string, string>, fingerprint: string, startsAt: string): Record<string, unknown> {
   const alertname = labels.alertname!;
@@ -467,12 +540,13 @@ const BREAKS: Record<DrillName, string> = {
   'redis-failure': 'Redis stopped',
   'replication-lag': "SELECT pg_wal_replay_pause() on the replica, then ~1 MB of writes on the primary",
   'prisma-migration': `prisma migrate deploy of ${PRISMA_BROKEN.name} fails (P3018) in ${PRISMA_SERVICE.database}`,
+  'disk-pressure': `40000 dead tuples in ${DISK_DB}.${DISK_TABLE} (autovacuum off), disk-full's threshold at ${DISK_PAGE_ABOVE_PERCENT} %`,
 };
 
 /** One trial: a fresh sandbox, the break, the alert, the run, the checks, the teardown. */
 export async function runTrial(scenario: DrillName, trial: number, progress: Progress, cleanup = new Cleanup(), hooks: TrialHooks = {}): Promise<TrialResult> {
   const say = progress.say;
-  const sb = await buildSandbox(cleanup, say, { prismaService: scenario === 'prisma-migration' });
+  const sb = await buildSandbox(cleanup, say, { prismaService: scenario === 'prisma-migration', diskPressure: scenario === 'disk-pressure' });
   say(`sandbox: PostgreSQL primary 127.0.0.1:${sb.cluster.primary.port}, replica 127.0.0.1:${sb.cluster.replicas[0]!.port}, Redis 127.0.0.1:${sb.redis.port}, dbpilot ${sb.url}`);
   const dirs = [sb.dir, ...sb.cluster.replicas.map((r) => r.dataDir), sb.cluster.primary.dataDir];
   try {
@@ -487,7 +561,9 @@ export async function runTrial(scenario: DrillName, trial: number, progress: Pro
             ? await breakReplicationLag(sb)
             : scenario === 'prisma-migration'
               ? await breakPrismaMigration(sb, cleanup)
-              : await breakRedis(sb, cleanup);
+              : scenario === 'disk-pressure'
+                ? await breakDiskPressure(sb)
+                : await breakRedis(sb, cleanup);
     await hooks.afterBreak?.(sb);
     const fingerprint = `${Date.now().toString(16)}${trial.toString(16).padStart(4, '0')}`.slice(-16);
     const postedAt = Date.now();
@@ -520,7 +596,7 @@ export async function runTrial(scenario: DrillName, trial: number, progress: Pro
     }
     const finishedAt = run.finishedAt ?? run.updatedAt;
     say(`run ${run.id}: ${run.status}${run.reason ? ` (${run.reason})` : ''}`);
-    const checks = await broken.verify({ brokeAt, fingerprint });
+    const checks = await broken.verify({ brokeAt, postedAt, fingerprint });
     for (const c of checks) say(`check: ${c.ok ? 'ok' : 'FAILED'} ${c.name}: ${c.detail}`);
     await sb.remediation.outbox.flush().catch(() => undefined);
     const rows = store.steps(run.id);

@@ -127,3 +127,40 @@ describe('dbpilot drill prisma-migration', () => {
     expect(t.recovered).toBe(false);
   });
 });
+
+describe('dbpilot drill disk-pressure', () => {
+  it('above a low threshold with no maxSize: dbpilot vacuums the table with the dead tuples and pages DevOps; the dead tuples fell in pg_stat_user_tables; nothing left behind', async () => {
+    const { t } = await jsonDrill('disk-pressure', [], 'escalated');
+    expect(t.steps.map((s) => [s.name, s.status, s.checkOk])).toEqual([['vacuumDeadTuples(drill_disk)', 'done', true]]);
+    const fell = t.checks.find((c) => c.name === 'the dead tuples fell')!;
+    const m = /^drill_disk\.order_events \(pg_stat_user_tables\): n_dead_tup (\d+) → (\d+), vacuum_count 0 → 1, autovacuum_count 0, last_vacuum after the alert$/.exec(fell.detail);
+    expect(m, fell.detail).not.toBeNull();
+    expect(Number(m![1])).toBe(40_000);
+    expect(Number(m![2])).toBeLessThan(40_000);
+    expect(t.checks.find((c) => c.name === 'DevOps paged')!.detail).toBe("1 trigger(s): DevOps's routing key; run_status escalated (threshold 0.01 %, no maxSize)");
+    expect(t.measured.map((x) => [x.name, x.ok])).toEqual([['time to page (break → DevOps paged)', true]]);
+    expect(t.measured[0]!.ms!).toBeGreaterThanOrEqual(t.detectionMs);
+  });
+
+  it('the table vacuumed before the alert (dead tuples already gone): the handler has nothing to vacuum, and the drill reports not recovered', async () => {
+    const cleanup = new Cleanup();
+    const t = await runTrial('disk-pressure', 1, { say: () => undefined, step: () => undefined }, cleanup, {
+      afterBreak: async (sb) => {
+        const c = new pg.Client({ connectionString: sb.cluster.primary.url('drill_disk') });
+        await c.connect();
+        try {
+          await c.query('VACUUM order_events');
+        } finally {
+          await c.end();
+        }
+      },
+    });
+    expect(cleanup.size).toBe(0);
+    expect(t.steps).toEqual([]);
+    expect(t.recovered).toBe(false);
+    // The dead tuples did fall, but not by dbpilot: the drill tells them apart by when the VACUUM ran.
+    const fell = t.checks.find((c) => c.name === 'the dead tuples fell')!;
+    expect(fell.ok).toBe(false);
+    expect(fell.detail).toMatch(/: n_dead_tup 40000 → 0, vacuum_count 0 → 1, autovacuum_count 0, last_vacuum BEFORE the alert$/);
+  });
+});
