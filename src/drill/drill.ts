@@ -1,5 +1,5 @@
 /**
- * Game-day drills (issue 12, first slice): break the drill's own sandbox the way a runbook scenario
+ * Game-day drills (issue 12): break the drill's own sandbox the way a runbook scenario
  * says, post the alert Alertmanager would send to dbpilot's webhook, wait for the run to finish, and
  * check recovery by reading the world — never what dbpilot says about it.
  *
