@@ -43,7 +43,18 @@ export function summaryRows(trials: TrialResult[]): Row[] {
     const per = trials.map((t) => t.steps.find((s) => s.name === n));
     rows.push({ what: `step ${n}`, ms: per.map((s) => s?.durationMs ?? null), ok: per.map((s) => (s ? s.status === 'done' && s.checkOk !== false : null)) });
   }
-  rows.push({ what: 'total time to recover (break → run finished)', ms: trials.map((t) => t.recoveryMs), ok: trials.map((t) => t.runStatus === 'succeeded') });
+  const expected = trials[0]?.expectedRunStatus ?? 'succeeded';
+  rows.push({
+    what: expected === 'succeeded' ? 'total time to recover (break → run finished)' : `run ${expected} (break → run finished)`,
+    ms: trials.map((t) => t.recoveryMs),
+    ok: trials.map((t) => t.runStatus === t.expectedRunStatus),
+  });
+  const measured: string[] = [];
+  for (const t of trials) for (const m of t.measured) if (!measured.includes(m.name)) measured.push(m.name);
+  for (const n of measured) {
+    const per = trials.map((t) => t.measured.find((m) => m.name === n));
+    rows.push({ what: n, ms: per.map((m) => m?.ms ?? null), ok: per.map((m) => m?.ok ?? false) });
+  }
   const checks: string[] = [];
   for (const t of trials) for (const c of t.checks) if (!checks.includes(c.name)) checks.push(c.name);
   for (const c of checks) {
@@ -103,7 +114,7 @@ export function registerDrillCommands(program: Command): void {
     .command('drill')
     .argument('<scenario>', `one of ${DRILLS.join(', ')}`)
     .description(
-      `game-day drill: builds a disposable sandbox (PostgreSQL primary + streaming replica, Redis, Kubernetes and PagerDuty stand-ins) from this machine's binaries, breaks it as the scenario says, lets dbpilot (auto mode) recover it, verifies recovery and tears everything down. Drills in this build: ${DRILLS.join(', ')}; ${LATER_DRILLS.join(', ')} come later`,
+      `game-day drill: builds a disposable sandbox (PostgreSQL primary + streaming replica, Redis, Kubernetes and PagerDuty stand-ins) from this machine's binaries, breaks it as the scenario says, lets dbpilot (auto mode) recover it, verifies recovery and tears everything down. Drills in this build: ${DRILLS.join(', ')}${LATER_DRILLS.length ? `; ${LATER_DRILLS.join(', ')} come later` : ''}`,
     )
     .option('--json', 'print the results as JSON')
     .option('--trials <n>', 'run the drill N times, each on a fresh sandbox (median and worst per row)', '1')

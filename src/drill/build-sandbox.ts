@@ -32,9 +32,27 @@ export const SECRET = { name: 'lomash-wood-secrets', key: 'DATABASE_URL' } as co
 export const DEPLOYMENTS = ['auth-service', 'product-service', 'order-payment-service', 'appointment-service', 'content-service', 'customer-service', 'notification-service', 'analytics-service'];
 export const REDIS_STATEFULSET = 'redis';
 export const REDIS_POD = 'redis-0';
+/** The prisma-migration drill's service: its Prisma datasource's database, migrated at start-up (migrateDeploy: restart). */
+export const PRISMA_SERVICE = { name: 'order-payment-service', deployment: 'order-payment-service', database: 'drill_orders' } as const;
+
+export interface SandboxOptions {
+  /** services[] gets PRISMA_SERVICE with services[].prisma (database, migrateDeploy: restart). */
+  prismaService?: boolean;
+  /** handlers.disk-full in auto with vacuum: true, no maxSize, and a page threshold below what the data disk uses. */
+  diskPressure?: boolean;
+}
+
+/** The disk-pressure drill's low threshold: any real data disk is above it. */
+export const DISK_PAGE_ABOVE_PERCENT = 0.01;
 /** The sandbox's webhook token: random per drill, never anything of the user's. */
 const token = () => `drill-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
-const ROUTING_KEY = 'DRILL000000000000000000000000000';
+/** One PagerDuty routing key per team, so a drill can tell from the stand-in which team was paged. */
+export const ROUTING_KEYS = {
+  'lead-dba': 'DRILLLEADDBA00000000000000000000',
+  'em-dba': 'DRILLEMDBA0000000000000000000000',
+  'oncall-backend': 'DRILLONCALLBACKEND00000000000000',
+  devops: 'DRILLDEVOPS000000000000000000000',
+} as const;
 
 export interface Sandbox {
   dir: string;
@@ -78,7 +96,7 @@ function healthService(k8s: K8sStandIn): Promise<http.Server> {
 }
 
 /** Builds the sandbox; every part registers its stop in `cleanup` as soon as it exists. */
-export async function buildSandbox(cleanup: Cleanup, say: Say): Promise<Sandbox> {
+export async function buildSandbox(cleanup: Cleanup, say: Say, opts: SandboxOptions = {}): Promise<Sandbox> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dbpilot-drill-'));
   cleanup.add(`temp dir ${dir}`, () => fs.rmSync(dir, { recursive: true, force: true }));
 
@@ -119,12 +137,13 @@ export async function buildSandbox(cleanup: Cleanup, say: Say): Promise<Sandbox>
         primary: { url: cluster.primary.url(), pod: 'postgres-primary-0' },
         replicas: [{ url: cluster.replicas[0]!.url(), pod: 'postgres-replica-0' }],
         longRunningQuerySeconds: 1,
+        ...(opts.diskPressure ? { dataDirectory: cluster.primary.dataDir } : {}),
       },
       redis: { url: redis.url },
       webhook: { token: webhookToken },
       pagerduty: {
         url: pagerduty.url,
-        routes: { 'lead-dba': ROUTING_KEY, 'em-dba': ROUTING_KEY, 'oncall-backend': ROUTING_KEY, devops: ROUTING_KEY },
+        routes: { ...ROUTING_KEYS },
         source: 'dbpilot-drill',
         timeoutMs: 2000,
         retry: { baseMs: 20, maxMs: 200 },
@@ -139,10 +158,17 @@ export async function buildSandbox(cleanup: Cleanup, say: Say): Promise<Sandbox>
         lease: { name: 'dbpilot-drill', durationSeconds: 15, renewDeadlineSeconds: 10, retryPeriodSeconds: 0.5 },
       },
       failover: { confirmProbes: 3, confirmIntervalMs: 300, rolloutTimeoutSeconds: 30, healthTimeoutSeconds: 30 },
-      services: [{ name: 'auth-service', healthUrl }],
+      services: [
+        { name: 'auth-service', healthUrl },
+        ...(opts.prismaService
+          ? [{ name: PRISMA_SERVICE.name, healthUrl, deployment: PRISMA_SERVICE.deployment, prisma: { database: PRISMA_SERVICE.database, migrateDeploy: 'restart' } }]
+          : []),
+      ],
       handlers: {
         'primary-failover': { mode: 'auto' },
         'slow-queries': { mode: 'auto', graceSeconds: 1, cooldownSeconds: 0 },
+        ...(opts.diskPressure ? { 'disk-full': { mode: 'auto', vacuum: true, pageAbovePercent: DISK_PAGE_ABOVE_PERCENT, vacuumMinDeadTuples: 1000, cooldownSeconds: 0 } } : {}),
+        'prisma-migration': { mode: 'auto', deployTimeoutSeconds: 30, lockTimeoutSeconds: 2, cooldownSeconds: 0 },
         'redis-failure': { mode: 'auto', pingAttempts: 3, pingIntervalMs: 200, connectTimeoutMs: 300, rolloutTimeoutSeconds: 30, pingTimeoutSeconds: 30, serviceTimeoutMs: 1000 },
       },
     },

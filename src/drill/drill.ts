@@ -1,5 +1,5 @@
 /**
- * Game-day drills (issue 12, first slice): break the drill's own sandbox the way a runbook scenario
+ * Game-day drills (issue 12): break the drill's own sandbox the way a runbook scenario
  * says, post the alert Alertmanager would send to dbpilot's webhook, wait for the run to finish, and
  * check recovery by reading the world — never what dbpilot says about it. With --with-prometheus the
  * alert comes through real Prometheus and Alertmanager instead (src/drill/alert-path.ts).
@@ -11,6 +11,23 @@
  * - redis-failure (scenario 5): Redis stopped → RedisDown. The drill plays the StatefulSet controller:
  *   once the stand-in's StatefulSet has its restartedAt annotation, it starts Redis again.
  *   Recovered: Redis answers PING on a new connection.
+ * - replication-lag (runbook "Check replication lag"): pg_wal_replay_pause() on the replica, then writes
+ *   on the primary until the replica has received WAL it has not replayed → PostgresReplicationLagHigh
+ *   with the replica's server label. The handler only diagnoses: the run is to end escalated with
+ *   on-call backend paged. Recovered: that page arrived, its lag numbers lie within what the drill
+ *   read from the replica itself before and after the run, and once the drill resumes replay the
+ *   replica replays up to the primary's position.
+ * - prisma-migration (scenario 4): the sandbox has a service with services[].prisma (migrateDeploy:
+ *   restart); the drill runs its `prisma migrate deploy` (test/support's player, now in sandbox/) with a
+ *   migration that fails, which leaves Prisma's _prisma_migrations with a failed row →
+ *   PrismaMigrationFailed. The drill plays the Deployment: once the stand-in's Deployment has its
+ *   restartedAt annotation, it runs migrate deploy again with the fixed migration, as the service's
+ *   next start would. Recovered (read from the database): the migration has a finished row, none is failed.
+ * - disk-pressure (scenario 3, at a low threshold): the disk-full handler in auto with vacuum: true and
+ *   no maxSize, pageAbovePercent below what the data disk uses; a table (autovacuum off) with 40,000
+ *   dead tuples → PostgresDiskAlmostFull. The handler vacuums and, the disk staying above the
+ *   threshold, ends escalated with DevOps paged. Recovered: the dead tuples fell (pg_stat_user_tables,
+ *   a manual VACUUM recorded) and DevOps paged.
  */
 import { Redis } from 'ioredis';
 import pg from 'pg';
@@ -18,7 +35,8 @@ import type { RunRow, StepRow } from '../store/store.js';
 import { FINAL_STATUSES } from '../store/store.js';
 import { startAlertPath, type AlertPathResult } from './alert-path.js';
 import { Cleanup } from './cleanup.js';
-import { buildSandbox, NS, REDIS_STATEFULSET, SECRET, type Sandbox, type Say } from './build-sandbox.js';
+import { prismaMigrateDeploy, PrismaCliError, type Migration } from './sandbox/prisma.js';
+import { buildSandbox, DISK_PAGE_ABOVE_PERCENT, NS, PRISMA_SERVICE, REDIS_STATEFULSET, ROUTING_KEYS, SECRET, type Sandbox, type Say } from './build-sandbox.js';
 import type { DrillName } from './names.js';
 
 export { DRILLS, LATER_DRILLS, isDrill, type DrillName } from './names.js';
@@ -27,6 +45,13 @@ export interface Check {
   name: string;
   ok: boolean;
   detail: string;
+}
+
+/** A time the drill measured itself, beyond the run's own (e.g. time to page). */
+export interface Measured {
+  name: string;
+  ms: number | null;
+  ok: boolean;
 }
 
 export interface StepResult {
@@ -51,6 +76,10 @@ export interface TrialResult {
   planMs: number | null;
   /** The break → the run finished. */
   recoveryMs: number | null;
+  /** The run status the handler promises for this alert: 'succeeded', or 'escalated' for a diagnose-only handler. */
+  expectedRunStatus: string;
+  /** Times the drill measured itself (time to page, catch-up, …). */
+  measured: Measured[];
   steps: StepResult[];
   /** Read from the world after the run. */
   checks: Check[];
@@ -68,8 +97,12 @@ export interface TrialResult {
 interface Broken {
   alertname: string;
   labels: Record<string, string>;
+  /** The run status the handler promises (default 'succeeded'). */
+  expectedRunStatus?: string;
+  /** Filled by verify(): times the drill measured itself. */
+  measured?: Measured[];
   /** Reads the world after the run. */
-  verify(): Promise<Check[]>;
+  verify(ctx: { brokeAt: number; postedAt: number; fingerprint: string }): Promise<Check[]>;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -204,6 +237,256 @@ async function breakRedis(sb: Sandbox, cleanup: Cleanup): Promise<Broken> {
   };
 }
 
+interface LagReading {
+  /** Received but not replayed, as the exporter and dbpilot compute it. */
+  bytes: number;
+  /** now() - pg_last_xact_replay_timestamp(). */
+  seconds: number | null;
+  paused: boolean;
+  receive: string;
+  replay: string;
+}
+
+const readLag = async (url: string): Promise<LagReading> =>
+  (
+    await query<LagReading>(
+      url,
+      `SELECT GREATEST(0, pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()))::float8 AS bytes,
+              EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8 AS seconds,
+              pg_is_wal_replay_paused() AS paused, pg_last_wal_receive_lsn()::text AS receive, pg_last_wal_replay_lsn()::text AS replay`,
+    )
+  )[0]!;
+
+interface LagFacts {
+  server: string;
+  alerted?: boolean;
+  replay_paused?: boolean | null;
+  replay_lag_bytes?: number | null;
+  replay_lag_seconds?: number | null;
+}
+
+async function breakReplicationLag(sb: Sandbox): Promise<Broken> {
+  const replica = sb.cluster.replicas[0]!;
+  const admin = sb.cluster.primary.url();
+  const server = `127.0.0.1:${replica.port}`;
+  const deadline = Date.now() + 15_000;
+  // A transaction the replica replays first, so its last replayed transaction has a time (the lag in seconds).
+  await query(admin, 'CREATE TABLE drill_lag_writes (id int, pad text)');
+  const created = (await query<{ lsn: string }>(admin, 'SELECT pg_current_wal_lsn()::text AS lsn'))[0]!.lsn;
+  while (!(await query<{ ok: boolean }>(replica.url(), 'SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn AS ok', [created]))[0]!.ok) {
+    if (Date.now() > deadline) throw new Error(`${server} did not replay the primary's WAL up to ${created}`);
+    await sleep(50);
+  }
+  await query(replica.url(), 'SELECT pg_wal_replay_pause()');
+  while ((await query<{ s: string }>(replica.url(), 'SELECT pg_get_wal_replay_pause_state() AS s'))[0]!.s !== 'paused') {
+    if (Date.now() > deadline) throw new Error(`replay on ${server} did not pause`);
+    await sleep(50);
+  }
+  // Writes the replica receives but does not replay: ~1 MB of WAL.
+  await query(admin, `INSERT INTO drill_lag_writes SELECT g, repeat('x', 100) FROM generate_series(1, 5000) AS g`);
+  const written = (await query<{ lsn: string }>(admin, 'SELECT pg_current_wal_lsn()::text AS lsn'))[0]!.lsn;
+  for (;;) {
+    const [r] = await query<{ got: boolean }>(replica.url(), 'SELECT pg_last_wal_receive_lsn() >= $1::pg_lsn AS got', [written]);
+    if (r!.got) break;
+    if (Date.now() > deadline) throw new Error(`${server} did not receive the primary's WAL up to ${written}`);
+    await sleep(50);
+  }
+  const before = await readLag(replica.url());
+  if (!(before.bytes > 0) || !before.paused || before.seconds === null) throw new Error(`${server} is not measurably behind: ${before.bytes} bytes received but not replayed, paused ${before.paused}`);
+  const measured: Measured[] = [];
+  return {
+    alertname: 'PostgresReplicationLagHigh',
+    labels: { alertname: 'PostgresReplicationLagHigh', remediation: 'replication-lag', team: 'oncall-backend', severity: 'warning', server },
+    expectedRunStatus: 'escalated',
+    measured,
+    verify: async ({ brokeAt, fingerprint }) => {
+      const after = await readLag(replica.url());
+      const dedupKey = `dbpilot/PostgresReplicationLagHigh/${fingerprint}`;
+      const pages = () => sb.pagerduty.accepted.filter((e) => e.dedupKey === dedupKey && e.action === 'trigger');
+      const pageDeadline = Date.now() + 10_000;
+      while (pages().length === 0 && Date.now() < pageDeadline) {
+        await sb.remediation.outbox.flush().catch(() => undefined);
+        await sleep(50);
+      }
+      const page = pages()[0];
+      measured.push({ name: 'time to page (break → on-call backend paged)', ms: page ? page.at - brokeAt : null, ok: page?.routingKey === ROUTING_KEYS['oncall-backend'] });
+      const others = pages().filter((e) => e.routingKey !== ROUTING_KEYS['oncall-backend']).length;
+      const details = (page?.event as { payload?: { custom_details?: { run_status?: string; diagnostics?: { replicas?: LagFacts[] } } } } | undefined)?.payload?.custom_details;
+      const facts = details?.diagnostics?.replicas?.find((x) => x.server === server);
+      const checks: Check[] = [
+        {
+          name: 'on-call backend paged',
+          ok: page?.routingKey === ROUTING_KEYS['oncall-backend'] && others === 0 && details?.run_status === 'escalated',
+          detail: page
+            ? `${pages().length} trigger(s): ${page.routingKey === ROUTING_KEYS['oncall-backend'] ? "on-call backend's routing key" : `routing key ${page.routingKey}`}${others ? `, ${others} to other keys` : ''}; run_status ${details?.run_status ?? 'absent'}`
+            : 'no page reached the PagerDuty stand-in within 10 s of the run',
+        },
+      ];
+      const bytes = facts?.replay_lag_bytes ?? null;
+      const secs = facts?.replay_lag_seconds ?? null;
+      const bytesOk = bytes !== null && bytes >= Math.min(before.bytes, after.bytes) && bytes <= Math.max(before.bytes, after.bytes);
+      // dbpilot rounds seconds to 0.1 s.
+      const secsOk = secs !== null && after.seconds !== null && secs >= Math.floor(before.seconds! * 10) / 10 && secs <= Math.ceil(after.seconds * 10) / 10;
+      checks.push({
+        name: "the page's lag matches the replica",
+        ok: facts?.alerted === true && facts.replay_paused === true && bytesOk && secsOk,
+        detail: facts
+          ? `page: ${bytes ?? 'no'} bytes received but not replayed, ${secs ?? 'no'} s, paused ${facts.replay_paused}; read from ${server}: ${before.bytes}…${after.bytes} bytes, ${before.seconds?.toFixed(1)}…${after.seconds?.toFixed(1) ?? 'no'} s`
+          : `the page carries no diagnostics for ${server}`,
+      });
+      checks.push(
+        await attempt('the replica catches up after pg_wal_replay_resume()', async () => {
+          const target = (await query<{ lsn: string }>(admin, 'SELECT pg_current_wal_lsn()::text AS lsn'))[0]!.lsn;
+          const t0 = Date.now();
+          await query(replica.url(), 'SELECT pg_wal_replay_resume()');
+          const until = Date.now() + 30_000;
+          for (;;) {
+            const [r] = await query<{ done: boolean; replay: string }>(replica.url(), 'SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn AS done, pg_last_wal_replay_lsn()::text AS replay', [target]);
+            if (r!.done) {
+              const took = Date.now() - t0;
+              measured.push({ name: 'catch-up (replay resumed → replayed up to the primary)', ms: took, ok: true });
+              return { name: 'the replica catches up after pg_wal_replay_resume()', ok: true, detail: `${server} replayed up to ${r!.replay} (primary at ${target}) ${took} ms after the resume` };
+            }
+            if (Date.now() > until) {
+              measured.push({ name: 'catch-up (replay resumed → replayed up to the primary)', ms: null, ok: false });
+              return { name: 'the replica catches up after pg_wal_replay_resume()', ok: false, detail: `${server} replayed only up to ${r!.replay} of ${target} within 30 s` };
+            }
+            await sleep(50);
+          }
+        }),
+      );
+      return checks;
+    },
+  };
+}
+
+const PRISMA_INIT: Migration = { name: '20240101000000_init', sql: 'CREATE TABLE orders (id int PRIMARY KEY, total numeric NOT NULL);' };
+/** As first shipped: the foreign key names a table that does not exist. */
+const PRISMA_BROKEN: Migration = { name: '20240301000000_add_payments', sql: 'CREATE TABLE payments (id int PRIMARY KEY, order_id int NOT NULL REFERENCES "order"(id));' };
+/** The same migration, fixed in the image the restarted pods run. */
+const PRISMA_FIXED: Migration = { name: PRISMA_BROKEN.name, sql: 'CREATE TABLE payments (id int PRIMARY KEY, order_id int NOT NULL REFERENCES orders(id));' };
+
+async function breakPrismaMigration(sb: Sandbox, cleanup: Cleanup): Promise<Broken> {
+  const db = PRISMA_SERVICE.database;
+  await query(sb.cluster.primary.url(), `CREATE DATABASE ${db}`);
+  const url = sb.cluster.primary.url(db);
+  const deploy = (migrations: Migration[]) => prismaMigrateDeploy(url, 'public', migrations, { applicationName: `${PRISMA_SERVICE.name}-init` });
+  await deploy([PRISMA_INIT]);
+  const first = await deploy([PRISMA_INIT, PRISMA_BROKEN]).then(
+    () => null,
+    (err: unknown) => err,
+  );
+  if (!(first instanceof PrismaCliError) || first.code !== 'P3018') throw new Error(`the broken migration did not fail as planned: ${String(first)}`);
+  // The Deployment's part: once the restart is requested, the new pods run migrate deploy with the fixed migration.
+  let stopped = false;
+  let outcome = 'the deployment was not restarted';
+  const restartedAt = () =>
+    ((sb.k8s.deployment(PRISMA_SERVICE.deployment, NS)?.spec as { template?: { metadata?: { annotations?: Record<string, string> } } } | undefined)?.template?.metadata?.annotations ?? {})['kubectl.kubernetes.io/restartedAt'];
+  const controller = (async () => {
+    while (!stopped && restartedAt() === undefined) await sleep(20);
+    if (stopped) return;
+    outcome = await deploy([PRISMA_INIT, PRISMA_FIXED]).then(
+      (r) => `migrate deploy applied ${r.applied.join(', ') || 'nothing'}`,
+      (err: unknown) => `migrate deploy failed: ${(err as Error).message.split('\n')[0]}`,
+    );
+  })();
+  const stop = cleanup.add(`the ${PRISMA_SERVICE.deployment} Deployment`, async () => {
+    stopped = true;
+    await controller.catch(() => undefined);
+  });
+  return {
+    alertname: 'PrismaMigrationFailed',
+    labels: { alertname: 'PrismaMigrationFailed', remediation: 'prisma-migration', team: 'oncall-backend', severity: 'warning', server: `127.0.0.1:${sb.cluster.primary.port}`, datname: db },
+    verify: async () => {
+      await stop();
+      return [
+        await attempt(`${PRISMA_FIXED.name} finished, nothing failed`, async () => {
+          const rows = await query<{ migration_name: string; finished: boolean; rolled_back: boolean }>(
+            url,
+            'SELECT migration_name, finished_at IS NOT NULL AS finished, rolled_back_at IS NOT NULL AS rolled_back FROM _prisma_migrations ORDER BY started_at',
+          );
+          const finished = rows.filter((r) => r.migration_name === PRISMA_FIXED.name && r.finished && !r.rolled_back).length;
+          const failed = rows.filter((r) => !r.finished && !r.rolled_back).map((r) => r.migration_name);
+          return {
+            name: `${PRISMA_FIXED.name} finished, nothing failed`,
+            ok: finished === 1 && failed.length === 0,
+            detail: `_prisma_migrations in ${db}: ${rows.length} rows, ${finished} finished ${PRISMA_FIXED.name}, ${failed.length ? `failed: ${failed.join(', ')}` : 'none failed'}, ${rows.filter((r) => r.rolled_back).length} rolled back`,
+          };
+        }),
+        { name: `deployment/${PRISMA_SERVICE.deployment} restarted and migrated`, ok: outcome.startsWith('migrate deploy applied') && restartedAt() !== undefined, detail: `restartedAt ${restartedAt() ?? 'absent'}; ${outcome}` },
+      ];
+    },
+  };
+}
+
+const DISK_DB = 'drill_disk';
+const DISK_TABLE = 'order_events';
+
+async function breakDiskPressure(sb: Sandbox): Promise<Broken> {
+  const admin = sb.cluster.primary.url();
+  await query(admin, `CREATE DATABASE ${DISK_DB}`);
+  const url = sb.cluster.primary.url(DISK_DB);
+  // Autovacuum off for this table: only dbpilot's VACUUM can make its dead tuples fall.
+  await query(url, `CREATE TABLE ${DISK_TABLE} (id int, payload text) WITH (autovacuum_enabled = false)`);
+  await query(url, `INSERT INTO ${DISK_TABLE} SELECT g, repeat('x', 200) FROM generate_series(1, 50000) AS g`);
+  await query(url, `DELETE FROM ${DISK_TABLE} WHERE id > 10000`);
+  const dead = async () =>
+    (
+      await query<{ dead: number; vacuums: number; autovacuums: number; at: number | null }>(
+        url,
+        `SELECT n_dead_tup::int AS dead, vacuum_count::int AS vacuums, autovacuum_count::int AS autovacuums, (EXTRACT(EPOCH FROM last_vacuum) * 1000)::float8 AS at FROM pg_stat_user_tables WHERE relname = $1`,
+        [DISK_TABLE],
+      )
+    )[0]!;
+  // The statistics reach pg_stat_user_tables a moment after the DELETE commits.
+  const deadline = Date.now() + 15_000;
+  let before = await dead();
+  while (before.dead < 40_000) {
+    if (Date.now() > deadline) throw new Error(`${DISK_DB}.${DISK_TABLE} shows ${before.dead} dead tuples, not the 40000 deleted`);
+    await sleep(100);
+    before = await dead();
+  }
+  const measured: Measured[] = [];
+  return {
+    alertname: 'PostgresDiskAlmostFull',
+    labels: { alertname: 'PostgresDiskAlmostFull', remediation: 'disk-full', team: 'devops', severity: 'critical', server: `127.0.0.1:${sb.cluster.primary.port}` },
+    expectedRunStatus: 'escalated',
+    measured,
+    verify: async ({ brokeAt, postedAt, fingerprint }) => {
+      const dedupKey = `dbpilot/PostgresDiskAlmostFull/${fingerprint}`;
+      const pages = () => sb.pagerduty.accepted.filter((e) => e.dedupKey === dedupKey && e.action === 'trigger');
+      const pageDeadline = Date.now() + 10_000;
+      while (pages().length === 0 && Date.now() < pageDeadline) {
+        await sb.remediation.outbox.flush().catch(() => undefined);
+        await sleep(50);
+      }
+      const page = pages()[0];
+      measured.push({ name: 'time to page (break → DevOps paged)', ms: page ? page.at - brokeAt : null, ok: page?.routingKey === ROUTING_KEYS.devops });
+      const others = pages().filter((e) => e.routingKey !== ROUTING_KEYS.devops).length;
+      const runStatus = (page?.event as { payload?: { custom_details?: { run_status?: string } } } | undefined)?.payload?.custom_details?.run_status;
+      return [
+        await attempt('the dead tuples fell', async () => {
+          const after = await dead();
+          // Vacuumed after the alert was posted: by dbpilot, the only one acting in the sandbox then (autovacuum is off for the table).
+          const afterAlert = after.at !== null && after.at >= postedAt;
+          return {
+            name: 'the dead tuples fell',
+            ok: after.dead < before.dead && after.vacuums > before.vacuums && after.autovacuums === 0 && afterAlert,
+            detail: `${DISK_DB}.${DISK_TABLE} (pg_stat_user_tables): n_dead_tup ${before.dead} → ${after.dead}, vacuum_count ${before.vacuums} → ${after.vacuums}, autovacuum_count ${after.autovacuums}, last_vacuum ${after.at === null ? 'never' : afterAlert ? 'after the alert' : 'BEFORE the alert'}`,
+          };
+        }),
+        {
+          name: 'DevOps paged',
+          ok: page?.routingKey === ROUTING_KEYS.devops && others === 0 && runStatus === 'escalated',
+          detail: page
+            ? `${pages().length} trigger(s): ${page.routingKey === ROUTING_KEYS.devops ? "DevOps's routing key" : `routing key ${page.routingKey}`}${others ? `, ${others} to other keys` : ''}; run_status ${runStatus ?? 'absent'} (threshold ${DISK_PAGE_ABOVE_PERCENT} %, no maxSize)`
+            : 'no page reached the PagerDuty stand-in within 10 s of the run',
+        },
+      ];
+    },
+  };
+}
+
 /** An Alertmanager webhook (version 4), shaped like the ones captured in test/fixtures/alertmanager. */
 export function alertmanagerPayload(labels: Record<string, string>, fingerprint: string, startsAt: string): Record<string, unknown> {
   const alertname = labels.alertname!;
@@ -257,17 +540,37 @@ export interface TrialHooks {
   withPrometheus?: boolean;
 }
 
+const BREAKS: Record<DrillName, string> = {
+  'primary-failure': 'kill -9 of the primary postmaster',
+  'slow-query': 'SELECT pg_sleep(600) as drill_orders_app',
+  'redis-failure': 'Redis stopped',
+  'replication-lag': "SELECT pg_wal_replay_pause() on the replica, then ~1 MB of writes on the primary",
+  'prisma-migration': `prisma migrate deploy of ${PRISMA_BROKEN.name} fails (P3018) in ${PRISMA_SERVICE.database}`,
+  'disk-pressure': `40000 dead tuples in ${DISK_DB}.${DISK_TABLE} (autovacuum off), disk-full's threshold at ${DISK_PAGE_ABOVE_PERCENT} %`,
+};
+
 /** One trial: a fresh sandbox, the break, the alert, the run, the checks, the teardown. */
 export async function runTrial(scenario: DrillName, trial: number, progress: Progress, cleanup = new Cleanup(), hooks: TrialHooks = {}): Promise<TrialResult> {
   const say = progress.say;
-  const sb = await buildSandbox(cleanup, say);
+  const sb = await buildSandbox(cleanup, say, { prismaService: scenario === 'prisma-migration', diskPressure: scenario === 'disk-pressure' });
   say(`sandbox: PostgreSQL primary 127.0.0.1:${sb.cluster.primary.port}, replica 127.0.0.1:${sb.cluster.replicas[0]!.port}, Redis 127.0.0.1:${sb.redis.port}, dbpilot ${sb.url}`);
   const alertPath = await startAlertPath(sb, cleanup, say, hooks.withPrometheus === true);
   const dirs = [sb.dir, ...sb.cluster.replicas.map((r) => r.dataDir), sb.cluster.primary.dataDir];
   try {
-    say(`break: ${scenario === 'primary-failure' ? 'kill -9 of the primary postmaster' : scenario === 'slow-query' ? 'SELECT pg_sleep(600) as drill_orders_app' : 'Redis stopped'}`);
+    say(`break: ${BREAKS[scenario]}`);
     const brokeAt = Date.now();
-    const broken = scenario === 'primary-failure' ? await breakPrimary(sb) : scenario === 'slow-query' ? await breakWithSlowQuery(sb) : await breakRedis(sb, cleanup);
+    const broken =
+      scenario === 'primary-failure'
+        ? await breakPrimary(sb)
+        : scenario === 'slow-query'
+          ? await breakWithSlowQuery(sb)
+          : scenario === 'replication-lag'
+            ? await breakReplicationLag(sb)
+            : scenario === 'prisma-migration'
+              ? await breakPrismaMigration(sb, cleanup)
+              : scenario === 'disk-pressure'
+                ? await breakDiskPressure(sb)
+                : await breakRedis(sb, cleanup);
     await hooks.afterBreak?.(sb);
     const fingerprint = `${Date.now().toString(16)}${trial.toString(16).padStart(4, '0')}`.slice(-16);
     const postedAt = Date.now();
@@ -303,11 +606,12 @@ export async function runTrial(scenario: DrillName, trial: number, progress: Pro
     }
     const finishedAt = run.finishedAt ?? run.updatedAt;
     say(`run ${run.id}: ${run.status}${run.reason ? ` (${run.reason})` : ''}`);
-    const checks = await broken.verify();
+    const checks = await broken.verify({ brokeAt, postedAt, fingerprint });
     for (const c of checks) say(`check: ${c.ok ? 'ok' : 'FAILED'} ${c.name}: ${c.detail}`);
     await sb.remediation.outbox.flush().catch(() => undefined);
     const rows = store.steps(run.id);
     const steps = rows.map(stepResult);
+    const expected = broken.expectedRunStatus ?? 'succeeded';
     // The sandbox's store goes with the teardown: the page for --report is rendered now.
     const { renderTimeline } = await import('../report/timeline.js');
     const reportHtml = renderTimeline(store.getRun(run.id) ?? run, rows);
@@ -323,10 +627,12 @@ export async function runTrial(scenario: DrillName, trial: number, progress: Pro
       detectionMs: Date.parse(run.createdAt) - postedAt,
       planMs: rows[0]?.startedAt ? Date.parse(rows[0].startedAt) - Date.parse(run.createdAt) : null,
       recoveryMs: Date.parse(finishedAt) - brokeAt,
+      expectedRunStatus: expected,
+      measured: broken.measured ?? [],
       steps,
       checks,
       pages: sb.pagerduty.accepted.length,
-      recovered: run.status === 'succeeded' && steps.every((s) => s.status === 'done' && s.checkOk !== false) && checks.every((c) => c.ok),
+      recovered: run.status === expected && (broken.measured ?? []).every((m) => m.ok) && steps.every((s) => s.status === 'done' && s.checkOk !== false) && checks.every((c) => c.ok),
       alertPath: alertPath.result,
       sandbox: { ports: [...sb.ports(), ...alertPath.ports], dirs },
     };

@@ -79,7 +79,7 @@ describe('dbpilot drill --with-prometheus (the real CLI, the real alert path)', 
   it('without the binaries (PROMETHEUS names one that does not exist) it says so on stderr and posts the alert itself', async () => {
     const empty = fs.mkdtempSync(path.join(os.tmpdir(), 'dbpilot-drill-nobin-'));
     tmps.push(empty);
-    const { r, t } = await jsonDrill('primary-failure', ['--with-prometheus'], { PROMETHEUS: path.join(empty, 'prometheus') });
+    const { r, t } = await jsonDrill('primary-failure', ['--with-prometheus'], { env: { PROMETHEUS: path.join(empty, 'prometheus') } });
     expect(t.alertPath.via).toBe('drill');
     expect(t.alertPath.fallback).toContain(`${path.join(empty, 'prometheus')} does not run (ENOENT)`);
     expect(r.stderr).toMatch(/^alert path: --with-prometheus, but .*prometheus does not run \(ENOENT\).*; the drill posts the alert itself$/m);
@@ -122,7 +122,7 @@ describe('dbpilot drill --with-prometheus (the real CLI, the real alert path)', 
 
   it("the table's rows: firing and webhook arrival from the break, only when the alert came through Prometheus", () => {
     const trial = (alertPath: TrialResult['alertPath']): TrialResult => ({
-      trial: 1, scenario: 'primary-failure', alertname: 'PostgresPrimaryDown', handler: 'primary-failover', runId: 'r', runStatus: 'succeeded', reason: null,
+      trial: 1, scenario: 'primary-failure', alertname: 'PostgresPrimaryDown', handler: 'primary-failover', runId: 'r', runStatus: 'succeeded', expectedRunStatus: 'succeeded', measured: [], reason: null,
       detectionMs: 2600, planMs: 600, recoveryMs: 4000, steps: [], checks: [], pages: 1, recovered: true, alertPath, sandbox: { ports: [], dirs: [] },
     });
     const prom = summaryRows([trial({ via: 'prometheus', brokeAt: '2026-12-02T00:00:00.000Z', pendingAt: '2026-12-02T00:00:01.400Z', firingAt: '2026-12-02T00:00:02.400Z', webhookAt: '2026-12-02T00:00:02.450Z' })]);

@@ -26,9 +26,11 @@ export interface Ran {
 }
 
 export const tmps: string[] = [];
-afterEach(() => {
+/** Removes the temp dirs the tests made (also after each test of every file that imports this one). */
+export const removeTmps = () => {
   for (const t of tmps.splice(0)) fs.rmSync(t, { recursive: true, force: true });
-});
+};
+afterEach(removeTmps);
 
 /** pid → ppid of every process now. */
 export function processTable(): Map<number, number> {
@@ -139,6 +141,8 @@ export interface Json {
   trials: {
     runId: string;
     runStatus: string;
+    expectedRunStatus: string;
+    measured: { name: string; ms: number | null; ok: boolean }[];
     recovered: boolean;
     detectionMs: number;
     recoveryMs: number;
@@ -150,14 +154,23 @@ export interface Json {
   }[];
 }
 
-export async function jsonDrill(scenario: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<{ r: Ran; j: Json; t: Json['trials'][number] }> {
-  const r = await drill([scenario, '--json', ...extra], { env });
+/**
+ * A drill that must recover. `runStatus`: what the handler promises ('escalated' for a diagnose-only
+ * one); `env`: added to the child's environment.
+ */
+export async function jsonDrill(
+  scenario: string,
+  extra: string[] = [],
+  opts: { runStatus?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<{ r: Ran; j: Json; t: Json['trials'][number] }> {
+  const runStatus = opts.runStatus ?? 'succeeded';
+  const r = await drill([scenario, '--json', ...extra], { env: opts.env ?? {} });
   expect(r.code, r.stderr).toBe(0);
   const j = JSON.parse(r.stdout) as Json;
   expect(j).toMatchObject({ scenario, recovered: true, error: null });
   expect(j.trials).toHaveLength(1);
   const t = j.trials[0]!;
-  expect(t.runStatus).toBe('succeeded');
+  expect(t.runStatus).toBe(runStatus);
   expect(t.recovered).toBe(true);
   expect(t.detectionMs).toBeGreaterThanOrEqual(0);
   expect(t.recoveryMs).toBeGreaterThanOrEqual(t.detectionMs);
@@ -167,3 +180,5 @@ export async function jsonDrill(scenario: string, extra: string[] = [], env: Nod
   await expectNothingLeft(r, t.sandbox.ports, t.sandbox.dirs);
   return { r, j, t };
 }
+
+export const portOf = (s: string) => Number(/127\.0\.0\.1:(\d+)/.exec(s)?.[1]);
