@@ -1,5 +1,5 @@
 /**
- * Clean-up for a drill (after bench/cleanup.ts): everything the drill starts — servers, stand-ins,
+ * Clean-up for a drill (and for the benchmark, bench/cleanup.ts): everything the drill starts — servers, stand-ins,
  * the in-process dbpilot, temp dirs — registers an async stop here; they run newest first at the end,
  * on an error, and on Ctrl-C / SIGTERM. A second signal exits at once: the PostgreSQL and Redis
  * servers still die with us (they run under `setpriv --pdeathsig KILL`), and the sandbox's exit hook
@@ -10,6 +10,15 @@ type Stop = { label: string; fn: () => Promise<void> | void };
 export class Cleanup {
   private readonly stack: Stop[] = [];
   private running: Promise<void> | null = null;
+
+  /**
+   * `who` starts its messages (`dbpilot drill`, `bench`); a stop slower than `reportSlowerThanMs` is
+   * reported with its time (the benchmark wants to know; a drill does not).
+   */
+  constructor(
+    private readonly who = 'dbpilot drill',
+    private readonly opts: { reportSlowerThanMs?: number } = {},
+  ) {}
 
   /** Registers a stop; returns a function that runs it now (once) and unregisters it. */
   add(label: string, fn: () => Promise<void> | void): () => Promise<void> {
@@ -33,10 +42,13 @@ export class Cleanup {
     this.running ??= (async () => {
       while (this.stack.length > 0) {
         const { label, fn } = this.stack.pop()!;
+        const started = performance.now();
         try {
           await withTimeout(Promise.resolve().then(fn), 30_000, label);
+          const ms = performance.now() - started;
+          if (this.opts.reportSlowerThanMs !== undefined && ms > this.opts.reportSlowerThanMs) process.stderr.write(`${this.who}: stopping ${label} took ${(ms / 1000).toFixed(1)} s\n`);
         } catch (err) {
-          process.stderr.write(`dbpilot drill: clean-up of ${label} failed: ${(err as Error).message}\n`);
+          process.stderr.write(`${this.who}: clean-up of ${label} failed: ${(err as Error).message}\n`);
         }
       }
     })().finally(() => {
