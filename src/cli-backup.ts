@@ -16,7 +16,7 @@
  * group and Multi-AZ setting, so it lands in the same network with the same settings (RDS would
  * otherwise put it in the default VPC with default parameters).
  */
-import { createInterface } from 'node:readline/promises';
+import { processIO, type CliIO } from './cli-io.js';
 import { userInfo } from 'node:os';
 import type { Command } from 'commander';
 import Table from 'cli-table3';
@@ -43,28 +43,8 @@ import {
 } from './integrations/rds.js';
 import { createBackups, type AwsConfig, type RdsBackups } from './scheduler/backups.js';
 
-/** What the commands print to and ask on (the process's streams; tests pass their own). */
-export interface BackupIO {
-  out(line: string): void;
-  /** Whether a person can be asked (stdin is a terminal). */
-  interactive: boolean;
-  ask(question: string): Promise<string>;
-}
-
-export function processIO(): BackupIO {
-  return {
-    out: (line) => process.stdout.write(`${line}\n`),
-    interactive: Boolean(process.stdin.isTTY),
-    ask: async (question) => {
-      const rl = createInterface({ input: process.stdin, output: process.stdout });
-      try {
-        return await rl.question(question);
-      } finally {
-        rl.close();
-      }
-    },
-  };
-}
+/** What the commands print to and ask on (src/cli-io.ts). */
+export type BackupIO = CliIO;
 
 const show = (v: unknown) => escapeControl(String(v ?? ''));
 const isoZ = (d: Date | null | undefined) => (d ? d.toISOString().replace('.000Z', 'Z') : '');

@@ -8,7 +8,7 @@
  * again with `--confirm <database>`; anything else changes nothing. It runs through the engine (lock,
  * audit before and after each step, checks, escalation) like `dbpilot remediate`.
  */
-import { createInterface } from 'node:readline/promises';
+import { processIO, type CliIO } from './cli-io.js';
 import type { Command } from 'commander';
 import { loadConfig } from './config.js';
 import { DbpilotError } from './errors.js';
@@ -18,28 +18,8 @@ import { planWith } from './remediation/index.js';
 import { RefusedInProductionError, prismaMigrateResetProcedure } from './remediation/handlers/prisma-migration.js';
 import { databaseName, identifier } from './remediation/handlers/options.js';
 
-/** What the command prints to and asks on (the process's streams; tests pass their own). */
-export interface PrismaIO {
-  out(line: string): void;
-  /** Whether a person can be asked (stdin is a terminal). */
-  interactive: boolean;
-  ask(question: string): Promise<string>;
-}
-
-export function processIO(): PrismaIO {
-  return {
-    out: (line) => process.stdout.write(`${line}\n`),
-    interactive: Boolean(process.stdin.isTTY),
-    ask: async (question) => {
-      const rl = createInterface({ input: process.stdin, output: process.stdout });
-      try {
-        return await rl.question(question);
-      } finally {
-        rl.close();
-      }
-    },
-  };
-}
+/** What the command prints to and asks on (src/cli-io.ts). */
+export type PrismaIO = CliIO;
 
 const show = (v: unknown) => escapeControl(String(v ?? ''));
 
