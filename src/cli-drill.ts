@@ -1,12 +1,16 @@
 /**
  * `dbpilot drill <scenario>`: a game-day drill on a disposable sandbox of the drill's own (see
- * src/drill/drill.ts). It never reads the user's configuration and never touches anything else.
+ * src/drill/drill.ts), or on a staging target named with --target-config FILE --i-know-this-is-staging
+ * (src/drill/staging.ts). Without --target-config it never reads the user's configuration and never
+ * touches anything but its sandbox.
  */
 import type { Command } from 'commander';
 import Table from 'cli-table3';
 import { Cleanup, onSignals } from './drill/cleanup.js';
 import type { StepResult, TrialResult } from './drill/drill.js';
-import { DRILLS, isDrill, LATER_DRILLS } from './drill/names.js';
+import type { Config } from './config.js';
+import { DRILLS, isDrill, LATER_DRILLS, STAGING_DRILLS } from './drill/names.js';
+
 import { escapeControl } from './logger.js';
 
 const fmtMs = (v: number | null | undefined) => (v === null || v === undefined ? '—' : v >= 10_000 ? `${(v / 1000).toFixed(1)} s` : `${v} ms`);
@@ -76,7 +80,7 @@ function printTable(scenario: string, trials: TrialResult[]): string {
     else t.push([r.what, times.length ? fmtMs(times[0]) : '', passed]);
   }
   const ok = trials.every((x) => x.recovered);
-  const head = `drill ${scenario}: ${trials.length} trial${many ? 's' : ''}, ${ok ? 'recovered' : 'RECOVERY FAILED'}${trials.find((x) => !x.recovered)?.reason ? ` (${trials.find((x) => !x.recovered)!.reason})` : ''}\n`;
+  const head = `drill ${scenario}${trials[0]?.target === 'staging' ? ' on the staging target' : ''}: ${trials.length} trial${many ? 's' : ''}, ${ok ? 'recovered' : 'RECOVERY FAILED'}${trials.find((x) => !x.recovered)?.reason ? ` (${trials.find((x) => !x.recovered)!.reason})` : ''}\n`;
   return `${escapeControl(head.trimEnd())}\n${t.toString()}\n`;
 }
 
@@ -118,15 +122,16 @@ export function registerDrillCommands(program: Command): void {
     )
     .option('--json', 'print the results as JSON')
     .option('--trials <n>', 'run the drill N times, each on a fresh sandbox (median and worst per row)', '1')
-    .option('--target-config <file>', 'not supported yet: the drill runs only on its own sandbox')
+    .option('--target-config <file>', `drill a staging target described by this dbpilot configuration instead of the sandbox (only ${STAGING_DRILLS.join(', ')}; the file must say environment: staging; needs --i-know-this-is-staging)`)
+    .option('--i-know-this-is-staging', 'confirms that --target-config names a staging system the drill may break')
     .option('--with-prometheus', "the alert goes through real Prometheus (scrape and evaluation every 1 s, alerts/dbpilot.rules.yml) and Alertmanager (alerts/alertmanager.example.yml pointed at the sandbox) instead of being posted by the drill; PROMETHEUS / ALERTMANAGER name the binaries (default prometheus, prometheus-alertmanager on PATH); without them the drill says so and posts the alert itself")
     .option('--report <file.html>', "write each trial's run timeline as a self-contained page (as `dbpilot report` does); with --trials N, <file>-<trial>.html")
-    .action(async (scenario: string, o: { json?: boolean; trials: string; targetConfig?: string; report?: string; withPrometheus?: boolean }) => {
-      if (o.targetConfig !== undefined) {
-        process.stderr.write('dbpilot drill: --target-config: staging targets are not supported yet; this build drills only its own disposable sandbox and never reads a dbpilot configuration\n');
+    .action(async (scenario: string, o: { json?: boolean; trials: string; targetConfig?: string; iKnowThisIsStaging?: boolean; report?: string; withPrometheus?: boolean }) => {
+      const refuse = (why: string) => {
+        process.stderr.write(`dbpilot drill: ${escapeControl(why)}\n`);
         process.exitCode = 2;
-        return;
-      }
+      };
+      if (o.iKnowThisIsStaging && o.targetConfig === undefined) return refuse('--i-know-this-is-staging confirms a --target-config, and none was given: without one the drill runs on its own sandbox');
       if (!isDrill(scenario)) {
         const later = (LATER_DRILLS as readonly string[]).includes(scenario) ? ` (${scenario} comes in a later build)` : '';
         process.stderr.write(`dbpilot drill: unknown scenario ${JSON.stringify(scenario)}${later}; drills in this build: ${DRILLS.join(', ')}\n`);
@@ -141,15 +146,26 @@ export function registerDrillCommands(program: Command): void {
       }
       // The sandbox (servers, stand-ins) is loaded only when a drill runs, not by every dbpilot command.
       const { runTrial } = await import('./drill/drill.js');
+      let staging: Config | undefined;
+      if (o.targetConfig !== undefined) {
+        if (o.withPrometheus) return refuse("--with-prometheus drills the alert path on the sandbox's own Prometheus and Alertmanager; on a staging target the drill posts the alert to its dbpilot itself");
+        const { DrillRefused, loadStagingTarget } = await import('./drill/staging.js');
+        try {
+          staging = loadStagingTarget(scenario, o.targetConfig, o.iKnowThisIsStaging === true);
+        } catch (err) {
+          if (err instanceof DrillRefused) return refuse(err.message);
+          throw err;
+        }
+      }
       const progress = progressWriter();
       const cleanup = new Cleanup();
-      const offSignals = onSignals(cleanup, (l) => process.stderr.write(`\ndbpilot drill: ${l}\n`));
+      const offSignals = onSignals(cleanup, (l) => process.stderr.write(`\ndbpilot drill: ${l}\n`), { staging: staging !== undefined });
       const results: TrialResult[] = [];
       let error: string | null = null;
       try {
         for (let i = 1; i <= trials; i++) {
           if (trials > 1) progress.say(`— trial ${i} of ${trials}`);
-          results.push(await runTrial(scenario, i, progress, cleanup, { withPrometheus: o.withPrometheus === true }));
+          results.push(await runTrial(scenario, i, progress, cleanup, { withPrometheus: o.withPrometheus === true, ...(staging ? { staging } : {}) }));
         }
       } catch (err) {
         error = (err as Error).message;

@@ -171,7 +171,7 @@ async function until<T>(what: string, timeoutMs: number, fn: () => Promise<T | u
 }
 
 /** The drill's own path: the drill posts the alert (caller does), nothing to start. */
-function drillPath(fallback?: string): AlertPath {
+export function drillPath(fallback?: string): AlertPath {
   return { via: 'drill', result: { via: 'drill', ...(fallback ? { fallback } : {}) }, ports: [], watch: async () => undefined };
 }
 

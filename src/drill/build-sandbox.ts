@@ -15,16 +15,15 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
-import { parseConfig, type Config } from '../config.js';
-import { createLogger } from '../logger.js';
-import { createRemediation, type Remediation } from '../remediation/index.js';
-import { remediationRoutes } from '../remediation/routes.js';
-import { startService, type Service } from '../server.js';
+import { parseConfig } from '../config.js';
 import type { Cleanup } from './cleanup.js';
 import { K8sStandIn } from './sandbox/k8s-standin.js';
 import { PagerDutyStandin } from './sandbox/pagerduty-standin.js';
 import { startPgCluster, type PgCluster } from './sandbox/pg-cluster.js';
 import { startRedis, type RedisNode } from './sandbox/redis-server.js';
+import { drillToken, ROUTING_KEYS, standinPagerduty, startDrillDbpilot, type DrillWorld, type Say } from './world.js';
+
+export { ROUTING_KEYS, type Say } from './world.js';
 
 export const NS = 'lomash-wood';
 export const SECRET = { name: 'lomash-wood-secrets', key: 'DATABASE_URL' } as const;
@@ -44,35 +43,12 @@ export interface SandboxOptions {
 
 /** The disk-pressure drill's low threshold: any real data disk is above it. */
 export const DISK_PAGE_ABOVE_PERCENT = 0.01;
-/** The sandbox's webhook token: random per drill, never anything of the user's. */
-const token = () => `drill-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
-/** One PagerDuty routing key per team, so a drill can tell from the stand-in which team was paged. */
-export const ROUTING_KEYS = {
-  'lead-dba': 'DRILLLEADDBA00000000000000000000',
-  'em-dba': 'DRILLEMDBA0000000000000000000000',
-  'oncall-backend': 'DRILLONCALLBACKEND00000000000000',
-  devops: 'DRILLDEVOPS000000000000000000000',
-} as const;
-
-export interface Sandbox {
-  dir: string;
+export interface Sandbox extends DrillWorld {
+  kind: 'sandbox';
   cluster: PgCluster;
   redis: RedisNode;
   k8s: K8sStandIn;
-  pagerduty: PagerDutyStandin;
-  config: Config;
-  service: Service;
-  remediation: Remediation;
-  /** http://127.0.0.1:PORT of the in-process dbpilot. */
-  url: string;
-  token: string;
-  /** Every port the sandbox listens on (for the teardown check). */
-  ports(): number[];
-  /** dbpilot's log lines (JSON), kept in memory. */
-  log: string[];
 }
-
-export type Say = (line: string) => void;
 
 /** A health service like the runbook's: reads DATABASE_URL from the Secret and writes to that database. */
 function healthService(k8s: K8sStandIn): Promise<http.Server> {
@@ -127,7 +103,7 @@ export async function buildSandbox(cleanup: Cleanup, say: Say, opts: SandboxOpti
   cleanup.add('health service', () => new Promise<void>((r) => health.close(() => r())));
   const healthUrl = `http://127.0.0.1:${(health.address() as AddressInfo).port}/health`;
 
-  const webhookToken = token();
+  const webhookToken = drillToken();
   const config = parseConfig(
     {
       listen: '127.0.0.1:0',
@@ -141,13 +117,7 @@ export async function buildSandbox(cleanup: Cleanup, say: Say, opts: SandboxOpti
       },
       redis: { url: redis.url },
       webhook: { token: webhookToken },
-      pagerduty: {
-        url: pagerduty.url,
-        routes: { ...ROUTING_KEYS },
-        source: 'dbpilot-drill',
-        timeoutMs: 2000,
-        retry: { baseMs: 20, maxMs: 200 },
-      },
+      pagerduty: standinPagerduty(pagerduty),
       store: { path: path.join(dir, 'dbpilot.sqlite') },
       kubernetes: {
         kubeconfig,
@@ -176,34 +146,20 @@ export async function buildSandbox(cleanup: Cleanup, say: Say, opts: SandboxOpti
   );
 
   say('sandbox: dbpilot (in process, auto mode)');
-  const log: string[] = [];
-  const logger = createLogger('info', { write: (s: string) => void log.push(s) });
-  let remediation: Remediation | undefined;
-  const service = await startService(config, logger, async (runtime) => {
-    const r = await createRemediation(runtime, { label: 'drill' });
-    remediation = r;
-    runtime.onClose(() => r.close());
-    return {
-      options: { ready: () => true, extraRoutes: remediationRoutes(r.engine, runtime.config, runtime.metrics, r.leadership) },
-      start: () => r.start(),
-    };
-  });
-  cleanup.add('dbpilot', () => service.close());
-  const deadline = Date.now() + 15_000;
-  while (!remediation!.leader.isLeader()) {
-    if (Date.now() > deadline) throw new Error('dbpilot did not take the Lease in the sandbox within 15 s');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  const url = `http://127.0.0.1:${service.address.port}`;
+  const { service, remediation, url, log } = await startDrillDbpilot(config, cleanup);
+  const replica = cluster.replicas[0]!;
   return {
+    kind: 'sandbox',
     dir,
+    primary: { server: primary, url: (database, login) => cluster.primary.url(database, login?.user) },
+    replica: { server: `127.0.0.1:${replica.port}`, url: (database) => replica.url(database) },
     cluster,
     redis,
     k8s,
     pagerduty,
     config,
     service,
-    remediation: remediation!,
+    remediation,
     url,
     token: webhookToken,
     log,

@@ -70,19 +70,22 @@ function withTimeout<T>(p: Promise<T>, ms: number, label: string): Promise<T> {
 }
 
 /**
- * Ctrl-C and SIGTERM: clean up, then exit 130 / 143. A second signal exits immediately.
+ * Ctrl-C and SIGTERM: clean up, then exit 130 / 143. A second signal exits immediately on the sandbox
+ * (its servers die with us); on a staging target it does not: what the drill did there (a paused
+ * replay, its database and role) is undone only by the clean-up, so the drill says so and keeps at it.
  * Returns a function that removes the handlers.
  */
-export function onSignals(cleanup: Cleanup, say: (line: string) => void): () => void {
+export function onSignals(cleanup: Cleanup, say: (line: string) => void, opts: { staging?: boolean } = {}): () => void {
   let signalled = false;
   const handler = (signal: NodeJS.Signals) => {
     const code = signal === 'SIGINT' ? 130 : 143;
     if (signalled) {
+      if (opts.staging) return say(`${signal} again: still undoing the drill's break on the staging target (only SIGKILL stops that, and leaves it undone)`);
       say(`${signal} again, exiting without waiting`);
       process.exit(code);
     }
     signalled = true;
-    say(`${signal}: stopping the sandbox…`);
+    say(`${signal}: ${opts.staging ? "undoing the drill's break on the staging target and stopping its dbpilot" : 'stopping the sandbox'}…`);
     void cleanup.all().finally(() => process.exit(code));
   };
   process.on('SIGINT', handler);

@@ -1,18 +1,21 @@
 /**
- * Game-day drills (issue 12): break the drill's own sandbox the way a runbook scenario
+ * Game-day drills (issue 12): break the drill's own sandbox (or, for slow-query and replication-lag, a
+ * staging target: src/drill/staging.ts) the way a runbook scenario
  * says, post the alert Alertmanager would send to dbpilot's webhook, wait for the run to finish, and
  * check recovery by reading the world — never what dbpilot says about it. With --with-prometheus the
  * alert comes through real Prometheus and Alertmanager instead (src/drill/alert-path.ts).
  *
  * - primary-failure (runbook scenario 1): kill -9 of the primary's postmaster → PostgresPrimaryDown.
  *   Recovered: the replica is out of recovery and accepts a write, the Secret's DATABASE_URL names it.
- * - slow-query (scenario 2): `SELECT pg_sleep(600)` by an application role → PostgresLongRunningQueries.
- *   Recovered: the query is gone from pg_stat_activity and its client saw it cancelled or terminated.
+ * - slow-query (scenario 2): `SELECT pg_sleep(600)` by a login role of the drill's own in a database of
+ *   its own (both dropped at the teardown; the alert's datname keeps dbpilot to that database) →
+ *   PostgresLongRunningQueries. Recovered: the query is gone from pg_stat_activity and its client saw it
+ *   cancelled or terminated.
  * - redis-failure (scenario 5): Redis stopped → RedisDown. The drill plays the StatefulSet controller:
  *   once the stand-in's StatefulSet has its restartedAt annotation, it starts Redis again.
  *   Recovered: Redis answers PING on a new connection.
- * - replication-lag (runbook "Check replication lag"): pg_wal_replay_pause() on the replica, then writes
- *   on the primary until the replica has received WAL it has not replayed → PostgresReplicationLagHigh
+ * - replication-lag (runbook "Check replication lag"): pg_wal_replay_pause() on the replica (resumed at
+ *   the teardown whatever happened), then writes on the primary, in a database of the drill's own, until the replica has received WAL it has not replayed → PostgresReplicationLagHigh
  *   with the replica's server label. The handler only diagnoses: the run is to end escalated with
  *   on-call backend paged. Recovered: that page arrived, its lag numbers lie within what the drill
  *   read from the replica itself before and after the run, and once the drill resumes replay the
@@ -29,15 +32,19 @@
  *   threshold, ends escalated with DevOps paged. Recovered: the dead tuples fell (pg_stat_user_tables,
  *   a manual VACUUM recorded) and DevOps paged.
  */
+import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import type { RunRow, StepRow } from '../store/store.js';
 import { FINAL_STATUSES } from '../store/store.js';
-import { startAlertPath, type AlertPathResult } from './alert-path.js';
+import type { Config } from '../config.js';
+import { drillPath, startAlertPath, type AlertPath, type AlertPathResult } from './alert-path.js';
 import { Cleanup } from './cleanup.js';
 import { prismaMigrateDeploy, PrismaCliError, type Migration } from './sandbox/prisma.js';
 import { buildSandbox, DISK_PAGE_ABOVE_PERCENT, NS, PRISMA_SERVICE, REDIS_STATEFULSET, ROUTING_KEYS, SECRET, type Sandbox, type Say } from './build-sandbox.js';
 import type { DrillName } from './names.js';
+import { buildStagingWorld, isStagingDrill } from './staging.js';
+import type { DrillWorld } from './world.js';
 
 export { DRILLS, LATER_DRILLS, isDrill, type DrillName } from './names.js';
 
@@ -86,9 +93,11 @@ export interface TrialResult {
   /** PagerDuty events the stand-in accepted during the trial. */
   pages: number;
   recovered: boolean;
+  /** What was drilled: the drill's own sandbox, or a staging target (--target-config). */
+  target: 'sandbox' | 'staging';
   /** How the alert reached dbpilot: posted by the drill, or through Prometheus and Alertmanager (--with-prometheus). */
   alertPath: AlertPathResult;
-  /** What the sandbox used, so a caller can check that it is all gone. */
+  /** What the drill used on this machine (on staging: its dbpilot and stand-in), so a caller can check that it is all gone. */
   sandbox: { ports: number[]; dirs: string[] };
   /** The run's timeline page (src/report/timeline.ts), rendered before the sandbox's store is removed; not in --json. */
   reportHtml?: string;
@@ -158,34 +167,73 @@ async function breakPrimary(sb: Sandbox): Promise<Broken> {
   };
 }
 
-async function breakWithSlowQuery(sb: Sandbox): Promise<Broken> {
-  const db = 'drill_app';
-  const role = 'drill_orders_app';
-  const admin = sb.cluster.primary.url();
-  await query(admin, `CREATE DATABASE ${db}`);
-  await query(admin, `CREATE ROLE ${role} LOGIN NOSUPERUSER NOREPLICATION`);
-  await query(admin, `GRANT CONNECT ON DATABASE ${db} TO ${role}`);
-  const client = new pg.Client({ connectionString: sb.cluster.primary.url(db, role), application_name: 'orders-service', connectionTimeoutMillis: 5000 });
+/** PostgreSQL's stored form of a SCRAM-SHA-256 password (RFC 5802, RFC 7677), which CREATE ROLE … PASSWORD takes as is. */
+export function scramVerifier(password: string, salt = randomBytes(16), iterations = 4096): string {
+  const salted = pbkdf2Sync(password, salt, iterations, 32, 'sha256');
+  const clientKey = createHmac('sha256', salted).update('Client Key').digest();
+  const storedKey = createHash('sha256').update(clientKey).digest();
+  const serverKey = createHmac('sha256', salted).update('Server Key').digest();
+  return `SCRAM-SHA-256$${iterations}:${salt.toString('base64')}$${storedKey.toString('base64')}:${serverKey.toString('base64')}`;
+}
+
+/** A name of the drill's own for what it makes on the target (a database, a role), unique per trial. */
+const ownName = () => `dbpilot_drill_${randomBytes(4).toString('hex')}`;
+
+/**
+ * A database of the drill's own on the primary, dropped at the teardown (its sessions ended first):
+ * on a staging target the drill leaves nothing of its own behind and touches nothing of the target's.
+ */
+async function ownDatabase(world: DrillWorld, cleanup: Cleanup): Promise<string> {
+  const db = ownName();
+  const admin = world.primary.url();
+  try {
+    await query(admin, `CREATE DATABASE ${db}`);
+  } catch (err) {
+    throw new Error(`the drill makes a database of its own on ${world.primary.server} and could not: ${(err as Error).message} (the configured user needs CREATEDB)`);
+  }
+  cleanup.add(`database ${db} on ${world.primary.server}`, () => query(admin, `DROP DATABASE IF EXISTS ${db} WITH (FORCE)`).then(() => undefined));
+  return db;
+}
+
+async function breakWithSlowQuery(world: DrillWorld, cleanup: Cleanup): Promise<Broken> {
+  const admin = world.primary.url();
+  // An application's role of the drill's own: dbpilot spares superusers and the target's protected roles.
+  const login = { user: ownName(), password: randomBytes(18).toString('base64url') };
+  try {
+    // The password goes as its SCRAM verifier: a server that logs DDL never logs the password itself.
+    await query(admin, `CREATE ROLE ${login.user} LOGIN NOSUPERUSER NOREPLICATION NOCREATEDB NOCREATEROLE PASSWORD '${scramVerifier(login.password)}' CONNECTION LIMIT 2`);
+  } catch (err) {
+    throw new Error(`the drill makes a login role of its own on ${world.primary.server} and could not: ${(err as Error).message} (the configured user needs CREATEROLE)`);
+  }
+  // Registered before the database's drop, so it runs after it (newest first): the role's grant and session go with the database.
+  cleanup.add(`role ${login.user} on ${world.primary.server}`, async () => {
+    await query(admin, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [login.user]);
+    await query(admin, `DROP ROLE IF EXISTS ${login.user}`);
+  });
+  const db = await ownDatabase(world, cleanup);
+  await query(admin, `GRANT CONNECT ON DATABASE ${db} TO ${login.user}`);
+  const client = new pg.Client({ connectionString: world.primary.url(db, login), application_name: 'dbpilot-drill-app', connectionTimeoutMillis: 5000 });
   client.on('error', () => undefined);
   await client.connect();
+  cleanup.add('the slow query’s client', () => client.end().catch(() => undefined));
   const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
   let outcome = 'running';
   const done = client.query('SELECT pg_sleep(600)').then(
     () => (outcome = 'finished'),
     (err: { code?: string }) => (outcome = err.code === '57014' ? 'cancelled' : err.code === '57P01' ? 'terminated' : `ended (${err.code ?? 'connection lost'})`),
   );
-  // The alert fires once the query has run past postgres.longRunningQuerySeconds (1 s in the sandbox).
-  const deadline = Date.now() + 15_000;
+  // The alert fires once the query has run past postgres.longRunningQuerySeconds (1 s in the sandbox, the target's own on staging).
+  const threshold = world.config.postgres.longRunningQuerySeconds;
+  const deadline = Date.now() + 15_000 + threshold * 1000;
   for (;;) {
-    const rows = await query<{ n: number }>(admin, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query_start < now() - interval '1.2 seconds'`, [pid]);
+    const rows = await query<{ n: number }>(admin, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query_start < now() - make_interval(secs => $2)`, [pid, threshold + 0.2]);
     if (rows[0]!.n === 1) break;
-    if (Date.now() > deadline) throw new Error(`the slow query (pid ${pid}) did not show up as long-running`);
+    if (Date.now() > deadline) throw new Error(`the slow query (pid ${pid}) did not show up as running longer than ${threshold} s`);
     await sleep(100);
   }
-  const server = `127.0.0.1:${sb.cluster.primary.port}`;
   return {
     alertname: 'PostgresLongRunningQueries',
-    labels: { alertname: 'PostgresLongRunningQueries', remediation: 'slow-queries', team: 'oncall-backend', severity: 'warning', server, datname: db },
+    labels: { alertname: 'PostgresLongRunningQueries', remediation: 'slow-queries', team: 'oncall-backend', severity: 'warning', server: world.primary.server, datname: db },
     verify: async () => {
       await Promise.race([done, sleep(2000)]);
       await client.end().catch(() => undefined);
@@ -265,10 +313,12 @@ interface LagFacts {
   replay_lag_seconds?: number | null;
 }
 
-async function breakReplicationLag(sb: Sandbox): Promise<Broken> {
-  const replica = sb.cluster.replicas[0]!;
-  const admin = sb.cluster.primary.url();
-  const server = `127.0.0.1:${replica.port}`;
+async function breakReplicationLag(world: DrillWorld, cleanup: Cleanup): Promise<Broken> {
+  if (!world.replica) throw new Error('replication-lag needs a replica');
+  const replica = world.replica;
+  const server = replica.server;
+  const db = await ownDatabase(world, cleanup);
+  const admin = world.primary.url(db);
   const deadline = Date.now() + 15_000;
   // A transaction the replica replays first, so its last replayed transaction has a time (the lag in seconds).
   await query(admin, 'CREATE TABLE drill_lag_writes (id int, pad text)');
@@ -277,12 +327,20 @@ async function breakReplicationLag(sb: Sandbox): Promise<Broken> {
     if (Date.now() > deadline) throw new Error(`${server} did not replay the primary's WAL up to ${created}`);
     await sleep(50);
   }
-  await query(replica.url(), 'SELECT pg_wal_replay_pause()');
+  try {
+    await query(replica.url(), 'SELECT pg_wal_replay_pause()');
+  } catch (err) {
+    throw new Error(`the drill pauses replay on ${server} and could not: ${(err as Error).message} (pg_wal_replay_pause() needs a superuser or EXECUTE granted on it)`);
+  }
+  // Never leave a replica paused: resumed at the teardown whatever happened (verify() resumes it first).
+  cleanup.add(`replay on ${server} resumed`, async () => {
+    await query(replica.url(), 'SELECT pg_wal_replay_resume() WHERE pg_is_wal_replay_paused()');
+  });
   while ((await query<{ s: string }>(replica.url(), 'SELECT pg_get_wal_replay_pause_state() AS s'))[0]!.s !== 'paused') {
     if (Date.now() > deadline) throw new Error(`replay on ${server} did not pause`);
     await sleep(50);
   }
-  // Writes the replica receives but does not replay: ~1 MB of WAL.
+  // Writes the replica receives but does not replay: ~1 MB of WAL, in the drill's own database.
   await query(admin, `INSERT INTO drill_lag_writes SELECT g, repeat('x', 100) FROM generate_series(1, 5000) AS g`);
   const written = (await query<{ lsn: string }>(admin, 'SELECT pg_current_wal_lsn()::text AS lsn'))[0]!.lsn;
   for (;;) {
@@ -302,10 +360,10 @@ async function breakReplicationLag(sb: Sandbox): Promise<Broken> {
     verify: async ({ brokeAt, fingerprint }) => {
       const after = await readLag(replica.url());
       const dedupKey = `dbpilot/PostgresReplicationLagHigh/${fingerprint}`;
-      const pages = () => sb.pagerduty.accepted.filter((e) => e.dedupKey === dedupKey && e.action === 'trigger');
+      const pages = () => world.pagerduty.accepted.filter((e) => e.dedupKey === dedupKey && e.action === 'trigger');
       const pageDeadline = Date.now() + 10_000;
       while (pages().length === 0 && Date.now() < pageDeadline) {
-        await sb.remediation.outbox.flush().catch(() => undefined);
+        await world.remediation.outbox.flush().catch(() => undefined);
         await sleep(50);
       }
       const page = pages()[0];
@@ -538,49 +596,68 @@ export interface TrialHooks {
   afterBreak?: (sb: Sandbox) => Promise<void>;
   /** --with-prometheus: the alert goes through real Prometheus and Alertmanager when installed (src/drill/alert-path.ts). */
   withPrometheus?: boolean;
+  /** --target-config: the staging target (checked by loadStagingTarget) instead of the sandbox. */
+  staging?: Config;
 }
 
 const BREAKS: Record<DrillName, string> = {
   'primary-failure': 'kill -9 of the primary postmaster',
-  'slow-query': 'SELECT pg_sleep(600) as drill_orders_app',
+  'slow-query': 'SELECT pg_sleep(600) by a login role of the drill’s own, in a database of its own',
   'redis-failure': 'Redis stopped',
-  'replication-lag': "SELECT pg_wal_replay_pause() on the replica, then ~1 MB of writes on the primary",
+  'replication-lag': "SELECT pg_wal_replay_pause() on the replica, then ~1 MB of writes on the primary (in a database of the drill’s own)",
   'prisma-migration': `prisma migrate deploy of ${PRISMA_BROKEN.name} fails (P3018) in ${PRISMA_SERVICE.database}`,
   'disk-pressure': `40000 dead tuples in ${DISK_DB}.${DISK_TABLE} (autovacuum off), disk-full's threshold at ${DISK_PAGE_ABOVE_PERCENT} %`,
 };
 
-/** One trial: a fresh sandbox, the break, the alert, the run, the checks, the teardown. */
+/** One trial: a fresh sandbox (or the drill's dbpilot on the staging target), the break, the alert, the run, the checks, the teardown. */
 export async function runTrial(scenario: DrillName, trial: number, progress: Progress, cleanup = new Cleanup(), hooks: TrialHooks = {}): Promise<TrialResult> {
   const say = progress.say;
-  const sb = await buildSandbox(cleanup, say, { prismaService: scenario === 'prisma-migration', diskPressure: scenario === 'disk-pressure' });
-  say(`sandbox: PostgreSQL primary 127.0.0.1:${sb.cluster.primary.port}, replica 127.0.0.1:${sb.cluster.replicas[0]!.port}, Redis 127.0.0.1:${sb.redis.port}, dbpilot ${sb.url}`);
-  const alertPath = await startAlertPath(sb, cleanup, say, hooks.withPrometheus === true);
-  const dirs = [sb.dir, ...sb.cluster.replicas.map((r) => r.dataDir), sb.cluster.primary.dataDir];
+  let sb: Sandbox | null = null;
+  let world: DrillWorld;
+  let alertPath: AlertPath;
+  let dirs: string[];
+  if (hooks.staging) {
+    if (!isStagingDrill(scenario)) throw new Error(`${scenario} does not run on a staging target`);
+    world = await buildStagingWorld(cleanup, say, scenario, hooks.staging);
+    say(`staging: PostgreSQL primary ${world.primary.server}${world.replica ? `, replica ${world.replica.server}` : ''}, dbpilot ${world.url}`);
+    alertPath = drillPath();
+    dirs = [world.dir];
+  } else {
+    sb = await buildSandbox(cleanup, say, { prismaService: scenario === 'prisma-migration', diskPressure: scenario === 'disk-pressure' });
+    world = sb;
+    say(`sandbox: PostgreSQL primary 127.0.0.1:${sb.cluster.primary.port}, replica 127.0.0.1:${sb.cluster.replicas[0]!.port}, Redis 127.0.0.1:${sb.redis.port}, dbpilot ${sb.url}`);
+    alertPath = await startAlertPath(sb, cleanup, say, hooks.withPrometheus === true);
+    dirs = [sb.dir, ...sb.cluster.replicas.map((r) => r.dataDir), sb.cluster.primary.dataDir];
+  }
   try {
     say(`break: ${BREAKS[scenario]}`);
     const brokeAt = Date.now();
+    const onSandbox = (): Sandbox => {
+      if (!sb) throw new Error(`${scenario} runs only on the sandbox`);
+      return sb;
+    };
     const broken =
       scenario === 'primary-failure'
-        ? await breakPrimary(sb)
+        ? await breakPrimary(onSandbox())
         : scenario === 'slow-query'
-          ? await breakWithSlowQuery(sb)
+          ? await breakWithSlowQuery(world, cleanup)
           : scenario === 'replication-lag'
-            ? await breakReplicationLag(sb)
+            ? await breakReplicationLag(world, cleanup)
             : scenario === 'prisma-migration'
-              ? await breakPrismaMigration(sb, cleanup)
+              ? await breakPrismaMigration(onSandbox(), cleanup)
               : scenario === 'disk-pressure'
-                ? await breakDiskPressure(sb)
-                : await breakRedis(sb, cleanup);
-    await hooks.afterBreak?.(sb);
+                ? await breakDiskPressure(onSandbox())
+                : await breakRedis(onSandbox(), cleanup);
+    if (sb) await hooks.afterBreak?.(sb);
     const fingerprint = `${Date.now().toString(16)}${trial.toString(16).padStart(4, '0')}`.slice(-16);
     const postedAt = Date.now();
-    const store = sb.remediation.store;
+    const store = world.remediation.store;
     if (alertPath.via === 'prometheus') await alertPath.watch(broken.alertname, postedAt, () => store.listRuns({ alertname: broken.alertname })[0], 120_000);
     else {
-      say(`alert: ${broken.alertname} posted to ${sb.url}/alertmanager/webhook`);
-      const res = await fetch(`${sb.url}/alertmanager/webhook`, {
+      say(`alert: ${broken.alertname} posted to ${world.url}/alertmanager/webhook`);
+      const res = await fetch(`${world.url}/alertmanager/webhook`, {
         method: 'POST',
-        headers: { 'content-type': 'application/json', authorization: `Bearer ${sb.token}` },
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${world.token}` },
         body: JSON.stringify(alertmanagerPayload(broken.labels, fingerprint, new Date(brokeAt).toISOString())),
       });
       if (res.status !== 202) throw new Error(`dbpilot's webhook answered ${res.status}: ${await res.text()}`);
@@ -608,7 +685,7 @@ export async function runTrial(scenario: DrillName, trial: number, progress: Pro
     say(`run ${run.id}: ${run.status}${run.reason ? ` (${run.reason})` : ''}`);
     const checks = await broken.verify({ brokeAt, postedAt, fingerprint });
     for (const c of checks) say(`check: ${c.ok ? 'ok' : 'FAILED'} ${c.name}: ${c.detail}`);
-    await sb.remediation.outbox.flush().catch(() => undefined);
+    await world.remediation.outbox.flush().catch(() => undefined);
     const rows = store.steps(run.id);
     const steps = rows.map(stepResult);
     const expected = broken.expectedRunStatus ?? 'succeeded';
@@ -631,13 +708,14 @@ export async function runTrial(scenario: DrillName, trial: number, progress: Pro
       measured: broken.measured ?? [],
       steps,
       checks,
-      pages: sb.pagerduty.accepted.length,
+      pages: world.pagerduty.accepted.length,
       recovered: run.status === expected && (broken.measured ?? []).every((m) => m.ok) && steps.every((s) => s.status === 'done' && s.checkOk !== false) && checks.every((c) => c.ok),
+      target: world.kind,
       alertPath: alertPath.result,
-      sandbox: { ports: [...sb.ports(), ...alertPath.ports], dirs },
+      sandbox: { ports: [...world.ports(), ...alertPath.ports], dirs },
     };
   } finally {
-    say('teardown: stopping the sandbox');
+    say(`teardown: ${sb ? 'stopping the sandbox' : 'removing what the drill made on the staging target, stopping its dbpilot'}`);
     await cleanup.all();
   }
 }

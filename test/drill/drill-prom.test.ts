@@ -123,7 +123,7 @@ describe('dbpilot drill --with-prometheus (the real CLI, the real alert path)', 
   it("the table's rows: firing and webhook arrival from the break, only when the alert came through Prometheus", () => {
     const trial = (alertPath: TrialResult['alertPath']): TrialResult => ({
       trial: 1, scenario: 'primary-failure', alertname: 'PostgresPrimaryDown', handler: 'primary-failover', runId: 'r', runStatus: 'succeeded', expectedRunStatus: 'succeeded', measured: [], reason: null,
-      detectionMs: 2600, planMs: 600, recoveryMs: 4000, steps: [], checks: [], pages: 1, recovered: true, alertPath, sandbox: { ports: [], dirs: [] },
+      detectionMs: 2600, planMs: 600, recoveryMs: 4000, steps: [], checks: [], pages: 1, recovered: true, target: 'sandbox', alertPath, sandbox: { ports: [], dirs: [] },
     });
     const prom = summaryRows([trial({ via: 'prometheus', brokeAt: '2026-12-02T00:00:00.000Z', pendingAt: '2026-12-02T00:00:01.400Z', firingAt: '2026-12-02T00:00:02.400Z', webhookAt: '2026-12-02T00:00:02.450Z' })]);
     expect(prom.slice(0, 3).map((r) => [r.what, r.ms, r.ok])).toEqual([

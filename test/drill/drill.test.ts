@@ -89,7 +89,7 @@ describe('dbpilot drill (the real CLI on its own sandbox)', () => {
     await expectNothingLeft(r, ports);
   });
 
-  it('refuses what this build does not drill: an unknown scenario and --target-config, with exit 2 and nothing started', async () => {
+  it('refuses what this build does not drill: an unknown scenario and an unconfirmed --target-config, with exit 2 and nothing started', async () => {
     // Every scenario issue 12 names is built now (LATER_DRILLS is empty): an unknown one gets the list.
     const later = await drill(['datacenter-fire']);
     expect(later.code).toBe(2);
@@ -98,9 +98,10 @@ describe('dbpilot drill (the real CLI on its own sandbox)', () => {
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toContain('drills in this build: primary-failure, slow-query, redis-failure, replication-lag, prisma-migration, disk-pressure\n');
     expect(unknown.stdout).toBe('');
+    // A staging target needs the flag (test/drill/drill-staging.test.ts has the rest of the refusals).
     const target = await drill(['primary-failure', '--target-config', 'staging.yaml']);
     expect(target.code).toBe(2);
-    expect(target.stderr).toMatch(/--target-config: staging targets are not supported yet/);
+    expect(target.stderr).toMatch(/^dbpilot drill: --target-config staging\.yaml: a drill breaks its target on purpose; add --i-know-this-is-staging/);
     for (const r of [later, unknown, target]) expect(leftovers(r.tmp)).toEqual([]);
     const help = await drill(['--help']);
     expect(help.code).toBe(0);
