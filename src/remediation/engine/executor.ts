@@ -306,7 +306,8 @@ export class Executor {
       prior.set(step.name, { output, check });
       return { ok: true };
     }
-    const why = check ? check.detail : checkError ? `its check could not run: ${checkError}` : 'it recorded no output';
+    // Every attempt either returned a check or threw: one of the two is set.
+    const why = check ? check.detail : `its check could not run: ${checkError}`;
     if (!step.idempotent) {
       const reason = `step ${step.name} was in flight when dbpilot stopped and cannot be verified (${why}); not repeating it`;
       store.stepFinished(run.id, idx, 'check_failed', { check: { ok: false, detail: reason } });
