@@ -64,6 +64,9 @@ export function summaryRows(trials: TrialResult[]): Row[] {
   for (const c of checks) {
     rows.push({ what: `check: ${c}`, ms: trials.map(() => null), ok: trials.map((t) => t.checks.find((x) => x.name === c)?.ok ?? false) });
   }
+  if (trials.some((t) => t.target === 'staging' || t.cleanupFailures?.length)) {
+    rows.push({ what: 'teardown: everything the drill made is undone', ms: trials.map(() => null), ok: trials.map((t) => !t.cleanupFailures?.length) });
+  }
   rows.push({ what: 'every check passed', ms: trials.map(() => null), ok: trials.map((t) => t.recovered) });
   return rows;
 }
@@ -187,12 +190,15 @@ export function registerDrillCommands(program: Command): void {
         }
       }
       for (const r of results) delete r.reportHtml;
-      const recovered = error === null && results.length === trials && results.every((r) => r.recovered);
+      // What the teardown could not undo: on a staging target it is still there, and the drill failed.
+      const leftBehind = [...cleanup.failures];
+      const recovered = error === null && leftBehind.length === 0 && results.length === trials && results.every((r) => r.recovered);
       for (const f of reports) process.stderr.write(`report: ${f}\n`);
-      if (o.json) process.stdout.write(`${JSON.stringify({ scenario, trials: results, recovered, error, ...(o.report !== undefined ? { reports } : {}) }, null, 2)}\n`);
+      if (o.json) process.stdout.write(`${JSON.stringify({ scenario, trials: results, recovered, error, leftBehind, ...(o.report !== undefined ? { reports } : {}) }, null, 2)}\n`);
       else {
         if (results.length) process.stdout.write(printTable(scenario, results));
         if (error) process.stdout.write(`drill ${scenario} could not finish: ${escapeControl(error)}\n`);
+        for (const l of leftBehind) process.stdout.write(`NOT UNDONE: ${escapeControl(l)}${staging ? ' (see the "undo by hand" lines above)' : ''}\n`);
       }
       const code = recovered ? 0 : 1;
       process.exitCode = code;

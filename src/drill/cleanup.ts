@@ -5,11 +5,17 @@
  * servers still die with us (they run under `setpriv --pdeathsig KILL`), and the sandbox's exit hook
  * removes its temp dirs.
  */
+import { constants as osConstants } from 'node:os';
+
 type Stop = { label: string; fn: () => Promise<void> | void };
 
 export class Cleanup {
   private readonly stack: Stop[] = [];
   private running: Promise<void> | null = null;
+  /** Set by a signal or a crash: the process exits after this teardown, nothing new may start. */
+  private final = false;
+  /** The stops that failed (label: error), so a drill can say it left something behind. */
+  readonly failures: string[] = [];
 
   /**
    * `who` starts its messages (`dbpilot drill`, `bench`); a stop slower than `reportSlowerThanMs` is
@@ -37,6 +43,22 @@ export class Cleanup {
     return this.stack.length;
   }
 
+  /** True while a teardown runs, and for good after a signal: a break must not make anything new then (nothing would undo it). */
+  get closing(): boolean {
+    return this.final || this.running !== null;
+  }
+
+  /** The last teardown (a signal, a crash): runs every stop, and nothing may be made afterwards. */
+  finish(): Promise<void> {
+    this.final = true;
+    return this.all();
+  }
+
+  /** Throws when the teardown started: called before each statement that makes something to undo. */
+  assertOpen(what: string): void {
+    if (this.closing) throw new Error(`stopping: ${what} not done`);
+  }
+
   /** Runs every registered stop, newest first; errors are reported and do not stop the others. */
   all(): Promise<void> {
     this.running ??= (async () => {
@@ -48,6 +70,7 @@ export class Cleanup {
           const ms = performance.now() - started;
           if (this.opts.reportSlowerThanMs !== undefined && ms > this.opts.reportSlowerThanMs) process.stderr.write(`${this.who}: stopping ${label} took ${(ms / 1000).toFixed(1)} s\n`);
         } catch (err) {
+          this.failures.push(`${label}: ${(err as Error).message}`);
           process.stderr.write(`${this.who}: clean-up of ${label} failed: ${(err as Error).message}\n`);
         }
       }
@@ -70,7 +93,7 @@ function withTimeout<T>(p: Promise<T>, ms: number, label: string): Promise<T> {
 }
 
 /**
- * Ctrl-C and SIGTERM: clean up, then exit 130 / 143. A second signal exits immediately on the sandbox
+ * Ctrl-C, SIGTERM and SIGHUP: clean up, then exit 130 / 143 / 129 (and on a crash, exit 1). A second signal exits immediately on the sandbox
  * (its servers die with us); on a staging target it does not: what the drill did there (a paused
  * replay, its database and role) is undone only by the clean-up, so the drill says so and keeps at it.
  * Returns a function that removes the handlers.
@@ -78,7 +101,7 @@ function withTimeout<T>(p: Promise<T>, ms: number, label: string): Promise<T> {
 export function onSignals(cleanup: Cleanup, say: (line: string) => void, opts: { staging?: boolean } = {}): () => void {
   let signalled = false;
   const handler = (signal: NodeJS.Signals) => {
-    const code = signal === 'SIGINT' ? 130 : 143;
+    const code = 128 + (osConstants.signals[signal] ?? 15);
     if (signalled) {
       if (opts.staging) return say(`${signal} again: still undoing the drill's break on the staging target (only SIGKILL stops that, and leaves it undone)`);
       say(`${signal} again, exiting without waiting`);
@@ -86,12 +109,21 @@ export function onSignals(cleanup: Cleanup, say: (line: string) => void, opts: {
     }
     signalled = true;
     say(`${signal}: ${opts.staging ? "undoing the drill's break on the staging target and stopping its dbpilot" : 'stopping the sandbox'}…`);
-    void cleanup.all().finally(() => process.exit(code));
+    void cleanup.finish().finally(() => process.exit(code));
   };
-  process.on('SIGINT', handler);
-  process.on('SIGTERM', handler);
+  // SIGHUP: the terminal or the ssh session to a bastion went away, the likeliest way an on-call run dies.
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+  for (const sig of signals) process.on(sig, handler);
+  // A crash must not skip the undo either (on a staging target nothing else would do it).
+  const crashed = (err: unknown) => {
+    say(`crashed (${err instanceof Error ? err.message : String(err)}): ${opts.staging ? "undoing the drill's break on the staging target" : 'stopping the sandbox'}…`);
+    void cleanup.finish().finally(() => process.exit(1));
+  };
+  process.on('uncaughtException', crashed);
+  process.on('unhandledRejection', crashed);
   return () => {
-    process.off('SIGINT', handler);
-    process.off('SIGTERM', handler);
+    for (const sig of signals) process.off(sig, handler);
+    process.off('uncaughtException', crashed);
+    process.off('unhandledRejection', crashed);
   };
 }

@@ -7,7 +7,7 @@
  *
  * - primary-failure (runbook scenario 1): kill -9 of the primary's postmaster → PostgresPrimaryDown.
  *   Recovered: the replica is out of recovery and accepts a write, the Secret's DATABASE_URL names it.
- * - slow-query (scenario 2): `SELECT pg_sleep(600)` by a login role of the drill's own in a database of
+ * - slow-query (scenario 2): `SELECT pg_sleep(threshold + 30 s)` by a login role of the drill's own in a database of
  *   its own (both dropped at the teardown; the alert's datname keeps dbpilot to that database) →
  *   PostgresLongRunningQueries. Recovered: the query is gone from pg_stat_activity and its client saw it
  *   cancelled or terminated.
@@ -97,6 +97,8 @@ export interface TrialResult {
   target: 'sandbox' | 'staging';
   /** How the alert reached dbpilot: posted by the drill, or through Prometheus and Alertmanager (--with-prometheus). */
   alertPath: AlertPathResult;
+  /** What the teardown could not undo (label: error); a trial with any is not recovered. */
+  cleanupFailures?: string[];
   /** What the drill used on this machine (on staging: its dbpilot and stand-in), so a caller can check that it is all gone. */
   sandbox: { ports: number[]; dirs: string[] };
   /** The run's timeline page (src/report/timeline.ts), rendered before the sandbox's store is removed; not in --json. */
@@ -117,7 +119,9 @@ interface Broken {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function query<T extends pg.QueryResultRow>(url: string, sql: string, params: unknown[] = []): Promise<T[]> {
-  const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000, query_timeout: 5000 });
+  // The server's statement_timeout, not only the client's: a client that gives up closes its socket and
+  // sends no cancel, and a CREATE DATABASE still running would commit with nothing left to undo it.
+  const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000, statement_timeout: 20_000, query_timeout: 30_000 });
   c.on('error', () => undefined);
   await c.connect();
   try {
@@ -183,34 +187,41 @@ const ownName = () => `dbpilot_drill_${randomBytes(4).toString('hex')}`;
  * A database of the drill's own on the primary, dropped at the teardown (its sessions ended first):
  * on a staging target the drill leaves nothing of its own behind and touches nothing of the target's.
  */
-async function ownDatabase(world: DrillWorld, cleanup: Cleanup): Promise<string> {
+async function ownDatabase(world: DrillWorld, cleanup: Cleanup, say: Say): Promise<string> {
   const db = ownName();
   const admin = world.primary.url();
+  // Its undoing first: whatever happens from here on (an error, a timeout, a signal), the teardown drops it.
+  cleanup.add(`database ${db} on ${world.primary.server}`, () => query(admin, `DROP DATABASE IF EXISTS ${db} WITH (FORCE)`).then(() => undefined));
+  if (world.kind === 'staging') say(`undo by hand if the drill is killed: DROP DATABASE IF EXISTS ${db} WITH (FORCE); -- on ${world.primary.server}`);
+  cleanup.assertOpen(`CREATE DATABASE ${db}`);
   try {
     await query(admin, `CREATE DATABASE ${db}`);
   } catch (err) {
     throw new Error(`the drill makes a database of its own on ${world.primary.server} and could not: ${(err as Error).message} (the configured user needs CREATEDB)`);
   }
-  cleanup.add(`database ${db} on ${world.primary.server}`, () => query(admin, `DROP DATABASE IF EXISTS ${db} WITH (FORCE)`).then(() => undefined));
   return db;
 }
 
-async function breakWithSlowQuery(world: DrillWorld, cleanup: Cleanup): Promise<Broken> {
+async function breakWithSlowQuery(world: DrillWorld, cleanup: Cleanup, say: Say): Promise<Broken> {
   const admin = world.primary.url();
   // An application's role of the drill's own: dbpilot spares superusers and the target's protected roles.
   const login = { user: ownName(), password: randomBytes(18).toString('base64url') };
+  // Its undoing first (see ownDatabase), registered before the database's so that it runs after it
+  // (newest first): the role's CONNECT grant and its session go with the database.
+  cleanup.add(`role ${login.user} on ${world.primary.server}`, async () => {
+    await query(admin, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [login.user]);
+    await query(admin, `DROP ROLE IF EXISTS ${login.user}`);
+  });
+  if (world.kind === 'staging') say(`undo by hand if the drill is killed: DROP ROLE IF EXISTS ${login.user}; -- on ${world.primary.server}, after the database below`);
+  cleanup.assertOpen(`CREATE ROLE ${login.user}`);
   try {
     // The password goes as its SCRAM verifier: a server that logs DDL never logs the password itself.
     await query(admin, `CREATE ROLE ${login.user} LOGIN NOSUPERUSER NOREPLICATION NOCREATEDB NOCREATEROLE PASSWORD '${scramVerifier(login.password)}' CONNECTION LIMIT 2`);
   } catch (err) {
     throw new Error(`the drill makes a login role of its own on ${world.primary.server} and could not: ${(err as Error).message} (the configured user needs CREATEROLE)`);
   }
-  // Registered before the database's drop, so it runs after it (newest first): the role's grant and session go with the database.
-  cleanup.add(`role ${login.user} on ${world.primary.server}`, async () => {
-    await query(admin, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [login.user]);
-    await query(admin, `DROP ROLE IF EXISTS ${login.user}`);
-  });
-  const db = await ownDatabase(world, cleanup);
+  const db = await ownDatabase(world, cleanup, say);
+  cleanup.assertOpen(`GRANT CONNECT ON DATABASE ${db}`);
   await query(admin, `GRANT CONNECT ON DATABASE ${db} TO ${login.user}`);
   const client = new pg.Client({ connectionString: world.primary.url(db, login), application_name: 'dbpilot-drill-app', connectionTimeoutMillis: 5000 });
   client.on('error', () => undefined);
@@ -218,12 +229,17 @@ async function breakWithSlowQuery(world: DrillWorld, cleanup: Cleanup): Promise<
   cleanup.add('the slow query’s client', () => client.end().catch(() => undefined));
   const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
   let outcome = 'running';
-  const done = client.query('SELECT pg_sleep(600)').then(
+  // The threshold dbpilot plans with (the handler's own, else postgres.longRunningQuerySeconds: the target's on staging, 1 s in the sandbox).
+  const threshold = world.config.handlers['slow-queries']?.thresholdSeconds ?? world.config.postgres.longRunningQuerySeconds;
+  // Long enough for the drill, short enough that a drill killed with SIGKILL leaves no query running for long
+  // (PostgreSQL does not notice a dead client during pg_sleep).
+  const sleepSeconds = Math.ceil(threshold) + 30;
+  cleanup.assertOpen('the slow query');
+  const done = client.query(`SELECT pg_sleep(${sleepSeconds})`).then(
     () => (outcome = 'finished'),
     (err: { code?: string }) => (outcome = err.code === '57014' ? 'cancelled' : err.code === '57P01' ? 'terminated' : `ended (${err.code ?? 'connection lost'})`),
   );
-  // The alert fires once the query has run past postgres.longRunningQuerySeconds (1 s in the sandbox, the target's own on staging).
-  const threshold = world.config.postgres.longRunningQuerySeconds;
+  // The alert fires once the query has run past the threshold.
   const deadline = Date.now() + 15_000 + threshold * 1000;
   for (;;) {
     const rows = await query<{ n: number }>(admin, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query_start < now() - make_interval(secs => $2)`, [pid, threshold + 0.2]);
@@ -313,11 +329,16 @@ interface LagFacts {
   replay_lag_seconds?: number | null;
 }
 
-async function breakReplicationLag(world: DrillWorld, cleanup: Cleanup): Promise<Broken> {
+async function breakReplicationLag(world: DrillWorld, cleanup: Cleanup, say: Say): Promise<Broken> {
   if (!world.replica) throw new Error('replication-lag needs a replica');
   const replica = world.replica;
   const server = replica.server;
-  const db = await ownDatabase(world, cleanup);
+  // A paused synchronous standby holds the primary's commits that wait for it (synchronous_commit = remote_apply).
+  const [sync] = await query<{ names: string }>(world.primary.url(), "SELECT current_setting('synchronous_standby_names') AS names");
+  if (sync!.names.trim() !== '') {
+    throw new Error(`${world.primary.server} has synchronous_standby_names = '${sync!.names}': pausing replay on a synchronous standby can hold the primary's commits (synchronous_commit = remote_apply), so the drill does not pause replay there`);
+  }
+  const db = await ownDatabase(world, cleanup, say);
   const admin = world.primary.url(db);
   const deadline = Date.now() + 15_000;
   // A transaction the replica replays first, so its last replayed transaction has a time (the lag in seconds).
@@ -327,15 +348,18 @@ async function breakReplicationLag(world: DrillWorld, cleanup: Cleanup): Promise
     if (Date.now() > deadline) throw new Error(`${server} did not replay the primary's WAL up to ${created}`);
     await sleep(50);
   }
+  // Never leave a replica paused: its undoing is registered first, and runs at the teardown whatever
+  // happened (verify() resumes it before, to measure the catch-up).
+  cleanup.add(`replay on ${server} resumed`, async () => {
+    await query(replica.url(), 'SELECT pg_wal_replay_resume() WHERE pg_is_wal_replay_paused()');
+  });
+  if (world.kind === 'staging') say(`undo by hand if the drill is killed: SELECT pg_wal_replay_resume(); -- on ${server}`);
+  cleanup.assertOpen(`pg_wal_replay_pause() on ${server}`);
   try {
     await query(replica.url(), 'SELECT pg_wal_replay_pause()');
   } catch (err) {
     throw new Error(`the drill pauses replay on ${server} and could not: ${(err as Error).message} (pg_wal_replay_pause() needs a superuser or EXECUTE granted on it)`);
   }
-  // Never leave a replica paused: resumed at the teardown whatever happened (verify() resumes it first).
-  cleanup.add(`replay on ${server} resumed`, async () => {
-    await query(replica.url(), 'SELECT pg_wal_replay_resume() WHERE pg_is_wal_replay_paused()');
-  });
   while ((await query<{ s: string }>(replica.url(), 'SELECT pg_get_wal_replay_pause_state() AS s'))[0]!.s !== 'paused') {
     if (Date.now() > deadline) throw new Error(`replay on ${server} did not pause`);
     await sleep(50);
@@ -602,7 +626,7 @@ export interface TrialHooks {
 
 const BREAKS: Record<DrillName, string> = {
   'primary-failure': 'kill -9 of the primary postmaster',
-  'slow-query': 'SELECT pg_sleep(600) by a login role of the drill’s own, in a database of its own',
+  'slow-query': 'SELECT pg_sleep(threshold + 30 s) by a login role of the drill’s own, in a database of its own',
   'redis-failure': 'Redis stopped',
   'replication-lag': "SELECT pg_wal_replay_pause() on the replica, then ~1 MB of writes on the primary (in a database of the drill’s own)",
   'prisma-migration': `prisma migrate deploy of ${PRISMA_BROKEN.name} fails (P3018) in ${PRISMA_SERVICE.database}`,
@@ -612,6 +636,7 @@ const BREAKS: Record<DrillName, string> = {
 /** One trial: a fresh sandbox (or the drill's dbpilot on the staging target), the break, the alert, the run, the checks, the teardown. */
 export async function runTrial(scenario: DrillName, trial: number, progress: Progress, cleanup = new Cleanup(), hooks: TrialHooks = {}): Promise<TrialResult> {
   const say = progress.say;
+  const failuresBefore = cleanup.failures.length;
   let sb: Sandbox | null = null;
   let world: DrillWorld;
   let alertPath: AlertPath;
@@ -629,6 +654,7 @@ export async function runTrial(scenario: DrillName, trial: number, progress: Pro
     alertPath = await startAlertPath(sb, cleanup, say, hooks.withPrometheus === true);
     dirs = [sb.dir, ...sb.cluster.replicas.map((r) => r.dataDir), sb.cluster.primary.dataDir];
   }
+  let result: TrialResult;
   try {
     say(`break: ${BREAKS[scenario]}`);
     const brokeAt = Date.now();
@@ -640,9 +666,9 @@ export async function runTrial(scenario: DrillName, trial: number, progress: Pro
       scenario === 'primary-failure'
         ? await breakPrimary(onSandbox())
         : scenario === 'slow-query'
-          ? await breakWithSlowQuery(world, cleanup)
+          ? await breakWithSlowQuery(world, cleanup, say)
           : scenario === 'replication-lag'
-            ? await breakReplicationLag(world, cleanup)
+            ? await breakReplicationLag(world, cleanup, say)
             : scenario === 'prisma-migration'
               ? await breakPrismaMigration(onSandbox(), cleanup)
               : scenario === 'disk-pressure'
@@ -692,7 +718,7 @@ export async function runTrial(scenario: DrillName, trial: number, progress: Pro
     // The sandbox's store goes with the teardown: the page for --report is rendered now.
     const { renderTimeline } = await import('../report/timeline.js');
     const reportHtml = renderTimeline(store.getRun(run.id) ?? run, rows);
-    return {
+    result = {
       reportHtml,
       trial,
       scenario,
@@ -718,4 +744,11 @@ export async function runTrial(scenario: DrillName, trial: number, progress: Pro
     say(`teardown: ${sb ? 'stopping the sandbox' : 'removing what the drill made on the staging target, stopping its dbpilot'}`);
     await cleanup.all();
   }
+  // Something the drill made and could not undo (on a staging target: still there) is a failed drill.
+  const failures = cleanup.failures.slice(failuresBefore);
+  if (failures.length > 0) {
+    result.cleanupFailures = failures;
+    result.recovered = false;
+  }
+  return result;
 }

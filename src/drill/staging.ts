@@ -2,9 +2,9 @@
  * A drill against a named staging target (`dbpilot drill <scenario> --target-config FILE
  * --i-know-this-is-staging`) instead of the drill's own sandbox.
  *
- * Refused, before anything is contacted, unless both the flag is given and the file (read as `serve`
- * reads it, `${ENV}` and DBPILOT_* overrides included) says `environment: staging` — production is the
- * default when it says nothing. Only the scenarios whose break the drill can make, and undo, through
+ * Refused, before anything is contacted, unless both the flag is given and the file itself says
+ * `environment: staging` (production is the default when it says nothing; `${ENV}` is expanded in the
+ * other values, the DBPILOT_* overrides are not applied). Only the scenarios whose break the drill can make, and undo, through
  * the target's own PostgreSQL connections run there (STAGING_DRILLS); the others are refused with
  * the reason (NOT_ON_STAGING).
  *
@@ -18,8 +18,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { parse as parseYaml } from 'yaml';
-import { loadConfig, parseConfig, type Config } from '../config.js';
+import { parse as parseYaml, YAMLParseError } from 'yaml';
+import { parseConfig, type Config } from '../config.js';
 import { serverLabel } from '../integrations/postgres.js';
 import type { HandlerName } from '../remediation/handlers/options.js';
 import type { Cleanup } from './cleanup.js';
@@ -49,10 +49,16 @@ const HANDLER: Record<StagingDrill, HandlerName> = { 'slow-query': 'slow-queries
 export class DrillRefused extends Error {}
 
 /**
- * Reads and checks the target: the flag, `environment: staging`, a scenario that runs there and what it
- * needs. Contacts nothing.
+ * Reads and checks the target: the flag, the file (read once), `environment: staging` written in it,
+ * a scenario that runs there and what it needs. Contacts nothing.
+ *
+ * `${ENV}` references are expanded (passwords usually come that way), but the `DBPILOT_*` overrides
+ * are not applied: they would put servers the file does not name (DBPILOT_PRIMARY_URL, …) under a
+ * file that says staging. And `environment` must be the word staging in the file itself, not a
+ * `${VAR}` that a shell could set.
  */
 export function loadStagingTarget(scenario: DrillName, file: string, confirmed: boolean, env: NodeJS.ProcessEnv = process.env): Config {
+  if (file.trim() === '') throw new DrillRefused('--target-config needs the path of a dbpilot configuration file');
   if (!confirmed) {
     throw new DrillRefused(
       `--target-config ${file}: a drill breaks its target on purpose; add --i-know-this-is-staging to confirm that ${file} describes a staging system (its environment must say staging too)`,
@@ -61,27 +67,35 @@ export function loadStagingTarget(scenario: DrillName, file: string, confirmed: 
   if (!isStagingDrill(scenario)) {
     throw new DrillRefused(`${scenario} runs only on the drill's own sandbox, not on a staging target: ${NOT_ON_STAGING[scenario]}. On a staging target: ${STAGING_DRILLS.join(', ')}`);
   }
+  const refuse = (why: string) => new DrillRefused(`--target-config ${file}: ${why}`);
+  let doc: unknown;
+  try {
+    doc = parseYaml(fs.readFileSync(file, 'utf8'), { uniqueKeys: true, prettyErrors: true });
+  } catch (err) {
+    if (err instanceof YAMLParseError) throw refuse(`invalid YAML: ${err.message.split('\n')[0]}`);
+    throw refuse(`cannot read it: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  const written = doc !== null && typeof doc === 'object' && !Array.isArray(doc) ? (doc as Record<string, unknown>).environment : undefined;
+  if (written !== 'staging') {
+    const says =
+      written === undefined
+        ? 'it does not set environment (production by default)'
+        : typeof written === 'string' && /\$\{/.test(written)
+          ? `its environment is ${JSON.stringify(written)}, taken from the shell`
+          : `its environment is ${typeof written === 'string' ? written : JSON.stringify(written)}`;
+    throw refuse(`${says}; a drill runs only against a configuration that says environment: staging in the file itself`);
+  }
+  const fileEnv = Object.fromEntries(Object.entries(env).filter(([k]) => !k.startsWith('DBPILOT_')));
   let config: Config;
   try {
-    config = loadConfig({ file, env }).config;
+    config = parseConfig(doc, fileEnv);
   } catch (err) {
-    throw new DrillRefused(`--target-config ${file}: ${(err as Error).message}`);
-  }
-  if (config.environment !== 'staging') {
-    throw new DrillRefused(
-      `--target-config ${file}: its environment is ${config.environment}${saysEnvironment(file) ? '' : ' (the default when the file does not say)'}; a drill runs only against a configuration that says environment: staging`,
-    );
+    throw refuse((err as Error).message);
   }
   if (scenario === 'replication-lag' && config.postgres.replicas.length === 0) {
-    throw new DrillRefused(`--target-config ${file}: replication-lag pauses replay on a replica, and postgres.replicas is empty`);
+    throw refuse('replication-lag pauses replay on a replica, and postgres.replicas is empty');
   }
   return config;
-}
-
-/** Whether the file itself sets `environment` (it was read and parsed once already: this cannot fail differently). */
-function saysEnvironment(file: string): boolean {
-  const doc: unknown = parseYaml(fs.readFileSync(file, 'utf8'));
-  return typeof doc === 'object' && doc !== null && 'environment' in doc;
 }
 
 /** `url` with another database and, when given, another login; everything else (host, TLS parameters) kept. */
@@ -103,6 +117,8 @@ export async function buildStagingWorld(cleanup: Cleanup, say: Say, scenario: St
   await pagerduty.start();
   cleanup.add('PagerDuty stand-in', () => pagerduty.close());
   const handler = HANDLER[scenario];
+  const replicas = target.postgres.replicas.map((r) => serverLabel(r.url));
+  say(`staging: the target, from the file: PostgreSQL primary ${serverLabel(target.postgres.primary.url)}${replicas.length ? `, replicas ${replicas.join(', ')}` : ''}`);
   const config = parseConfig(
     {
       listen: '127.0.0.1:0',

@@ -4,7 +4,7 @@
  * process (every process that carries the drill's TMPDIR in its environment, and every descendant
  * seen while it ran), no listening port, no temp dir.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -82,7 +82,10 @@ export const alive = (pid: number) => {
   }
 };
 
-export function drill(args: string[], opts: { interruptWhen?: RegExp; signal?: NodeJS.Signals; env?: NodeJS.ProcessEnv } = {}): Promise<Ran> {
+export function drill(
+  args: string[],
+  opts: { interruptWhen?: RegExp; signal?: NodeJS.Signals; env?: NodeJS.ProcessEnv; /** Called with all of stderr so far, on every chunk, and the drill's process (to signal it). */ onStderr?: (stderr: string, child: ChildProcess) => void } = {},
+): Promise<Ran> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dbpilot-drill-test-'));
   fs.chmodSync(tmp, 0o755); // the postgres OS user creates its data dirs below it
   tmps.push(tmp);
@@ -98,6 +101,7 @@ export function drill(args: string[], opts: { interruptWhen?: RegExp; signal?: N
   child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
   child.stderr.on('data', (d: Buffer) => {
     stderr += d.toString();
+    opts.onStderr?.(stderr, child);
     if (opts.interruptWhen && !interrupted && opts.interruptWhen.test(stderr)) {
       interrupted = true;
       for (const p of descendantsOf(child.pid!)) descendants.add(p);

@@ -33,6 +33,8 @@ export interface PgNode {
   readonly host: '127.0.0.1';
   readonly port: number;
   readonly dataDir: string;
+  /** The server's log (stderr of the postmaster). */
+  readonly logFile: string;
   /** postgresql://user@127.0.0.1:port/db (trust auth, no password). */
   url(db?: string, user?: string): string;
   /** Clean shutdown: 'fast' (default, SIGINT) or 'immediate' (SIGQUIT, crash recovery on next start). */
