@@ -86,7 +86,7 @@ describe('dbpilot drill --target-config: refusals, before anything is contacted'
       `${environment === null ? '' : `environment: ${environment}\n`}postgres:\n  primary: { url: "postgresql://postgres@127.0.0.1:${trap.port}/postgres" }\n  replicas: [{ url: "postgresql://postgres@127.0.0.1:${trap.port}/postgres" }]\nredis: { url: "redis://127.0.0.1:${trap.port}" }\nkubernetes: { kubeconfig: "${kubeconfig}", namespace: lomash-wood }\n${extra}`,
     );
 
-  it.each([
+  const cases: [string, string[], RegExp][] = [
     ['no --i-know-this-is-staging', ['slow-query', '--target-config', '{staging}'], /^dbpilot drill: --target-config \S+: a drill breaks its target on purpose; add --i-know-this-is-staging to confirm/],
     ['the flag without a target', ['slow-query', '--i-know-this-is-staging'], /^dbpilot drill: --i-know-this-is-staging confirms a --target-config, and none was given/],
     ['environment unset (production by default)', ['slow-query', '--target-config', '{unset}', '--i-know-this-is-staging'], /: it does not set environment \(production by default\); a drill runs only against a configuration that says environment: staging in the file itself\n$/],
@@ -102,7 +102,10 @@ describe('dbpilot drill --target-config: refusals, before anything is contacted'
     ['replication-lag without replicas', ['replication-lag', '--target-config', '{noReplicas}', '--i-know-this-is-staging'], /replication-lag pauses replay on a replica, and postgres\.replicas is empty\n$/],
     ['an invalid configuration', ['slow-query', '--target-config', '{invalid}', '--i-know-this-is-staging'], /--target-config \S+: .*postgres\.longRunningQuerySeconds/],
     ['a missing file', ['slow-query', '--target-config', '/nonexistent/target.yaml', '--i-know-this-is-staging'], /--target-config \/nonexistent\/target\.yaml: cannot read it: ENOENT\n$/],
-  ])('%s: exit 2, the reason, nothing contacted, nothing left', async (_what, args, why) => {
+  ];
+
+  // All at once (each is a CLI start): none may contact anything, so the count stays 0 throughout.
+  it(`${cases.length} refusals (${cases.map((c) => c[0]).join('; ')}): exit 2, the reason, nothing contacted, nothing left`, async () => {
     const files: Record<string, string> = {
       '{staging}': target('staging'),
       '{unset}': target(null),
@@ -112,13 +115,15 @@ describe('dbpilot drill --target-config: refusals, before anything is contacted'
       '{noReplicas}': writeFile('target.yaml', `environment: staging\npostgres:\n  primary: { url: "postgresql://postgres@127.0.0.1:${trap.port}/postgres" }\n`),
       '{invalid}': writeFile('target.yaml', `environment: staging\npostgres:\n  longRunningQuerySeconds: -1\n`),
     };
-    const before = trap.connections();
-    const r = await drill(args.map((a) => files[a] ?? a), { env: { DEPLOY_ENV: 'staging' } });
-    expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(why);
-    expect(r.stdout).toBe('');
-    expect(trap.connections() - before, 'connections to the target').toBe(0);
-    expect(leftovers(r.tmp)).toEqual([]);
+    const ran = await Promise.all(cases.map(([, args]) => drill(args.map((a) => files[a] ?? a), { env: { DEPLOY_ENV: 'staging' } })));
+    cases.forEach(([what, , why], i) => {
+      const r = ran[i]!;
+      expect(r.code, what).toBe(2);
+      expect(r.stderr, what).toMatch(why);
+      expect(r.stdout, what).toBe('');
+      expect(leftovers(r.tmp), what).toEqual([]);
+    });
+    expect(trap.connections(), 'connections to the target').toBe(0);
   });
 });
 
