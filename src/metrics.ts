@@ -11,7 +11,8 @@
  * and whose values come from the real metric. The real metric, its name and its values are never
  * touched by a render, and the values are collected once per render, by the metric itself.
  */
-import { Counter, Gauge, Registry, collectDefaultMetrics, type Metric, type MetricObjectWithValues, type MetricValue, type OpenMetricsContentType, type PrometheusContentType } from 'prom-client';
+import { createRequire } from 'node:module';
+import { Counter, Gauge, Registry, type Metric, type MetricObjectWithValues, type MetricValue, type OpenMetricsContentType, type PrometheusContentType } from 'prom-client';
 
 /** What prom-client's Registry reads of a registered metric (lib/registry.js: name, type, get / getForPromString). */
 interface RenderView {
@@ -19,6 +20,37 @@ interface RenderView {
   type: string;
   help: string;
   get(): Promise<MetricObjectWithValues<MetricValue<string>>>;
+}
+
+/**
+ * prom-client's default process metrics, minus those whose collection costs real work on every scrape
+ * (issue 8, measured in bench/README.md): the event-loop delay histogram (`nodejs_eventloop_lag_*`: a
+ * 10 ms timer all the time, and percentiles and a standard deviation computed per scrape, ~0.28 ms),
+ * `process_open_fds` (a readdir of /proc/self/fd per scrape), `nodejs_active_resources*` (walks every
+ * libuv handle per scrape) and `nodejs_gc_duration_seconds` (a PerformanceObserver callback on every
+ * garbage collection, and a histogram). No alert, dashboard panel or README row reads any of them.
+ * What stays: CPU seconds, start time, resident / virtual memory and heap (one /proc/self/status read),
+ * the fd limit (read once), active handles and requests, V8 heap sizes and spaces, the Node version.
+ * The modules are prom-client 15.1.3's own (pinned), each registering exactly what collectDefaultMetrics
+ * would have.
+ */
+const PROCESS_METRICS = [
+  'processCpuTotal',
+  'processStartTime',
+  'osMemoryHeap',
+  'processMaxFileDescriptors',
+  'processHandles',
+  'processRequests',
+  'heapSizeAndUsed',
+  'heapSpacesSizeAndUsed',
+  'version',
+] as const;
+
+type DefaultMetric = (registry: Registry, config?: Record<string, unknown>) => void;
+
+function registerProcessMetrics(registry: Registry): void {
+  const require = createRequire(import.meta.url);
+  for (const name of PROCESS_METRICS) (require(`prom-client/lib/metrics/${name}`) as DefaultMetric)(registry, {});
 }
 
 /** The name OpenMetrics gives a counter family: without `_total` (its samples get it back). */
@@ -29,7 +61,7 @@ export class Metrics {
   readonly prometheus = new Registry<PrometheusContentType>();
 
   constructor(opts: { processMetrics?: boolean } = {}) {
-    if (opts.processMetrics !== false) collectDefaultMetrics({ register: this.prometheus });
+    if (opts.processMetrics !== false) registerProcessMetrics(this.prometheus);
   }
 
   gauge<L extends string>(name: string, help: string, labelNames: readonly L[] = [], collect?: (this: Gauge<L>) => void | Promise<void>): Gauge<L> {
