@@ -4,11 +4,42 @@
  * never fails the scrape or delays it past its budget. Concurrent scrapes share one in-flight
  * collection, so ten Prometheus replicas scraping at once cost the servers one round of queries.
  */
+import { createRequire } from 'node:module';
 import type { Gauge } from 'prom-client';
 import { CollectorTimeoutError, RegistryError, safeMessage } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import { SampleSet, type Collector } from './collector.js';
+
+type Entry = { value: number; labels: Record<string, string> };
+/** prom-client 15.1.3's own key of a series in a gauge (lib/util.js), so a refilled series is found where set() would put it. */
+const { hashObject } = createRequire(import.meta.url)('prom-client/lib/util') as { hashObject(labels: Record<string, string>): string };
+
+/**
+ * Replaces every series of `gauge` with `samples` — what reset() followed by set() for each sample
+ * leaves (same series, same values, same order; a series not in `samples` is gone) — but a series
+ * that was there before keeps its entry (and labels object), with the new value. A scrape then
+ * allocates nothing for the series that persist (nearly all of them: the same servers, databases
+ * and states every scrape), so they are not copied and promoted by the garbage collector scrape after
+ * scrape, and the exposition's cached label blocks (Metrics.render) stay valid.
+ */
+export function refillGauge(gauge: Gauge<string>, samples: readonly { labels: Record<string, string>; value: number }[]): void {
+  const g = gauge as unknown as { hashMap: Record<string, Entry> };
+  const before = g.hashMap;
+  g.hashMap = {};
+  for (const s of samples) {
+    const hash = hashObject(s.labels);
+    const kept = before[hash];
+    if (kept !== undefined && typeof s.value === 'number') {
+      delete before[hash]; // a second sample of the same series gets a new entry, as set() would give it
+      kept.value = s.value;
+      g.hashMap[hash] = kept;
+    } else {
+      // Validates the labels and the value as ever.
+      gauge.set(s.labels, s.value);
+    }
+  }
+}
 
 export interface CollectorResult {
   success: boolean;
@@ -83,14 +114,11 @@ export class CollectorRegistry {
     }
     const durationSeconds = Number(process.hrtime.bigint() - started) / 1e9;
 
-    // Empty first: a failed collector shows no stale values, and a vanished standby leaves no series.
-    for (const g of c.gauges) {
-      g.reset();
-      // reset() leaves an unlabelled gauge at 0; a Redis that is down must show no memory value, not 0.
-      g.remove({});
-    }
+    // Exactly this collection's series: a failed collector shows no stale values, a vanished standby
+    // leaves no series, and a Redis that is down shows no memory value (not 0).
+    for (const g of c.gauges) refillGauge(g, set?.values.get(g) ?? []);
     if (set) {
-      for (const [gauge, samples] of set.values) for (const s of samples) gauge.set(s.labels, s.value);
+      for (const [gauge, samples] of set.values) if (!c.gauges.includes(gauge)) for (const s of samples) gauge.set(s.labels, s.value);
     }
     const errors = error ? [error] : (set?.errors ?? []);
     const result: CollectorResult = { success: errors.length === 0, durationSeconds, statements: set?.statements ?? 0, errors };
