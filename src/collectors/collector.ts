@@ -55,6 +55,14 @@ export class SampleSet {
     return this;
   }
 
+  /** Appends what `other` gathered (values, failures, statements) after this set's own. */
+  merge(other: SampleSet): this {
+    for (const [gauge, samples] of other.values) for (const s of samples) this.set(gauge, s.labels, s.value);
+    this.errors.push(...other.errors);
+    this.statements += other.statements;
+    return this;
+  }
+
   fail(err: unknown): this {
     this.errors.push(safeMessage(err));
     return this;

@@ -84,8 +84,14 @@ export function pgStatActivityCollector(metrics: Metrics, cluster: PgCluster, da
       } catch (err) {
         set.fail(err);
       }
-      const results = await Promise.allSettled(cluster.all.map((s) => one(s, dbs, set)));
-      for (const r of results) if (r.status === 'rejected') set.fail(r.reason);
+      // Each server into a set of its own, merged in configuration order: the series come in the same
+      // order every scrape, whichever server answers first (CollectorRegistry then only rewrites values).
+      const perServer = cluster.all.map(() => new SampleSet());
+      const results = await Promise.allSettled(cluster.all.map((s, i) => one(s, dbs, perServer[i]!)));
+      results.forEach((r, i) => {
+        set.merge(perServer[i]!);
+        if (r.status === 'rejected') set.fail(r.reason);
+      });
       return set;
     },
   };

@@ -33,6 +33,16 @@ const rounds: Sample[][] = [
     { labels: { server: 'a', datname: 'z' }, value: 5 },
     { labels: { server: 'b', datname: 'x' }, value: 6 },
   ],
+  // The same series in the same order as last time: only the values change.
+  [
+    { labels: { server: 'a', datname: 'z' }, value: 8 },
+    { labels: { server: 'b', datname: 'x' }, value: 9 },
+  ],
+  // The same series in another order: the new order, as reset() + set() gave it.
+  [
+    { labels: { server: 'b', datname: 'x' }, value: 1 },
+    { labels: { server: 'a', datname: 'z' }, value: 2 },
+  ],
   [],
   [{ labels: { server: 'a', datname: 'x' }, value: 7 }],
 ];
@@ -61,6 +71,18 @@ describe('refillGauge', () => {
     expect(b1).toEqual({ labels: { server: 'b' }, value: 2 });
   });
 
+  it('the same series again: the same entries, new values', async () => {
+    const metrics = new Metrics({ processMetrics: false });
+    const g = metrics.gauge('t_same', 'h', ['server']);
+    refillGauge(g, [{ labels: { server: 'a' }, value: 1 }, { labels: { server: 'b' }, value: 2 }]);
+    const first = (await g.get()).values;
+    refillGauge(g, [{ labels: { server: 'a' }, value: 3 }, { labels: { server: 'b' }, value: 4 }]);
+    const second = (await g.get()).values;
+    expect(second).toEqual([{ labels: { server: 'a' }, value: 3 }, { labels: { server: 'b' }, value: 4 }]);
+    expect(second[0]).toBe(first[0]);
+    expect(second[1]).toBe(first[1]);
+  });
+
   it('unlabelled: absent without a sample (not 0), present with one', async () => {
     const metrics = new Metrics({ processMetrics: false });
     const g = metrics.gauge('t_plain', 'h');
@@ -76,5 +98,8 @@ describe('refillGauge', () => {
     const metrics = new Metrics({ processMetrics: false });
     const g = metrics.gauge('t_strict', 'h', ['server']);
     expect(() => refillGauge(g, [{ labels: { nope: 'x' }, value: 1 }])).toThrow(/nope/);
+    // Also where the known labels name a series that is there already.
+    refillGauge(g, [{ labels: { server: 'a' }, value: 1 }]);
+    expect(() => refillGauge(g, [{ labels: { server: 'a', nope: 'x' }, value: 2 }])).toThrow(/nope/);
   });
 });
