@@ -7,15 +7,18 @@
  * statement.
  */
 import type { Metrics } from '../metrics.js';
-import type { PgCluster } from '../integrations/postgres.js';
+import { scrapeStatement, type PgCluster } from '../integrations/postgres.js';
 import { SampleSet, type Collector } from './collector.js';
 import type { DatabaseList } from './databases.js';
 
 // One row per database with a count, or one row of NULLs when there is none (checksums off): the
 // setting comes along either way.
-const SQL = `SELECT current_setting('data_checksums') AS data_checksums, d.datname, d.checksum_failures::float8 AS checksum_failures
+const SQL = scrapeStatement(
+  'pg_stat_database',
+  `SELECT current_setting('data_checksums') AS data_checksums, d.datname, d.checksum_failures::float8 AS checksum_failures
 FROM (SELECT 1) AS one
-LEFT JOIN pg_stat_database AS d ON d.datname IS NOT NULL AND d.checksum_failures IS NOT NULL`;
+LEFT JOIN pg_stat_database AS d ON d.datname IS NOT NULL AND d.checksum_failures IS NOT NULL`,
+);
 
 export function pgStatDatabaseCollector(metrics: Metrics, cluster: PgCluster, databases: DatabaseList): Collector {
   const failures = metrics.gauge(

@@ -3,11 +3,14 @@
  * between the primary's current WAL position and what the standby replayed, and the write / flush /
  * replay lag times. Same names and labels as postgres_exporter, plus sync_state, which it lacks.
  */
+import { scrapeStatement } from '../integrations/postgres.js';
 import type { Metrics } from '../metrics.js';
 import { SampleSet, type Collector, type OnPrimary } from './collector.js';
 
 // NULL lag times mean the standby has caught up and nothing new was sent: report 0, not absence.
-const SQL = `
+const SQL = scrapeStatement(
+  'pg_stat_replication',
+  `
 SELECT coalesce(application_name, '') AS application_name,
        coalesce(host(client_addr), 'local') AS client_addr,
        coalesce(state, '') AS state,
@@ -17,7 +20,8 @@ SELECT coalesce(application_name, '') AS application_name,
        coalesce(EXTRACT(EPOCH FROM write_lag), 0)::float8 AS write_lag,
        coalesce(EXTRACT(EPOCH FROM flush_lag), 0)::float8 AS flush_lag,
        coalesce(EXTRACT(EPOCH FROM replay_lag), 0)::float8 AS replay_lag
-FROM pg_stat_replication`;
+FROM pg_stat_replication`,
+);
 
 export interface StandbyRow {
   application_name: string;
