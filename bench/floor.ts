@@ -41,8 +41,14 @@ export interface FloorFigures extends Summary {
   connections: number;
 }
 
-/** Replays the statements (and one Redis INFO) concurrently, `warmup` + `rounds` times; the timed rounds' summary. */
-export async function measureFloor(statements: RecordedStatement[], redisUrl: string, warmup: number, rounds: number): Promise<FloorFigures> {
+/**
+ * Replays the statements (and one Redis INFO) concurrently, `warmup` + `rounds` times; the timed rounds' summary.
+ * The floor the target uses sends them as they were recorded, as text, parsed and planned by the server
+ * every time. With `prepared`, each is a named prepared statement on its connection (parsed and planned
+ * once, as dbpilot's scrape pools send them since issue 8's second pass): printed beside it, for
+ * information only.
+ */
+export async function measureFloor(statements: RecordedStatement[], redisUrl: string, warmup: number, rounds: number, opts: { prepared?: boolean } = {}): Promise<FloorFigures> {
   const clients = statements.map((s) => new pg.Client({ connectionString: s.url, application_name: 'bench_floor' }));
   const redis = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
   try {
@@ -50,7 +56,10 @@ export async function measureFloor(statements: RecordedStatement[], redisUrl: st
     const ms: number[] = [];
     for (let i = 0; i < warmup + rounds; i++) {
       const t0 = performance.now();
-      await Promise.all([...statements.map((s, k) => clients[k]!.query(s.sql, s.params)), redis.info()]);
+      await Promise.all([
+        ...statements.map((s, k) => (opts.prepared ? clients[k]!.query({ name: `floor_${k}`, text: s.sql, values: s.params }) : clients[k]!.query(s.sql, s.params))),
+        redis.info(),
+      ]);
       if (i >= warmup) ms.push(performance.now() - t0);
     }
     return { ...summarize(ms), statements: statements.length, connections: clients.length + 1 };

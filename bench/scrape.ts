@@ -127,6 +127,8 @@ interface ScrapeFigures {
   inProcess: InProcessFigures;
   /** Every signal of one scrape read concurrently on persistent connections, nothing else. */
   floor: FloorFigures;
+  /** The same, each statement prepared on its connection, as dbpilot's scrape pools send them (information; the target uses `floor`). */
+  floorPrepared: FloorFigures;
   exporters: ExporterFigures[];
   peers: { p50SumMs: number | null; ratio: number | null; referenceSumMs: number; referenceRatio: number };
   load: LoadFigures[];
@@ -560,6 +562,10 @@ function printReport(f: ScrapeFigures): void {
     `  floor: the ${f.floor.statements} statements of one scrape and a Redis INFO, all at once on ${f.floor.connections} persistent connections, ` +
       `${f.floor.n} rounds: p50 ${fmt(f.floor.p50, 2)} ms, p90 ${fmt(f.floor.p90, 2)} ms, p99 ${fmt(f.floor.p99, 2)} ms.`,
   );
+  out(
+    `  the same statements prepared on their connections, as dbpilot sends them (information only; the target uses the floor above): ` +
+      `p50 ${fmt(f.floorPrepared.p50, 2)} ms, p90 ${fmt(f.floorPrepared.p90, 2)} ms.`,
+  );
 
   out();
   out(
@@ -708,6 +714,8 @@ export const scrapeSection: Section = {
 
       ctx.log(`floor: the ${inProcess.recorded?.length ?? 0} statements of one scrape and a Redis INFO, concurrently on persistent connections, ${warmup} + ${scrapes} rounds…`);
       const floor = await measureFloor(inProcess.recorded ?? [], ds.redis.url, warmup, scrapes);
+      // For information beside it (the target keeps the floor above): the same statements prepared.
+      const floorPrepared = await measureFloor(inProcess.recorded ?? [], ds.redis.url, warmup, scrapes, { prepared: true });
       delete inProcess.recorded;
 
       const load: LoadFigures[] = [];
@@ -732,6 +740,7 @@ export const scrapeSection: Section = {
         idleServerCpu: idle,
         inProcess,
         floor,
+        floorPrepared,
         exporters,
         peers: { p50SumMs: p50Sum, ratio: p50Sum === null ? null : dbp.latencyMs.p50 / p50Sum, referenceSumMs, referenceRatio: dbp.latencyMs.p50 / referenceSumMs },
         load,

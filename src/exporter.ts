@@ -15,7 +15,7 @@ import type { PgCluster } from './integrations/postgres.js';
 import type { RedisClient } from './integrations/redis.js';
 import type { Topology } from './topology.js';
 import { CollectorRegistry, cachedCollector } from './collectors/index.js';
-import type { ObservedPrimary } from './collectors/collector.js';
+import { speculativePrimary, type ObservedPrimary } from './collectors/collector.js';
 import { DatabaseList } from './collectors/databases.js';
 import { pgServerCollector } from './collectors/pg-server.js';
 import { pgStatReplicationCollector } from './collectors/pg-stat-replication.js';
@@ -51,7 +51,10 @@ export function createExporter(config: Config, metrics: Metrics, cluster: PgClus
   // Cached values read on the primary belong to it: after a failover they are refreshed at once.
   const primaryScope = async () => (await observedPrimary()).server;
   const pgServer = pgServerCollector(metrics, topology);
-  const pgStatReplication = pgStatReplicationCollector(metrics, observedPrimary);
+  // Sent while the observation runs, to the primary observed before; kept only when the observation
+  // confirms it (else read again on the confirmed one): the observation's round trip and this one
+  // overlap instead of following each other.
+  const pgStatReplication = pgStatReplicationCollector(metrics, speculativePrimary(() => topology.primaryServer(), observedPrimary));
   // The same share of the collector budget as each PostgreSQL probe (src/runtime.ts), so a frozen Redis
   // is redis_up 0 inside the budget whatever redis.commandTimeoutMs says.
   const redisC = redisCollector(metrics, redis, Math.floor(config.collectors.timeoutMs * 0.8));

@@ -4,11 +4,85 @@
  * never fails the scrape or delays it past its budget. Concurrent scrapes share one in-flight
  * collection, so ten Prometheus replicas scraping at once cost the servers one round of queries.
  */
+import { createRequire } from 'node:module';
 import type { Gauge } from 'prom-client';
 import { CollectorTimeoutError, RegistryError, safeMessage } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import { SampleSet, type Collector } from './collector.js';
+
+type Entry = { value: number; labels: Record<string, string> };
+/**
+ * prom-client 15.1.3's own key of a series in a gauge (lib/util.js). With the gauge's sorted label
+ * names it is the key set() files a (valid) series under, without the Object.keys + sort that set()
+ * pays per sample (half of what a scrape allocated).
+ */
+const { hashObject } = createRequire(import.meta.url)('prom-client/lib/util') as { hashObject(labels: Record<string, string>, names: readonly string[]): string };
+
+/** Whether every label of `labels` is one of the gauge's (set() refuses any other); no allocation. */
+function onlyKnownLabels(labels: Record<string, string>, names: readonly string[]): boolean {
+  let own = 0;
+  for (const k in labels) if (Object.prototype.hasOwnProperty.call(labels, k)) own++;
+  let known = 0;
+  for (const n of names) if (labels[n] !== undefined) known++;
+  return own === known;
+}
+
+/** Whether `labels` names the series `kept` is (and only labels the gauge has). */
+function sameSeries(kept: Record<string, string>, labels: Record<string, string>, names: readonly string[]): boolean {
+  for (const n of names) if (kept[n] !== labels[n]) return false;
+  return onlyKnownLabels(labels, names);
+}
+
+/**
+ * Replaces every series of `gauge` with `samples` — what reset() followed by set() for each sample
+ * leaves (same series, same values, same order; a series not in `samples` is gone) — but a series
+ * that was there before keeps its entry (and labels object), with the new value; when the series are
+ * the very ones of last time, in the same order (the steady state: the same servers, databases and
+ * states every scrape), only the values are written. So a scrape allocates next to nothing for its
+ * series, they are not copied and promoted by the garbage collector scrape after scrape, and the
+ * exposition's cached label blocks (Metrics.render) stay valid.
+ */
+export function refillGauge(gauge: Gauge<string>, samples: readonly { labels: Record<string, string>; value: number }[]): void {
+  const g = gauge as unknown as { hashMap: Record<string, Entry>; sortedLabelNames: readonly string[] };
+  const names = g.sortedLabelNames;
+  const before = g.hashMap;
+  // The steady state first: the series of last time, in the same order, compared label by label (no key built).
+  let i = 0;
+  let same = true;
+  for (const k in before) {
+    const s = samples[i];
+    if (s === undefined || typeof s.value !== 'number' || !sameSeries(before[k]!.labels, s.labels, names)) {
+      same = false;
+      break;
+    }
+    i++;
+  }
+  if (same && i === samples.length) {
+    i = 0;
+    for (const k in before) before[k]!.value = samples[i++]!.value;
+    return;
+  }
+  const keys: string[] = [];
+  let valid = true;
+  for (const s of samples) {
+    keys.push(hashObject(s.labels, names));
+    if (typeof s.value !== 'number' || !onlyKnownLabels(s.labels, names)) valid = false;
+  }
+  g.hashMap = {};
+  for (let j = 0; j < samples.length; j++) {
+    const s = samples[j]!;
+    const kept = valid ? before[keys[j]!] : undefined;
+    if (kept !== undefined) {
+      delete before[keys[j]!]; // a second sample of the same series gets a new entry, as set() would give it
+      kept.value = s.value;
+      g.hashMap[keys[j]!] = kept;
+    } else {
+      // Validates the labels and the value as ever.
+      gauge.set(s.labels, s.value);
+    }
+  }
+}
 
 export interface CollectorResult {
   success: boolean;
@@ -31,6 +105,13 @@ export class CollectorRegistry {
   ) {
     this.success = metrics.gauge('dbpilot_collector_success', 'Whether the collector succeeded on the last scrape (1) or failed or timed out (0).', ['collector']);
     this.duration = metrics.gauge('dbpilot_collector_duration_seconds', 'How long the collector took on the last scrape.', ['collector']);
+  }
+
+  private readonly collectorLabels = new Map<string, { collector: string }>();
+  private labelsOf(name: string): { collector: string } {
+    let l = this.collectorLabels.get(name);
+    if (!l) this.collectorLabels.set(name, (l = { collector: name }));
+    return l;
   }
 
   register(collector: Collector): void {
@@ -83,19 +164,18 @@ export class CollectorRegistry {
     }
     const durationSeconds = Number(process.hrtime.bigint() - started) / 1e9;
 
-    // Empty first: a failed collector shows no stale values, and a vanished standby leaves no series.
-    for (const g of c.gauges) {
-      g.reset();
-      // reset() leaves an unlabelled gauge at 0; a Redis that is down must show no memory value, not 0.
-      g.remove({});
-    }
+    // Exactly this collection's series: a failed collector shows no stale values, a vanished standby
+    // leaves no series, and a Redis that is down shows no memory value (not 0).
+    for (const g of c.gauges) refillGauge(g, set?.values.get(g) ?? []);
     if (set) {
-      for (const [gauge, samples] of set.values) for (const s of samples) gauge.set(s.labels, s.value);
+      for (const [gauge, samples] of set.values) if (!c.gauges.includes(gauge)) for (const s of samples) gauge.set(s.labels, s.value);
     }
     const errors = error ? [error] : (set?.errors ?? []);
     const result: CollectorResult = { success: errors.length === 0, durationSeconds, statements: set?.statements ?? 0, errors };
-    this.success.set({ collector: c.name }, result.success ? 1 : 0);
-    this.duration.set({ collector: c.name }, durationSeconds);
+    // One labels object per collector for good: the exposition's label block is cached by it.
+    const labels = this.labelsOf(c.name);
+    this.success.set(labels, result.success ? 1 : 0);
+    this.duration.set(labels, durationSeconds);
     const prev = this.last.get(c.name);
     if (!result.success && (prev === undefined || prev.success || prev.errors[0] !== errors[0])) {
       // Logged on the transition (and when the reason changes), not on every scrape of a long outage.

@@ -10,7 +10,7 @@
  * exported.
  */
 import type { Metrics } from '../metrics.js';
-import type { PgServer } from '../integrations/postgres.js';
+import { scrapeStatement, type PgServer } from '../integrations/postgres.js';
 import type { MemberState, Topology } from '../topology.js';
 import { SampleSet, type Collector } from './collector.js';
 
@@ -45,7 +45,9 @@ export interface ServerProbe {
  * receiver has stopped): the LEFT JOIN keeps the row and leaves its columns NULL. Its status and
  * sender are shown only to pg_read_all_stats (part of pg_monitor, which dbpilot needs anyway).
  */
-export const PROBE_SQL = `
+export const PROBE_SQL = scrapeStatement(
+  'probe',
+  `
 SELECT pg_is_in_recovery() AS in_recovery,
        (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END)::text AS lsn,
        (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() END)::text AS replay_lsn,
@@ -61,7 +63,8 @@ SELECT pg_is_in_recovery() AS in_recovery,
             -- Nothing replayed since the standby started: the delay is unknown, so no sample rather than a false 0.
             WHEN pg_last_xact_replay_timestamp() IS NULL THEN NULL
             ELSE GREATEST(0, EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()))::float8 END AS lag_seconds
-FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS w ON true`;
+FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS w ON true`,
+);
 
 interface ProbeRow {
   in_recovery: boolean | null;

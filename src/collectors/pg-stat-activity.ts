@@ -6,13 +6,15 @@
  * as long as the standby is connected and is not a slow query.
  */
 import type { Metrics } from '../metrics.js';
-import type { PgCluster, PgServer } from '../integrations/postgres.js';
+import { scrapeStatement, type PgCluster, type PgServer } from '../integrations/postgres.js';
 import { SampleSet, type Collector } from './collector.js';
 import type { DatabaseList } from './databases.js';
 
 export const STATES = ['active', 'idle', 'idle in transaction', 'idle in transaction (aborted)', 'fastpath function call', 'disabled'] as const;
 
-const SQL = `
+const SQL = scrapeStatement(
+  'pg_stat_activity',
+  `
 SELECT datname,
        coalesce(state, 'unknown') AS state,
        count(*)::int AS count,
@@ -22,7 +24,8 @@ SELECT datname,
                   FILTER (WHERE state <> 'idle' AND query_start < now() - make_interval(secs => $1) AND application_name <> 'dbpilot'), 0)::float8 AS oldest
 FROM pg_stat_activity
 WHERE datname IS NOT NULL AND backend_type = 'client backend' AND pid <> pg_backend_pid()
-GROUP BY datname, state`;
+GROUP BY datname, state`,
+);
 
 interface Row {
   datname: string;
@@ -84,8 +87,14 @@ export function pgStatActivityCollector(metrics: Metrics, cluster: PgCluster, da
       } catch (err) {
         set.fail(err);
       }
-      const results = await Promise.allSettled(cluster.all.map((s) => one(s, dbs, set)));
-      for (const r of results) if (r.status === 'rejected') set.fail(r.reason);
+      // Each server into a set of its own, merged in configuration order: the series come in the same
+      // order every scrape, whichever server answers first (CollectorRegistry then only rewrites values).
+      const perServer = cluster.all.map(() => new SampleSet());
+      const results = await Promise.allSettled(cluster.all.map((s, i) => one(s, dbs, perServer[i]!)));
+      results.forEach((r, i) => {
+        set.merge(perServer[i]!);
+        if (r.status === 'rejected') set.fail(r.reason);
+      });
       return set;
     },
   };

@@ -7,15 +7,18 @@
  * statement.
  */
 import type { Metrics } from '../metrics.js';
-import type { PgCluster } from '../integrations/postgres.js';
+import { scrapeStatement, type PgCluster } from '../integrations/postgres.js';
 import { SampleSet, type Collector } from './collector.js';
 import type { DatabaseList } from './databases.js';
 
 // One row per database with a count, or one row of NULLs when there is none (checksums off): the
 // setting comes along either way.
-const SQL = `SELECT current_setting('data_checksums') AS data_checksums, d.datname, d.checksum_failures::float8 AS checksum_failures
+const SQL = scrapeStatement(
+  'pg_stat_database',
+  `SELECT current_setting('data_checksums') AS data_checksums, d.datname, d.checksum_failures::float8 AS checksum_failures
 FROM (SELECT 1) AS one
-LEFT JOIN pg_stat_database AS d ON d.datname IS NOT NULL AND d.checksum_failures IS NOT NULL`;
+LEFT JOIN pg_stat_database AS d ON d.datname IS NOT NULL AND d.checksum_failures IS NOT NULL`,
+);
 
 export function pgStatDatabaseCollector(metrics: Metrics, cluster: PgCluster, databases: DatabaseList): Collector {
   const failures = metrics.gauge(
@@ -33,19 +36,25 @@ export function pgStatDatabaseCollector(metrics: Metrics, cluster: PgCluster, da
     gauges: [failures, checksums],
     async collect() {
       const set = new SampleSet();
+      // Each server into a set of its own, merged in configuration order (see pg_stat_activity).
+      const perServer = cluster.all.map(() => new SampleSet());
       const results = await Promise.allSettled(
-        cluster.all.map(async (s) => {
+        cluster.all.map(async (s, i) => {
+          const own = perServer[i]!;
           const rows = await s.query<{ data_checksums: string; datname: string | null; checksum_failures: number | null }>(SQL);
-          set.statements++;
-          if (rows[0]) set.set(checksums, { server: s.server }, rows[0].data_checksums === 'on' ? 1 : 0);
+          own.statements++;
+          if (rows[0]) own.set(checksums, { server: s.server }, rows[0].data_checksums === 'on' ? 1 : 0);
           const wanted = databases.isConfigured ? new Set(await databases.get()) : null;
           for (const r of rows) {
             if (r.datname === null || r.checksum_failures === null) continue;
-            if (!wanted || wanted.has(r.datname)) set.set(failures, { server: s.server, datname: r.datname }, r.checksum_failures);
+            if (!wanted || wanted.has(r.datname)) own.set(failures, { server: s.server, datname: r.datname }, r.checksum_failures);
           }
         }),
       );
-      for (const r of results) if (r.status === 'rejected') set.fail(r.reason);
+      results.forEach((r, i) => {
+        set.merge(perServer[i]!);
+        if (r.status === 'rejected') set.fail(r.reason);
+      });
       return set;
     },
   };

@@ -3,11 +3,14 @@
  * between the primary's current WAL position and what the standby replayed, and the write / flush /
  * replay lag times. Same names and labels as postgres_exporter, plus sync_state, which it lacks.
  */
+import { scrapeStatement } from '../integrations/postgres.js';
 import type { Metrics } from '../metrics.js';
-import { SampleSet, type Collector, type ObservedPrimary } from './collector.js';
+import { SampleSet, type Collector, type OnPrimary } from './collector.js';
 
 // NULL lag times mean the standby has caught up and nothing new was sent: report 0, not absence.
-const SQL = `
+const SQL = scrapeStatement(
+  'pg_stat_replication',
+  `
 SELECT coalesce(application_name, '') AS application_name,
        coalesce(host(client_addr), 'local') AS client_addr,
        coalesce(state, '') AS state,
@@ -17,7 +20,8 @@ SELECT coalesce(application_name, '') AS application_name,
        coalesce(EXTRACT(EPOCH FROM write_lag), 0)::float8 AS write_lag,
        coalesce(EXTRACT(EPOCH FROM flush_lag), 0)::float8 AS flush_lag,
        coalesce(EXTRACT(EPOCH FROM replay_lag), 0)::float8 AS replay_lag
-FROM pg_stat_replication`;
+FROM pg_stat_replication`,
+);
 
 export interface StandbyRow {
   application_name: string;
@@ -30,7 +34,12 @@ export interface StandbyRow {
   replay_lag: number;
 }
 
-export function pgStatReplicationCollector(metrics: Metrics, observedPrimary: ObservedPrimary): Collector & { lastRows(): StandbyRow[] } {
+/**
+ * `onPrimary` sends the statement while the scrape's topology observation runs, to the primary
+ * observed before, and keeps the rows only if the observation confirms that server (else it reads
+ * the confirmed one): see speculativePrimary.
+ */
+export function pgStatReplicationCollector(metrics: Metrics, onPrimary: OnPrimary): Collector & { lastRows(): StandbyRow[] } {
   const labels = ['server', 'application_name', 'client_addr', 'state', 'sync_state'] as const;
   const diff = metrics.gauge('pg_stat_replication_pg_wal_lsn_diff', 'Bytes between the primary\'s current WAL position and the standby\'s replay position.', labels);
   const write = metrics.gauge('pg_stat_replication_write_lag_seconds', 'Time until the standby wrote recent WAL (0 when caught up).', labels);
@@ -43,10 +52,10 @@ export function pgStatReplicationCollector(metrics: Metrics, observedPrimary: Ob
     lastRows: () => last,
     async collect() {
       const set = new SampleSet();
-      const primary = await observedPrimary();
-      const server = primary.server;
-      set.statements = 1;
-      const rows = await primary.query<StandbyRow & Record<string, unknown>>(SQL);
+      const read = await onPrimary((s) => s.query<StandbyRow & Record<string, unknown>>(SQL));
+      const server = read.primary.server;
+      const rows = read.value;
+      set.statements = read.statements;
       for (const r of rows) {
         const l = { server, application_name: r.application_name, client_addr: r.client_addr, state: r.state, sync_state: r.sync_state };
         if (r.lsn_diff !== null) set.set(diff, l, r.lsn_diff);

