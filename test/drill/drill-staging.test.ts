@@ -17,7 +17,9 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DrillName } from '../../src/drill/names.js';
 import { PagerDutyStandin } from '../../src/drill/sandbox/pagerduty-standin.js';
+import { DrillRefused, loadStagingTarget } from '../../src/drill/staging.js';
 import { startPgCluster, type PgCluster } from '../support/pg-cluster.js';
 import { drill, leftovers, type Json } from './support.js';
 import { canConnect } from '../support/ports.js';
@@ -104,7 +106,10 @@ describe('dbpilot drill --target-config: refusals, before anything is contacted'
     ['a missing file', ['slow-query', '--target-config', '/nonexistent/target.yaml', '--i-know-this-is-staging'], /--target-config \/nonexistent\/target\.yaml: cannot read it: ENOENT\n$/],
   ];
 
-  // All at once (each is a CLI start): none may contact anything, so the count stays 0 throughout.
+  /** Refused by the CLI itself, or the ones that show its exit code and output: run as `dbpilot drill`. The others are loadStagingTarget's, called in process. */
+  const THROUGH_CLI = ['no --i-know-this-is-staging', 'the flag without a target', 'environment unset (production by default)', 'a drill that needs the hosts', '--with-prometheus'];
+
+  // The CLI ones all at once (each is a CLI start): none may contact anything, so the count stays 0 throughout.
   it(`${cases.length} refusals (${cases.map((c) => c[0]).join('; ')}): exit 2, the reason, nothing contacted, nothing left`, async () => {
     const files: Record<string, string> = {
       '{staging}': target('staging'),
@@ -115,14 +120,29 @@ describe('dbpilot drill --target-config: refusals, before anything is contacted'
       '{noReplicas}': writeFile('target.yaml', `environment: staging\npostgres:\n  primary: { url: "postgresql://postgres@127.0.0.1:${trap.port}/postgres" }\n`),
       '{invalid}': writeFile('target.yaml', `environment: staging\npostgres:\n  longRunningQuerySeconds: -1\n`),
     };
-    const ran = await Promise.all(cases.map(([, args]) => drill(args.map((a) => files[a] ?? a), { env: { DEPLOY_ENV: 'staging' } })));
-    cases.forEach(([what, , why], i) => {
+    const cli = cases.filter(([what]) => THROUGH_CLI.includes(what));
+    expect(cli).toHaveLength(THROUGH_CLI.length);
+    const ran = await Promise.all(cli.map(([, args]) => drill(args.map((a) => files[a] ?? a), { env: { DEPLOY_ENV: 'staging' } })));
+    cli.forEach(([what, , why], i) => {
       const r = ran[i]!;
       expect(r.code, what).toBe(2);
       expect(r.stderr, what).toMatch(why);
       expect(r.stdout, what).toBe('');
       expect(leftovers(r.tmp), what).toEqual([]);
     });
+    for (const [what, args, why] of cases.filter(([w]) => !THROUGH_CLI.includes(w))) {
+      const a = args.map((x) => files[x] ?? x);
+      const file = a[a.indexOf('--target-config') + 1]!;
+      let message = '(not refused)';
+      try {
+        loadStagingTarget(a[0] as DrillName, file, a.includes('--i-know-this-is-staging'), { PATH: process.env.PATH, DEPLOY_ENV: 'staging' });
+      } catch (err) {
+        expect(err, what).toBeInstanceOf(DrillRefused);
+        message = (err as Error).message;
+      }
+      // As the CLI prints it.
+      expect(`dbpilot drill: ${message}\n`, what).toMatch(why);
+    }
     expect(trap.connections(), 'connections to the target').toBe(0);
   });
 });
