@@ -400,15 +400,19 @@ export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
   let file = opts.file ?? env.DBPILOT_CONFIG;
   if (!file && existsSync(`${cwd}/dbpilot.yaml`)) file = `${cwd}/dbpilot.yaml`;
   if (!file) return { config: parseConfig({}, env), source: null };
+  return { config: parseConfig(readConfigDocument(file), env), source: file };
+}
+
+/** A configuration file's YAML document, not yet expanded or validated. Throws ConfigError naming the file (and the line of a YAML error). */
+export function readConfigDocument(file: string): unknown {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
     throw new ConfigError('', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
   }
-  let doc: unknown;
   try {
-    doc = parseYaml(text, { uniqueKeys: true, prettyErrors: true });
+    return parseYaml(text, { uniqueKeys: true, prettyErrors: true });
   } catch (err) {
     if (err instanceof YAMLParseError) {
       const pos = err.linePos?.[0];
@@ -416,7 +420,6 @@ export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
     }
     throw err;
   }
-  return { config: parseConfig(doc, env), source: file };
 }
 
 function deepFreeze<T>(o: T): T {

@@ -18,8 +18,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { parse as parseYaml, YAMLParseError } from 'yaml';
-import { parseConfig, type Config } from '../config.js';
+import { parseConfig, readConfigDocument, type Config } from '../config.js';
 import { serverLabel } from '../integrations/postgres.js';
 import type { HandlerName } from '../remediation/handlers/options.js';
 import type { Cleanup } from './cleanup.js';
@@ -70,10 +69,9 @@ export function loadStagingTarget(scenario: DrillName, file: string, confirmed: 
   const refuse = (why: string) => new DrillRefused(`--target-config ${file}: ${why}`);
   let doc: unknown;
   try {
-    doc = parseYaml(fs.readFileSync(file, 'utf8'), { uniqueKeys: true, prettyErrors: true });
+    doc = readConfigDocument(file);
   } catch (err) {
-    if (err instanceof YAMLParseError) throw refuse(`invalid YAML: ${err.message.split('\n')[0]}`);
-    throw refuse(`cannot read it: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw refuse((err as Error).message);
   }
   const written = doc !== null && typeof doc === 'object' && !Array.isArray(doc) ? (doc as Record<string, unknown>).environment : undefined;
   if (written !== 'staging') {

@@ -103,7 +103,7 @@ describe('dbpilot drill --target-config: refusals, before anything is contacted'
     ['--with-prometheus', ['slow-query', '--target-config', '{staging}', '--i-know-this-is-staging', '--with-prometheus'], /^dbpilot drill: --with-prometheus drills the alert path on the sandbox/],
     ['replication-lag without replicas', ['replication-lag', '--target-config', '{noReplicas}', '--i-know-this-is-staging'], /replication-lag pauses replay on a replica, and postgres\.replicas is empty\n$/],
     ['an invalid configuration', ['slow-query', '--target-config', '{invalid}', '--i-know-this-is-staging'], /--target-config \S+: .*postgres\.longRunningQuerySeconds/],
-    ['a missing file', ['slow-query', '--target-config', '/nonexistent/target.yaml', '--i-know-this-is-staging'], /--target-config \/nonexistent\/target\.yaml: cannot read it: ENOENT\n$/],
+    ['a missing file', ['slow-query', '--target-config', '/nonexistent/target.yaml', '--i-know-this-is-staging'], /--target-config \/nonexistent\/target\.yaml: cannot read \/nonexistent\/target\.yaml: ENOENT\n$/],
   ];
 
   /** Refused by the CLI itself, or the ones that show its exit code and output: run as `dbpilot drill`. The others are loadStagingTarget's, called in process. */
