@@ -42,29 +42,65 @@ export interface FloorFigures extends Summary {
 }
 
 /**
- * Replays the statements (and one Redis INFO) concurrently, `warmup` + `rounds` times; the timed rounds' summary.
- * The floor the target uses sends them as they were recorded, as text, parsed and planned by the server
- * every time. With `prepared`, each is a named prepared statement on its connection (parsed and planned
- * once, as dbpilot's scrape pools send them since issue 8's second pass): printed beside it, for
- * information only.
+ * The floor's connections, opened once: one pg client per recorded statement and one Redis
+ * connection. round() sends every statement and the INFO at once and resolves with the milliseconds
+ * from the first send to the last answer. With `prepared`, each statement is a named prepared
+ * statement on its connection (parsed and planned once, as dbpilot's scrape pools send them since
+ * issue 8's second pass); otherwise it is sent as recorded, as text, parsed and planned every round.
  */
+export class FloorRound {
+  private constructor(
+    private readonly statements: RecordedStatement[],
+    private readonly clients: pg.Client[],
+    private readonly redis: Redis,
+    private readonly prepared: boolean,
+  ) {}
+
+  static async open(statements: RecordedStatement[], redisUrl: string, opts: { prepared?: boolean } = {}): Promise<FloorRound> {
+    const clients = statements.map((s) => new pg.Client({ connectionString: s.url, application_name: 'bench_floor' }));
+    const redis = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
+    const f = new FloorRound(statements, clients, redis, opts.prepared === true);
+    try {
+      await Promise.all([...clients.map((c) => c.connect()), redis.connect()]);
+    } catch (err) {
+      await f.close();
+      throw err;
+    }
+    return f;
+  }
+
+  get connections(): number {
+    return this.clients.length + 1;
+  }
+
+  async round(): Promise<number> {
+    const t0 = performance.now();
+    await Promise.all([
+      ...this.statements.map((s, k) =>
+        this.prepared ? this.clients[k]!.query({ name: `floor_${k}`, text: s.sql, values: s.params }) : this.clients[k]!.query(s.sql, s.params),
+      ),
+      this.redis.info(),
+    ]);
+    return performance.now() - t0;
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled(this.clients.map((c) => c.end()));
+    this.redis.disconnect();
+  }
+}
+
+/** Replays the statements (and one Redis INFO) back to back, `warmup` + `rounds` times; the timed rounds' summary. */
 export async function measureFloor(statements: RecordedStatement[], redisUrl: string, warmup: number, rounds: number, opts: { prepared?: boolean } = {}): Promise<FloorFigures> {
-  const clients = statements.map((s) => new pg.Client({ connectionString: s.url, application_name: 'bench_floor' }));
-  const redis = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  const floor = await FloorRound.open(statements, redisUrl, opts);
   try {
-    await Promise.all([...clients.map((c) => c.connect()), redis.connect()]);
     const ms: number[] = [];
     for (let i = 0; i < warmup + rounds; i++) {
-      const t0 = performance.now();
-      await Promise.all([
-        ...statements.map((s, k) => (opts.prepared ? clients[k]!.query({ name: `floor_${k}`, text: s.sql, values: s.params }) : clients[k]!.query(s.sql, s.params))),
-        redis.info(),
-      ]);
-      if (i >= warmup) ms.push(performance.now() - t0);
+      const t = await floor.round();
+      if (i >= warmup) ms.push(t);
     }
-    return { ...summarize(ms), statements: statements.length, connections: clients.length + 1 };
+    return { ...summarize(ms), statements: statements.length, connections: floor.connections };
   } finally {
-    await Promise.allSettled(clients.map((c) => c.end()));
-    redis.disconnect();
+    await floor.close();
   }
 }
